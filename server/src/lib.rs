@@ -1,0 +1,1 @@
+//! Drawbridge server crate (being built; see the crate map once modules land).

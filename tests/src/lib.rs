@@ -1,0 +1,1 @@
+//! Shared harness for Drawbridge's cross-crate and multi-process tests.
