@@ -1,0 +1,173 @@
+//! `drawbridge stream create|list|info|delete`.
+
+use drawbridge_client::{Client, StreamOptions};
+
+use crate::args::{CreateArgs, StreamCommand};
+use crate::output::markdown_table;
+use crate::CliResult;
+
+pub async fn run(client: &Client, cmd: StreamCommand) -> CliResult {
+    match cmd {
+        StreamCommand::Create(args) => create(client, args).await,
+        StreamCommand::List { all } => list(client, all).await,
+        StreamCommand::Info { name } => info(client, &name).await,
+        StreamCommand::Delete { name } => {
+            client.delete_stream(&name).await?;
+            println!("deleted stream {name}");
+            Ok(())
+        }
+    }
+}
+
+/// The stream options the flags ask for.
+pub fn stream_options(args: &CreateArgs) -> StreamOptions {
+    StreamOptions {
+        partitions: args.partitions,
+        replication_factor: args.replication_factor,
+        group: args.group.clone(),
+        retention_max_bytes: args.retention_max_bytes,
+        retention_max_messages: args.retention_max_messages,
+        retention_max_age: args.retention_max_age,
+        cleaner_interval: args.cleaner_interval,
+        segment_max_bytes: args.segment_max_bytes,
+        segment_max_age: args.segment_max_age,
+        compact_enabled: args.compact_enabled,
+        compact_max_goroutines: args.compact_max_goroutines,
+        auto_pause_time: args.auto_pause_time,
+        auto_pause_disable_if_subscribers: args.auto_pause_disable_if_subscribers,
+        min_isr: args.min_isr,
+        optimistic_concurrency_control: args.optimistic_concurrency_control,
+        encryption: args.encryption,
+    }
+}
+
+async fn create(client: &Client, args: CreateArgs) -> CliResult {
+    let subject = args.subject.clone().unwrap_or_else(|| args.name.clone());
+    client
+        .create_stream(&subject, &args.name, stream_options(&args))
+        .await?;
+    println!(
+        "created stream {} on subject {subject} ({} partition(s))",
+        args.name,
+        args.partitions.max(1)
+    );
+    Ok(())
+}
+
+async fn list(client: &Client, all: bool) -> CliResult {
+    let md = client.fetch_metadata().await?;
+    let rows: Vec<Vec<String>> = md
+        .streams()
+        .filter(|s| all || !s.name.starts_with("__"))
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.subject.clone(),
+                s.partitions.len().to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no streams");
+    } else {
+        print!(
+            "{}",
+            markdown_table(&["stream", "subject", "partitions"], &rows)
+        );
+    }
+    Ok(())
+}
+
+fn list_ids(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "-".to_string()
+    } else {
+        ids.join(",")
+    }
+}
+
+async fn info(client: &Client, name: &str) -> CliResult {
+    let md = client.fetch_metadata().await?;
+    let Some(stream) = md.stream(name) else {
+        return Err(drawbridge_client::Error::NoSuchStream(name.to_string()).into());
+    };
+    println!("stream {} on subject {}", stream.name, stream.subject);
+    let mut rows = Vec::new();
+    for (id, cached) in &stream.partitions {
+        // The leader's view is authoritative; fall back to the metadata view if it fails.
+        let (p, note) = match client.fetch_partition_metadata(name, *id).await {
+            Ok(p) => (p, String::new()),
+            Err(e) => (cached.clone(), format!("(leader unreachable: {e})")),
+        };
+        rows.push(vec![
+            p.id.to_string(),
+            p.leader.clone().unwrap_or_else(|| "-".into()),
+            list_ids(&p.replicas),
+            list_ids(&p.isr),
+            p.high_watermark.to_string(),
+            p.newest_offset.to_string(),
+            p.paused.to_string(),
+            p.readonly.to_string(),
+            note,
+        ]);
+    }
+    print!(
+        "{}",
+        markdown_table(
+            &[
+                "partition",
+                "leader",
+                "replicas",
+                "isr",
+                "high watermark",
+                "newest offset",
+                "paused",
+                "readonly",
+                "note"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[test]
+    fn flags_become_stream_options() {
+        let cli = Cli::try_parse_from([
+            "drawbridge",
+            "stream",
+            "create",
+            "s",
+            "--partitions",
+            "2",
+            "--group",
+            "g",
+            "--segment-max-age",
+            "90s",
+            "--min-isr",
+            "2",
+            "--encryption",
+            "false",
+        ])
+        .expect("parses");
+        let Command::Stream(StreamCommand::Create(c)) = cli.command else {
+            panic!("expected create");
+        };
+        let o = stream_options(&c);
+        assert_eq!(o.partitions, 2);
+        assert_eq!(o.replication_factor, 1);
+        assert_eq!(o.group.as_deref(), Some("g"));
+        assert_eq!(o.segment_max_age, Some(Duration::from_secs(90)));
+        assert_eq!(o.min_isr, Some(2));
+        assert_eq!(o.encryption, Some(false));
+        assert_eq!(o.compact_enabled, None);
+        assert_eq!(o.retention_max_age, None);
+    }
+}

@@ -1,0 +1,500 @@
+//! [`Publisher`]: pipelined publishing over one PublishAsync stream, one future per message.
+//!
+//! How it works. [`Publisher::send`] resolves the partition, queues the request on a bounded
+//! channel and returns an [`AckFuture`]. One driver task owns the gRPC stream: it forwards
+//! queued requests into the stream, remembers which correlation id waits for an ack, and
+//! completes the matching future when a `PublishResponse` comes back. A reader task per stream
+//! session turns the response stream into events for the driver.
+//!
+//! Invariants:
+//! 1. At most one PublishAsync stream is open per publisher (a "session"); it is opened
+//!    lazily by the first message after the publisher starts or after the previous session
+//!    failed, so reconnection is "the next message opens a new stream".
+//! 2. Responses are matched by correlation id: `ack.correlationId` on success,
+//!    `PublishResponse.correlationId` when `asyncError` is set (wire spec §8). Order of
+//!    responses does not matter.
+//! 3. When a session fails, every future still waiting for an ack fails with the retryable
+//!    [`Error::PublishStreamReset`]: the server may or may not have stored those messages.
+//! 4. Each future enforces its own ack timeout, counted from `send`; the driver forgets
+//!    entries whose future is gone (timed out or dropped) on its periodic sweep.
+//! 5. The driver never blocks on the outgoing stream without also reading incoming events,
+//!    so a server that stops reading until its responses are read cannot deadlock us.
+//! 6. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
+//!    held by the [`AckFuture`] until it completes or is dropped.
+//! 7. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
+//!    the request is handed to the stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use drawbridge_proto::api;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::{Client, Inner};
+use crate::error::{Error, Result};
+use crate::message::{ack_from_proto, Ack};
+use crate::options::AckPolicy;
+use crate::publish::PublishMessage;
+
+/// Sizing of a [`Publisher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublisherOptions {
+    /// Requests queued between `send` and the stream.
+    pub queue_capacity: usize,
+    /// Messages whose [`AckFuture`] is alive at once; `send` waits beyond that.
+    pub max_in_flight: usize,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        PublisherOptions {
+            queue_capacity: 1024,
+            max_in_flight: 8192,
+        }
+    }
+}
+
+/// Publishes many messages in flight over one PublishAsync stream. Cheap to clone; clones
+/// share the stream. Dropping every clone closes the stream after outstanding acks arrived
+/// (or their futures were dropped).
+///
+/// ```no_run
+/// # async fn run(client: drawbridge_client::Client) -> drawbridge_client::Result<()> {
+/// use drawbridge_client::PublishMessage;
+///
+/// let publisher = client.publisher()?;
+/// let mut acks = Vec::new();
+/// for i in 0..100 {
+///     // Waits only for a queue slot, not for the ack.
+///     acks.push(publisher.send("orders", PublishMessage::new(format!("order {i}"))).await?);
+/// }
+/// for ack in acks {
+///     let ack = ack.await?; // Ok(Some(ack)) once stored
+///     # let _ = ack;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+    /// Queue to the driver task.
+    cmds: mpsc::Sender<Command>,
+    /// In-flight permits (module invariant 6).
+    permits: Arc<Semaphore>,
+}
+
+/// One queued message.
+#[derive(Debug)]
+struct Command {
+    req: api::PublishRequest,
+    wants_ack: bool,
+    reply: oneshot::Sender<Result<Option<Ack>>>,
+}
+
+/// The outcome of one message. Resolves to `Ok(Some(ack))` once stored, `Ok(None)` for ack
+/// policy NONE, or an error ([`Error::AckTimeout`] after the ack timeout).
+#[derive(Debug)]
+#[must_use = "an AckFuture does nothing unless awaited; dropping it forgets the ack"]
+pub struct AckFuture {
+    rx: oneshot::Receiver<Result<Option<Ack>>>,
+    timer: Pin<Box<Sleep>>,
+    correlation_id: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AckFuture {
+    /// The correlation id the message was sent with.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+}
+
+impl Future for AckFuture {
+    type Output = Result<Option<Ack>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
+            return Poll::Ready(r.unwrap_or(Err(Error::PublisherClosed)));
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Error::AckTimeout));
+        }
+        Poll::Pending
+    }
+}
+
+impl Client {
+    /// A pipelined publisher with default sizing. Must be called within a Tokio runtime.
+    pub fn publisher(&self) -> Result<Publisher> {
+        self.publisher_with(PublisherOptions::default())
+    }
+
+    /// A pipelined publisher with the given sizing. Must be called within a Tokio runtime.
+    pub fn publisher_with(&self, options: PublisherOptions) -> Result<Publisher> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("a publisher needs a Tokio runtime".into()))?;
+        let (cmds, cmd_rx) = mpsc::channel(options.queue_capacity.max(1));
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let driver = Driver {
+            inner: Arc::clone(&self.inner),
+            cmds: cmd_rx,
+            events_tx,
+            events: events_rx,
+            pending: HashMap::new(),
+            session: None,
+            next_session: 0,
+            failures: 0,
+            next_addr: 0,
+        };
+        handle.spawn(driver.run());
+        Ok(Publisher {
+            inner: Arc::clone(&self.inner),
+            cmds,
+            permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+        })
+    }
+}
+
+impl Publisher {
+    /// Queues a message for `stream`; the returned future resolves with its ack. Waits only
+    /// for a queue slot and an in-flight permit (module invariant 6).
+    pub async fn send(&self, stream: &str, msg: PublishMessage) -> Result<AckFuture> {
+        let partition = self.inner.resolve_partition(stream, &msg).await?;
+        let correlation_id = msg.correlation_id_or_new();
+        let req = msg.to_request(stream, partition, correlation_id.clone());
+        let timeout = msg.ack_timeout.unwrap_or(self.inner.config.ack_timeout);
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::PublisherClosed)?;
+        // The ack timeout counts from here, whether or not the future is polled (invariant 4).
+        let timer = Box::pin(tokio::time::sleep_until(Instant::now() + timeout));
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command {
+            req,
+            wants_ack: msg.ack_policy != AckPolicy::None,
+            reply,
+        };
+        self.cmds
+            .send(cmd)
+            .await
+            .map_err(|_| Error::PublisherClosed)?;
+        Ok(AckFuture {
+            rx,
+            timer,
+            correlation_id,
+            _permit: permit,
+        })
+    }
+
+    /// Sends a message and waits for its ack: `send(..).await?.await`.
+    pub async fn publish(&self, stream: &str, msg: PublishMessage) -> Result<Option<Ack>> {
+        self.send(stream, msg).await?.await
+    }
+}
+
+/// What a session's reader task reports to the driver.
+#[derive(Debug)]
+enum Event {
+    Response(u64, api::PublishResponse),
+    /// The session's response stream ended: `None` = cleanly, else with this status.
+    Ended(u64, Option<tonic::Status>),
+}
+
+/// One open PublishAsync stream.
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    /// Requests into the gRPC stream; `None` once our side is half-closed.
+    out: Option<mpsc::Sender<api::PublishRequest>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The task that owns the stream (see module docs).
+struct Driver {
+    inner: Arc<Inner>,
+    cmds: mpsc::Receiver<Command>,
+    /// Cloned into each reader task.
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    /// Futures waiting for an ack, by correlation id.
+    pending: HashMap<String, oneshot::Sender<Result<Option<Ack>>>>,
+    session: Option<Session>,
+    next_session: u64,
+    /// Sessions that failed in a row; sets the back-off before the next open.
+    failures: u32,
+    /// Rotates over broker addresses across sessions.
+    next_addr: usize,
+}
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Driver {
+    async fn run(mut self) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                ev = self.events.recv() => {
+                    // The driver holds a sender, so the channel never closes.
+                    if let Some(ev) = ev {
+                        self.on_event(ev);
+                    }
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                _ = sweep.tick() => self.pending.retain(|_, tx| !tx.is_closed()),
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Every `Publisher` is gone: half-close the stream and wait for outstanding acks while
+    /// someone still waits for them, up to the ack timeout.
+    async fn drain(mut self) {
+        if let Some(s) = self.session.as_mut() {
+            // Closing our side ends the request stream: the server then finishes its acks.
+            s.out = None;
+        }
+        let deadline = Instant::now() + self.inner.config.ack_timeout;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY / 10);
+        while self.session.is_some() {
+            self.pending.retain(|_, tx| !tx.is_closed());
+            if self.pending.is_empty() {
+                break;
+            }
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+                _ = sweep.tick() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(Error::PublisherClosed));
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let current = self.session.as_ref().map(|s| s.id);
+        match ev {
+            Event::Response(id, resp) if Some(id) == current => {
+                self.failures = 0;
+                self.on_response(resp);
+            }
+            Event::Ended(id, status) if Some(id) == current => {
+                tracing::debug!(session = id, ?status, "PublishAsync stream ended");
+                self.fail_session(status);
+            }
+            // Events of an earlier session: its futures were already failed.
+            _ => {}
+        }
+    }
+
+    /// Completes the future a response answers (module invariant 2).
+    fn on_response(&mut self, resp: api::PublishResponse) {
+        let (cid, outcome) = match (resp.async_error, resp.ack) {
+            (Some(err), _) => (
+                resp.correlation_id,
+                Err(Error::from_async_error(err.code, err.message)),
+            ),
+            (None, Some(ack)) => {
+                let cid = if ack.correlation_id.is_empty() {
+                    resp.correlation_id
+                } else {
+                    ack.correlation_id.clone()
+                };
+                (cid, ack_from_proto(ack).map(Some))
+            }
+            (None, None) => {
+                tracing::debug!("PublishResponse with neither ack nor error ignored");
+                return;
+            }
+        };
+        match self.pending.remove(&cid) {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+            }
+            None => {
+                tracing::debug!(correlation_id = %cid, "response for an unknown or expired message")
+            }
+        }
+    }
+
+    /// The session broke: fail everything waiting on it (module invariant 3).
+    fn fail_session(&mut self, status: Option<tonic::Status>) {
+        self.session = None;
+        self.failures = self.failures.saturating_add(1);
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(session_error(status.as_ref())));
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        if self.session.is_none() {
+            if let Err(e) = self.open_session().await {
+                let _ = cmd.reply.send(Err(e));
+                return;
+            }
+        }
+        let cid = cmd.req.correlation_id.clone();
+        if cmd.wants_ack {
+            if self.pending.get(&cid).is_some_and(|tx| !tx.is_closed()) {
+                let _ = cmd.reply.send(Err(Error::Config(format!(
+                    "correlation id {cid:?} is already in flight on this publisher"
+                ))));
+                return;
+            }
+            self.pending.insert(cid.clone(), cmd.reply);
+            // If `forward` fails, it fails the session and with it this message's future.
+            self.forward(cmd.req).await;
+        } else if self.forward(cmd.req).await {
+            let _ = cmd.reply.send(Ok(None));
+        } else {
+            let _ = cmd
+                .reply
+                .send(Err(Error::PublishStreamReset("the stream broke".into())));
+        }
+    }
+
+    /// Puts a request into the stream, reading events while waiting for room (module
+    /// invariant 5). False if the session broke meanwhile.
+    async fn forward(&mut self, req: api::PublishRequest) -> bool {
+        loop {
+            let Some(out) = self.session.as_ref().and_then(|s| s.out.clone()) else {
+                return false;
+            };
+            tokio::select! {
+                permit = out.reserve() => match permit {
+                    Ok(permit) => {
+                        permit.send(req);
+                        return true;
+                    }
+                    Err(_) => {
+                        self.fail_session(None);
+                        return false;
+                    }
+                },
+                ev = self.events.recv() => {
+                    if let Some(ev) = ev {
+                        self.on_event(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a new session to the next broker, after a back-off if the last ones failed.
+    async fn open_session(&mut self) -> Result<()> {
+        if self.failures > 0 {
+            let wait = self.inner.config.retry.backoff(self.failures - 1);
+            tokio::time::sleep(wait).await;
+        }
+        let addrs = self.inner.candidate_addrs();
+        if addrs.is_empty() {
+            return Err(Error::Config("no server address".into()));
+        }
+        let addr = &addrs[self.next_addr % addrs.len()];
+        self.next_addr = self.next_addr.wrapping_add(1);
+        let api = self.inner.pool.client(addr)?;
+        let (out, out_rx) = mpsc::channel(256);
+        self.next_session += 1;
+        let id = self.next_session;
+        let reader = tokio::spawn(read_session(id, api, out_rx, self.events_tx.clone()));
+        tracing::debug!(session = id, %addr, "opening PublishAsync stream");
+        self.session = Some(Session {
+            id,
+            out: Some(out),
+            reader,
+        });
+        Ok(())
+    }
+}
+
+/// The error of a message whose session ended with `status` (`None`: ended without one).
+/// Refusals that a new stream would meet again are reported as such, not as retryable.
+fn session_error(status: Option<&tonic::Status>) -> Error {
+    use tonic::Code;
+    match status {
+        Some(s)
+            if matches!(
+                s.code(),
+                Code::Unimplemented
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::InvalidArgument
+            ) =>
+        {
+            Error::from_status(crate::error::Call::Publish, s.clone())
+        }
+        Some(s) => Error::PublishStreamReset(format!("{:?}: {}", s.code(), s.message())),
+        None => Error::PublishStreamReset("the stream closed".into()),
+    }
+}
+
+/// Opens the call and reports every response (and the end) to the driver.
+async fn read_session(
+    id: u64,
+    mut api: drawbridge_proto::api::api_client::ApiClient<tonic::transport::Channel>,
+    out_rx: mpsc::Receiver<api::PublishRequest>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut inbound = match api.publish_async(ReceiverStream::new(out_rx)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => {
+            let _ = events.send(Event::Ended(id, Some(status))).await;
+            return;
+        }
+    };
+    loop {
+        let ev = match inbound.message().await {
+            Ok(Some(resp)) => Event::Response(id, resp),
+            Ok(None) => Event::Ended(id, None),
+            Err(status) => Event::Ended(id, Some(status)),
+        };
+        let last = matches!(ev, Event::Ended(..));
+        if events.send(ev).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn broken_sessions_are_retryable_refusals_are_not() {
+        let e = session_error(Some(&Status::unavailable("gone")));
+        assert!(matches!(e, Error::PublishStreamReset(_)) && e.is_retryable());
+        assert!(session_error(None).is_retryable());
+        let e = session_error(Some(&Status::new(Code::Unimplemented, "no")));
+        assert!(!e.is_retryable(), "{e:?}");
+        let e = session_error(Some(&Status::permission_denied("no")));
+        assert!(matches!(e, Error::PermissionDenied(_)));
+    }
+
+    #[test]
+    fn default_sizing() {
+        let o = PublisherOptions::default();
+        assert!(o.queue_capacity > 0 && o.max_in_flight >= o.queue_capacity);
+    }
+}
