@@ -1,0 +1,159 @@
+//! The small per-group file holding what is not a log entry: the vote, the committed log id and
+//! the last purged log id.
+//!
+//! Format: `b"DBRM" | len: u32 LE | crc32: u32 LE | postcard(MetaState)`.
+//!
+//! Invariants:
+//! - The file is replaced atomically: write `meta.tmp`, fsync it, rename over `meta`, fsync the
+//!   directory. A crash leaves either the old or the new state, never a mix.
+//! - A file that fails its checksum is an error at open, never silently reset: losing a vote
+//!   could let this node vote twice in one term.
+
+use std::fs;
+use std::fs::File;
+use std::io;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::codec;
+
+const MAGIC: &[u8; 4] = b"DBRM";
+
+/// The persisted raft state of one group that is not a log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MetaState<V, L> {
+    /// Last vote saved by `save_vote`.
+    pub(crate) vote: Option<V>,
+    /// Last committed log id saved by `save_committed`.
+    pub(crate) committed: Option<L>,
+    /// Greatest purged log id.
+    pub(crate) last_purged: Option<L>,
+}
+
+/// Reads the state at `path`; a missing file is the default (fresh) state.
+pub(crate) fn load<V, L>(path: &Path) -> io::Result<MetaState<V, L>>
+where
+    V: for<'de> Deserialize<'de>,
+    L: for<'de> Deserialize<'de>,
+{
+    Ok(load_framed(path, "raft meta state")?.unwrap_or(MetaState {
+        vote: None,
+        committed: None,
+        last_purged: None,
+    }))
+}
+
+/// Atomically replaces the state at `path` (see the module invariants).
+pub(crate) fn store<V: Serialize, L: Serialize>(
+    path: &Path,
+    state: &MetaState<V, L>,
+) -> io::Result<()> {
+    store_framed(path, state)
+}
+
+/// Reads a framed, checksummed value written by [`store_framed`]; `None` if the file is absent.
+pub(crate) fn load_framed<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    what: &'static str,
+) -> io::Result<Option<T>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {why}", path.display()),
+        )
+    };
+    if bytes.len() < 12 || &bytes[..4] != MAGIC {
+        return Err(bad("not a drawbridge raft state file"));
+    }
+    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let crc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let body = bytes.get(12..12 + len).ok_or_else(|| bad("truncated"))?;
+    if crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    codec::decode_io(what, body).map(Some)
+}
+
+/// Atomically replaces the file at `path` with a framed, checksummed `value`: write a tmp file,
+/// fsync it, rename it over `path`, fsync the directory.
+pub(crate) fn store_framed<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let body = codec::encode_io(value)?;
+    let mut buf = Vec::with_capacity(body.len() + 12);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    buf.extend_from_slice(&body);
+    let tmp = tmp_path(path);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".tmp");
+    PathBuf::from(p)
+}
+
+/// fsyncs the directory holding `path`, so a rename or create in it is durable.
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type S = MetaState<u64, (u64, u64)>;
+
+    #[test]
+    fn round_trip_and_missing_is_default() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("meta");
+        let fresh: S = load(&p)?;
+        assert_eq!(fresh, S::default());
+        let s = S {
+            vote: Some(7),
+            committed: Some((3, 9)),
+            last_purged: Some((2, 4)),
+        };
+        store(&p, &s)?;
+        assert_eq!(load::<u64, (u64, u64)>(&p)?, s);
+        Ok(())
+    }
+
+    #[test]
+    fn flipped_bit_is_an_error() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("meta");
+        store(
+            &p,
+            &S {
+                vote: Some(1),
+                ..S::default()
+            },
+        )?;
+        let mut b = fs::read(&p)?;
+        let last = b.len() - 1;
+        b[last] ^= 0x40;
+        fs::write(&p, b)?;
+        assert!(load::<u64, (u64, u64)>(&p).is_err());
+        Ok(())
+    }
+}

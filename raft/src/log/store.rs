@@ -1,0 +1,285 @@
+//! [`LogStore`]: openraft's `RaftLogStorage` and `RaftLogReader` over a [`LogBackend`] plus the
+//! group's meta file.
+//!
+//! Invariants:
+//! - `append` returns once the entries are readable; its callback fires from the node's flusher
+//!   thread after an fsync of the backend that started after the append (durable before the
+//!   callback, as openraft requires).
+//! - `save_vote` first makes every appended entry durable, then writes the meta file atomically,
+//!   and only then publishes the vote to readers: write IO stays serialized and a vote is never
+//!   visible before it is durable.
+//! - `purge` records `last_purged` durably *before* deleting entries, so after a crash the store
+//!   re-applies the purge at open and never reports purged entries.
+//! - `save_committed` is a lower bound on disk: it is written at most every
+//!   [`COMMITTED_PERSIST_INTERVAL`]; after a crash the group re-applies from an older commit
+//!   point and learns the newer one from the leader. The in-memory value is exact.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::alias::LogIdOf;
+use openraft::alias::VoteOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::RaftTypeConfig;
+use parking_lot::Mutex;
+
+use super::backend::LogBackend;
+use super::flusher::Flusher;
+use super::flusher::SyncTarget;
+use super::meta_file;
+use super::meta_file::MetaState;
+
+/// How often, at most, `save_committed` rewrites the meta file.
+pub(crate) const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Called from the flusher thread with the last durable log id after each successful flush.
+pub(crate) type FlushHook<C> = Arc<dyn Fn(&LogIdOf<C>) + Send + Sync>;
+
+/// Called for every entry `append` makes readable, before its flush is queued.
+pub(crate) type AppendHook<C> = Arc<dyn Fn(&<C as RaftTypeConfig>::Entry) + Send + Sync>;
+
+/// Observers of the store's IO, used by partition groups for LEADER acks.
+pub(crate) struct StoreHooks<C: RaftTypeConfig> {
+    /// See [`AppendHook`].
+    pub(crate) on_append: Option<AppendHook<C>>,
+    /// See [`FlushHook`].
+    pub(crate) on_flushed: Option<FlushHook<C>>,
+}
+
+impl<C: RaftTypeConfig> Default for StoreHooks<C> {
+    fn default() -> Self {
+        Self {
+            on_append: None,
+            on_flushed: None,
+        }
+    }
+}
+
+struct Shared<C: RaftTypeConfig, B> {
+    backend: Arc<B>,
+    meta_path: PathBuf,
+    /// The durable meta state (what the file holds), plus the exact committed id in memory.
+    meta: Mutex<MetaState<VoteOf<C>, LogIdOf<C>>>,
+    /// When the meta file was last written for a committed update.
+    committed_written_at: Mutex<Option<Instant>>,
+    flusher: Flusher,
+    /// Optional observers of appends and of local durability (LEADER acks).
+    hooks: StoreHooks<C>,
+}
+
+/// The raft log store of one group. Cheap to clone; clones share state (the clone is also the
+/// log reader).
+pub(crate) struct LogStore<C: RaftTypeConfig, B> {
+    shared: Arc<Shared<C, B>>,
+}
+
+impl<C: RaftTypeConfig, B> Clone for LogStore<C, B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: RaftTypeConfig, B> Debug for LogStore<C, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("meta", &self.shared.meta_path)
+            .finish()
+    }
+}
+
+/// Runs blocking file IO off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(io::Error::other(format!("blocking task failed: {e}"))),
+    }
+}
+
+impl<C, B> LogStore<C, B>
+where
+    C: RaftTypeConfig,
+    B: LogBackend<C>,
+{
+    /// Opens the store: loads the meta file at `meta_path` and re-applies a purge interrupted by
+    /// a crash.
+    pub(crate) fn open(
+        backend: Arc<B>,
+        meta_path: &Path,
+        flusher: Flusher,
+        hooks: StoreHooks<C>,
+    ) -> io::Result<Self> {
+        let meta: MetaState<VoteOf<C>, LogIdOf<C>> = meta_file::load(meta_path)?;
+        if let Some(p) = &meta.last_purged {
+            backend.purge_through(p)?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                backend,
+                meta_path: meta_path.to_path_buf(),
+                meta: Mutex::new(meta),
+                committed_written_at: Mutex::new(None),
+                flusher,
+                hooks,
+            }),
+        })
+    }
+
+    async fn write_meta(&self, next: MetaState<VoteOf<C>, LogIdOf<C>>) -> io::Result<()> {
+        let path = self.shared.meta_path.clone();
+        let to_write = next.clone();
+        blocking(move || meta_file::store(&path, &to_write)).await
+    }
+}
+
+impl<C, B> RaftLogReader<C> for LogStore<C, B>
+where
+    C: RaftTypeConfig,
+    B: LogBackend<C>,
+{
+    async fn try_get_log_entries<RB>(&mut self, range: RB) -> Result<Vec<C::Entry>, io::Error>
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let mut start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(p) = &self.shared.meta.lock().last_purged {
+            start = start.max(p.index + 1);
+        }
+        self.shared.backend.read(start, end)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.shared.meta.lock().vote.clone())
+    }
+}
+
+impl<C, B> RaftLogStorage<C> for LogStore<C, B>
+where
+    C: RaftTypeConfig,
+    B: LogBackend<C>,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let last_purged = self.shared.meta.lock().last_purged.clone();
+        let last = self.shared.backend.last_log_id()?;
+        let last_log_id = match (last, &last_purged) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p.clone()),
+            (Some(l), _) => Some(l),
+            (None, p) => p.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        let backend = self.shared.backend.clone();
+        blocking(move || backend.sync_now()).await?;
+        let mut next = self.shared.meta.lock().clone();
+        next.vote = Some(vote.clone());
+        self.write_meta(next).await?;
+        self.shared.meta.lock().vote = Some(vote.clone());
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let next = {
+            let mut m = self.shared.meta.lock();
+            m.committed = committed;
+            m.clone()
+        };
+        let due = {
+            let mut at = self.shared.committed_written_at.lock();
+            let due = at.is_none_or(|t| t.elapsed() >= COMMITTED_PERSIST_INTERVAL);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.write_meta(next).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.shared.meta.lock().committed.clone())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
+        let last = entries.last().map(|e| e.log_id());
+        if let Some(h) = &self.shared.hooks.on_append {
+            entries.iter().for_each(|e| h(e));
+        }
+        self.shared.backend.append(entries)?;
+        let hook = self.shared.hooks.on_flushed.clone();
+        let target: Arc<dyn SyncTarget> = self.shared.backend.clone();
+        self.shared.flusher.submit(
+            target,
+            Box::new(move |r| {
+                if let (Ok(()), Some(hook), Some(last)) = (&r, hook, &last) {
+                    hook(last);
+                }
+                callback.io_completed(r);
+            }),
+        );
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let backend = self.shared.backend.clone();
+        let index = last_log_id.map(|l| l.index);
+        blocking(move || backend.truncate_after(index)).await
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        let mut next = self.shared.meta.lock().clone();
+        if next
+            .last_purged
+            .as_ref()
+            .is_some_and(|p| p.index >= log_id.index)
+        {
+            return Ok(());
+        }
+        next.last_purged = Some(log_id.clone());
+        self.write_meta(next).await?;
+        self.shared.meta.lock().last_purged = Some(log_id.clone());
+        let backend = self.shared.backend.clone();
+        blocking(move || backend.purge_through(&log_id)).await
+    }
+}

@@ -1,0 +1,184 @@
+//! Commands of the metadata group and their outcomes.
+//!
+//! Invariant: applying a command is deterministic and depends only on the current
+//! [`MetadataState`](super::MetadataState) and the command itself (timestamps are chosen by the
+//! proposer and carried in the command), so every replica reaches the same state. A command that
+//! does not fit the state is *rejected*: it still occupies a log entry, changes nothing, and its
+//! proposer receives the typed [`Rejection`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::types::NodeId;
+
+/// A change to the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// Records a node's raft address (so every node can dial every other).
+    RegisterNode {
+        /// The node.
+        node_id: NodeId,
+        /// Its raft transport address.
+        addr: String,
+    },
+    /// Creates a stream with its partitions and their replica assignments.
+    CreateStream {
+        /// Unique stream name.
+        name: String,
+        /// NATS subject of partition 0 (partition i records `subject.i`).
+        subject: String,
+        /// Optional load-balance group of the subscription.
+        group: String,
+        /// Replica node ids per partition, the first is the preferred leader.
+        replicas: Vec<Vec<NodeId>>,
+        /// Per-stream overrides of server defaults (retention, compaction, ...), by key.
+        config: BTreeMap<String, String>,
+        /// Creation time chosen by the proposer, ms since the epoch.
+        created_at_ms: i64,
+    },
+    /// Deletes a stream and all of its partitions.
+    DeleteStream {
+        /// Stream name.
+        name: String,
+    },
+    /// Records who leads a partition (written by the new partition leader).
+    SetPartitionLeader {
+        /// Stream name.
+        stream: String,
+        /// Partition number.
+        partition: i32,
+        /// The new leader.
+        leader: NodeId,
+        /// The partition raft term in which it leads; older terms are ignored.
+        leader_epoch: u64,
+    },
+    /// Pauses partitions (all of them when `partitions` is empty).
+    PauseStream {
+        /// Stream name.
+        name: String,
+        /// Partitions to pause; empty = all.
+        partitions: Vec<i32>,
+        /// Resume every partition when any one of them is published to again.
+        resume_all: bool,
+    },
+    /// Resumes a paused partition.
+    ResumePartition {
+        /// Stream name.
+        stream: String,
+        /// Partition number.
+        partition: i32,
+    },
+    /// Sets or clears the readonly flag (all partitions when `partitions` is empty).
+    SetStreamReadonly {
+        /// Stream name.
+        name: String,
+        /// Partitions; empty = all.
+        partitions: Vec<i32>,
+        /// New flag.
+        readonly: bool,
+    },
+    /// Adds a consumer to a consumer group, creating the group with `coordinator` if absent.
+    JoinConsumerGroup {
+        /// Group id.
+        group: String,
+        /// Consumer id.
+        consumer: String,
+        /// Streams the consumer reads.
+        streams: Vec<String>,
+        /// Coordinator to use if the group is new.
+        coordinator: NodeId,
+    },
+    /// Removes a consumer from a group; the group is deleted when it becomes empty.
+    LeaveConsumerGroup {
+        /// Group id.
+        group: String,
+        /// Consumer id.
+        consumer: String,
+        /// The epoch the caller saw; a stale epoch is rejected.
+        expected_epoch: u64,
+    },
+    /// Moves a group's coordinator (after the old one failed); bumps the epoch.
+    SetGroupCoordinator {
+        /// Group id.
+        group: String,
+        /// New coordinator.
+        coordinator: NodeId,
+        /// The epoch the caller saw; a stale epoch is rejected.
+        expected_epoch: u64,
+    },
+    /// Stores a cursor (a committed consumer position).
+    SetCursor {
+        /// Cursor id.
+        cursor_id: String,
+        /// Stream.
+        stream: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+}
+
+impl fmt::Display for MetadataCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a command was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// A stream with that name exists.
+    #[error("stream {0} already exists")]
+    StreamExists(String),
+    /// No stream with that name.
+    #[error("stream {0} not found")]
+    StreamNotFound(String),
+    /// No such partition.
+    #[error("partition {stream}/{partition} not found")]
+    PartitionNotFound {
+        /// Stream.
+        stream: String,
+        /// Partition.
+        partition: i32,
+    },
+    /// The command is malformed (e.g. no partitions, empty replica set).
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    /// No such consumer group.
+    #[error("consumer group {0} not found")]
+    GroupNotFound(String),
+    /// The caller's epoch is stale.
+    #[error("consumer group {group} epoch is {current}, caller had {expected}")]
+    EpochMismatch {
+        /// Group.
+        group: String,
+        /// Current epoch.
+        current: u64,
+        /// Caller's epoch.
+        expected: u64,
+    },
+    /// The consumer is not a member.
+    #[error("consumer {consumer} is not a member of group {group}")]
+    NotMember {
+        /// Group.
+        group: String,
+        /// Consumer.
+        consumer: String,
+    },
+}
+
+/// Outcome of one applied metadata command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataResponse {
+    /// The command changed the state (or was an idempotent no-op).
+    Applied {
+        /// Consumer-group epoch after the command, for consumer-group commands.
+        group_epoch: Option<u64>,
+    },
+    /// The command was rejected; the state is unchanged.
+    Rejected(Rejection),
+}

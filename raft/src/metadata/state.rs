@@ -1,0 +1,506 @@
+//! The replicated metadata state and its deterministic transition function.
+//!
+//! Invariants:
+//! - `apply` is a pure function of (state, command): no clocks, no randomness, no IO.
+//! - Stream names are unique; every stream has >= 1 partition; every partition has >= 1 replica.
+//! - A partition's `leader_epoch` never decreases: a `SetPartitionLeader` with an older epoch is
+//!   ignored (a deposed leader's late write cannot overwrite its successor).
+//! - A consumer group exists iff it has members; its epoch increases on every membership or
+//!   coordinator change.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::command::MetadataCommand;
+use super::command::MetadataResponse;
+use super::command::Rejection;
+use crate::types::NodeId;
+
+/// One partition of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// Replica node ids; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// Current leader as last recorded by a partition leader.
+    pub leader: Option<NodeId>,
+    /// Partition raft term of `leader`.
+    pub leader_epoch: u64,
+    /// Paused: not subscribed to NATS, no leader activity required.
+    pub paused: bool,
+    /// Readonly: publishes are refused.
+    pub readonly: bool,
+}
+
+/// A stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    /// NATS subject of partition 0.
+    pub subject: String,
+    /// Load-balance group.
+    pub group: String,
+    /// Per-stream config overrides.
+    pub config: BTreeMap<String, String>,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Resume all partitions when one is published to.
+    pub resume_all: bool,
+    /// Partitions by number.
+    pub partitions: BTreeMap<i32, PartitionMeta>,
+}
+
+/// A consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerGroupMeta {
+    /// Node coordinating the group.
+    pub coordinator: NodeId,
+    /// Bumped on every membership or coordinator change.
+    pub epoch: u64,
+    /// Members and the streams each reads.
+    pub members: BTreeMap<String, Vec<String>>,
+}
+
+/// The whole metadata state (also the snapshot payload).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    /// Raft addresses of known nodes.
+    pub nodes: BTreeMap<NodeId, String>,
+    /// Streams by name.
+    pub streams: BTreeMap<String, StreamMeta>,
+    /// Consumer groups by id.
+    pub consumer_groups: BTreeMap<String, ConsumerGroupMeta>,
+    /// Cursors by (cursor id, stream, partition).
+    pub cursors: BTreeMap<(String, String, i32), i64>,
+}
+
+fn applied() -> MetadataResponse {
+    MetadataResponse::Applied { group_epoch: None }
+}
+
+fn rejected(r: Rejection) -> MetadataResponse {
+    MetadataResponse::Rejected(r)
+}
+
+impl MetadataState {
+    /// Applies one command (see the module invariants).
+    pub fn apply(&mut self, cmd: &MetadataCommand) -> MetadataResponse {
+        use MetadataCommand as C;
+        match cmd {
+            C::RegisterNode { node_id, addr } => {
+                self.nodes.insert(*node_id, addr.clone());
+                applied()
+            }
+            C::CreateStream {
+                name,
+                subject,
+                group,
+                replicas,
+                config,
+                created_at_ms,
+            } => {
+                if self.streams.contains_key(name) {
+                    return rejected(Rejection::StreamExists(name.clone()));
+                }
+                if name.is_empty() || replicas.is_empty() {
+                    return rejected(Rejection::Invalid(
+                        "a stream needs a name and at least one partition".into(),
+                    ));
+                }
+                let mut partitions = BTreeMap::new();
+                for (i, r) in replicas.iter().enumerate() {
+                    let unique: BTreeSet<_> = r.iter().collect();
+                    if r.is_empty() || unique.len() != r.len() {
+                        return rejected(Rejection::Invalid(format!(
+                            "partition {i} needs a non-empty set of distinct replicas"
+                        )));
+                    }
+                    let Ok(p) = i32::try_from(i) else {
+                        return rejected(Rejection::Invalid("too many partitions".into()));
+                    };
+                    partitions.insert(
+                        p,
+                        PartitionMeta {
+                            replicas: r.clone(),
+                            leader: None,
+                            leader_epoch: 0,
+                            paused: false,
+                            readonly: false,
+                        },
+                    );
+                }
+                self.streams.insert(
+                    name.clone(),
+                    StreamMeta {
+                        subject: subject.clone(),
+                        group: group.clone(),
+                        config: config.clone(),
+                        created_at_ms: *created_at_ms,
+                        resume_all: false,
+                        partitions,
+                    },
+                );
+                applied()
+            }
+            C::DeleteStream { name } => {
+                if self.streams.remove(name).is_none() {
+                    return rejected(Rejection::StreamNotFound(name.clone()));
+                }
+                self.cursors.retain(|(_, s, _), _| s != name);
+                applied()
+            }
+            C::SetPartitionLeader {
+                stream,
+                partition,
+                leader,
+                leader_epoch,
+            } => match self.partition_mut(stream, *partition) {
+                Err(r) => rejected(r),
+                Ok(p) => {
+                    if *leader_epoch >= p.leader_epoch {
+                        p.leader = Some(*leader);
+                        p.leader_epoch = *leader_epoch;
+                    }
+                    applied()
+                }
+            },
+            C::PauseStream {
+                name,
+                partitions,
+                resume_all,
+            } => self.for_partitions(name, partitions, |s, p| {
+                s.resume_all = *resume_all;
+                p.paused = true;
+            }),
+            C::ResumePartition { stream, partition } => {
+                match self.partition_mut(stream, *partition) {
+                    Err(r) => rejected(r),
+                    Ok(p) => {
+                        p.paused = false;
+                        applied()
+                    }
+                }
+            }
+            C::SetStreamReadonly {
+                name,
+                partitions,
+                readonly,
+            } => self.for_partitions(name, partitions, |_, p| p.readonly = *readonly),
+            C::JoinConsumerGroup {
+                group,
+                consumer,
+                streams,
+                coordinator,
+            } => {
+                let g = self
+                    .consumer_groups
+                    .entry(group.clone())
+                    .or_insert_with(|| ConsumerGroupMeta {
+                        coordinator: *coordinator,
+                        epoch: 0,
+                        members: BTreeMap::new(),
+                    });
+                if g.members.get(consumer) != Some(streams) {
+                    g.members.insert(consumer.clone(), streams.clone());
+                    g.epoch += 1;
+                }
+                MetadataResponse::Applied {
+                    group_epoch: Some(g.epoch),
+                }
+            }
+            C::LeaveConsumerGroup {
+                group,
+                consumer,
+                expected_epoch,
+            } => {
+                let Some(g) = self.consumer_groups.get_mut(group) else {
+                    return rejected(Rejection::GroupNotFound(group.clone()));
+                };
+                if g.epoch != *expected_epoch {
+                    return rejected(Rejection::EpochMismatch {
+                        group: group.clone(),
+                        current: g.epoch,
+                        expected: *expected_epoch,
+                    });
+                }
+                if g.members.remove(consumer).is_none() {
+                    return rejected(Rejection::NotMember {
+                        group: group.clone(),
+                        consumer: consumer.clone(),
+                    });
+                }
+                g.epoch += 1;
+                let epoch = g.epoch;
+                if g.members.is_empty() {
+                    self.consumer_groups.remove(group);
+                }
+                MetadataResponse::Applied {
+                    group_epoch: Some(epoch),
+                }
+            }
+            C::SetGroupCoordinator {
+                group,
+                coordinator,
+                expected_epoch,
+            } => {
+                let Some(g) = self.consumer_groups.get_mut(group) else {
+                    return rejected(Rejection::GroupNotFound(group.clone()));
+                };
+                if g.epoch != *expected_epoch {
+                    return rejected(Rejection::EpochMismatch {
+                        group: group.clone(),
+                        current: g.epoch,
+                        expected: *expected_epoch,
+                    });
+                }
+                g.coordinator = *coordinator;
+                g.epoch += 1;
+                MetadataResponse::Applied {
+                    group_epoch: Some(g.epoch),
+                }
+            }
+            C::SetCursor {
+                cursor_id,
+                stream,
+                partition,
+                offset,
+            } => {
+                if let Err(r) = self.partition_mut(stream, *partition) {
+                    return rejected(r);
+                }
+                self.cursors
+                    .insert((cursor_id.clone(), stream.clone(), *partition), *offset);
+                applied()
+            }
+        }
+    }
+
+    fn partition_mut(
+        &mut self,
+        stream: &str,
+        partition: i32,
+    ) -> Result<&mut PartitionMeta, Rejection> {
+        let s = self
+            .streams
+            .get_mut(stream)
+            .ok_or_else(|| Rejection::StreamNotFound(stream.to_string()))?;
+        s.partitions
+            .get_mut(&partition)
+            .ok_or_else(|| Rejection::PartitionNotFound {
+                stream: stream.to_string(),
+                partition,
+            })
+    }
+
+    fn for_partitions(
+        &mut self,
+        name: &str,
+        partitions: &[i32],
+        mut f: impl FnMut(&mut StreamMetaFlags, &mut PartitionMeta),
+    ) -> MetadataResponse {
+        let Some(s) = self.streams.get_mut(name) else {
+            return rejected(Rejection::StreamNotFound(name.to_string()));
+        };
+        if let Some(missing) = partitions.iter().find(|p| !s.partitions.contains_key(p)) {
+            return rejected(Rejection::PartitionNotFound {
+                stream: name.to_string(),
+                partition: *missing,
+            });
+        }
+        let mut flags = StreamMetaFlags {
+            resume_all: s.resume_all,
+        };
+        for (id, p) in s.partitions.iter_mut() {
+            if partitions.is_empty() || partitions.contains(id) {
+                f(&mut flags, p);
+            }
+        }
+        s.resume_all = flags.resume_all;
+        applied()
+    }
+}
+
+/// Stream-level flags a per-partition update may also set.
+#[derive(Debug)]
+pub struct StreamMetaFlags {
+    /// See [`StreamMeta::resume_all`].
+    pub resume_all: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, replicas: Vec<Vec<NodeId>>) -> MetadataCommand {
+        MetadataCommand::CreateStream {
+            name: name.into(),
+            subject: format!("sub.{name}"),
+            group: String::new(),
+            replicas,
+            config: BTreeMap::new(),
+            created_at_ms: 5,
+        }
+    }
+
+    #[test]
+    fn create_twice_is_rejected_and_delete_removes_cursors() {
+        let mut s = MetadataState::default();
+        assert_eq!(
+            s.apply(&create("a", vec![vec![1, 2], vec![2, 3]])),
+            applied()
+        );
+        assert_eq!(
+            s.apply(&create("a", vec![vec![1]])),
+            rejected(Rejection::StreamExists("a".into()))
+        );
+        s.apply(&MetadataCommand::SetCursor {
+            cursor_id: "c".into(),
+            stream: "a".into(),
+            partition: 1,
+            offset: 9,
+        });
+        assert_eq!(s.cursors.len(), 1);
+        assert_eq!(
+            s.apply(&MetadataCommand::DeleteStream { name: "a".into() }),
+            applied()
+        );
+        assert!(s.cursors.is_empty());
+        assert!(matches!(
+            s.apply(&MetadataCommand::DeleteStream { name: "a".into() }),
+            MetadataResponse::Rejected(Rejection::StreamNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_replica_sets_are_rejected() {
+        let mut s = MetadataState::default();
+        assert!(matches!(
+            s.apply(&create("a", vec![])),
+            MetadataResponse::Rejected(Rejection::Invalid(_))
+        ));
+        assert!(matches!(
+            s.apply(&create("a", vec![vec![1, 1]])),
+            MetadataResponse::Rejected(Rejection::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn older_leader_epoch_is_ignored() {
+        let mut s = MetadataState::default();
+        s.apply(&create("a", vec![vec![1, 2, 3]]));
+        let set = |leader, leader_epoch| MetadataCommand::SetPartitionLeader {
+            stream: "a".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+        };
+        s.apply(&set(2, 5));
+        s.apply(&set(1, 4));
+        let p = &s.streams["a"].partitions[&0];
+        assert_eq!((p.leader, p.leader_epoch), (Some(2), 5));
+    }
+
+    #[test]
+    fn pause_some_partitions_and_readonly_all() {
+        let mut s = MetadataState::default();
+        s.apply(&create("a", vec![vec![1], vec![1], vec![1]]));
+        s.apply(&MetadataCommand::PauseStream {
+            name: "a".into(),
+            partitions: vec![0, 2],
+            resume_all: true,
+        });
+        let paused: Vec<bool> = s.streams["a"]
+            .partitions
+            .values()
+            .map(|p| p.paused)
+            .collect();
+        assert_eq!(paused, vec![true, false, true]);
+        assert!(s.streams["a"].resume_all);
+        s.apply(&MetadataCommand::SetStreamReadonly {
+            name: "a".into(),
+            partitions: vec![],
+            readonly: true,
+        });
+        assert!(s.streams["a"].partitions.values().all(|p| p.readonly));
+        assert!(matches!(
+            s.apply(&MetadataCommand::PauseStream {
+                name: "a".into(),
+                partitions: vec![7],
+                resume_all: false
+            }),
+            MetadataResponse::Rejected(Rejection::PartitionNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn consumer_group_epochs() {
+        let mut s = MetadataState::default();
+        let join = |c: &str| MetadataCommand::JoinConsumerGroup {
+            group: "g".into(),
+            consumer: c.into(),
+            streams: vec!["a".into()],
+            coordinator: 1,
+        };
+        assert_eq!(
+            s.apply(&join("x")),
+            MetadataResponse::Applied {
+                group_epoch: Some(1)
+            }
+        );
+        assert_eq!(
+            s.apply(&join("y")),
+            MetadataResponse::Applied {
+                group_epoch: Some(2)
+            }
+        );
+        assert_eq!(
+            s.apply(&join("y")),
+            MetadataResponse::Applied {
+                group_epoch: Some(2)
+            }
+        );
+        assert!(matches!(
+            s.apply(&MetadataCommand::LeaveConsumerGroup {
+                group: "g".into(),
+                consumer: "x".into(),
+                expected_epoch: 1
+            }),
+            MetadataResponse::Rejected(Rejection::EpochMismatch { current: 2, .. })
+        ));
+        s.apply(&MetadataCommand::SetGroupCoordinator {
+            group: "g".into(),
+            coordinator: 3,
+            expected_epoch: 2,
+        });
+        assert_eq!(s.consumer_groups["g"].coordinator, 3);
+        for (c, e) in [("x", 3), ("y", 4)] {
+            s.apply(&MetadataCommand::LeaveConsumerGroup {
+                group: "g".into(),
+                consumer: c.into(),
+                expected_epoch: e,
+            });
+        }
+        assert!(s.consumer_groups.is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_the_codec() -> Result<(), crate::error::RaftError> {
+        let mut s = MetadataState::default();
+        s.apply(&MetadataCommand::RegisterNode {
+            node_id: 1,
+            addr: "127.0.0.1:1".into(),
+        });
+        s.apply(&create("a", vec![vec![1, 2]]));
+        s.apply(&MetadataCommand::SetCursor {
+            cursor_id: "c".into(),
+            stream: "a".into(),
+            partition: 0,
+            offset: 3,
+        });
+        let bytes = crate::codec::encode(&s)?;
+        let back: MetadataState = crate::codec::decode("metadata", &bytes)?;
+        assert_eq!(back, s);
+        Ok(())
+    }
+}

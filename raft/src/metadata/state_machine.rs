@@ -1,0 +1,209 @@
+//! openraft's `RaftStateMachine` for the metadata group.
+//!
+//! Persistence model: the state lives in memory; snapshots are persisted (framed, checksummed,
+//! atomically replaced `snapshot` file). On restart openraft installs the persisted snapshot and
+//! re-applies the log up to the saved committed log id.
+//!
+//! Invariants:
+//! - `applied` only moves forward within a run (openraft applies each committed entry once).
+//! - Every apply batch ends by publishing the new state to watchers, so a watcher never sees a
+//!   state that is not a prefix of the committed log.
+//! - Every entry with a responder gets exactly one response, including blank and membership
+//!   entries.
+
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::StreamExt;
+use openraft::alias::LogIdOf;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::StoredMembershipOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::storage::Snapshot;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::SnapshotMeta;
+use openraft::StoredMembership;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::command::MetadataResponse;
+use super::state::MetadataState;
+use crate::log::meta_file;
+use crate::types::MetaTypes;
+
+type Persisted = (SnapshotMetaOf<MetaTypes>, MetadataState);
+
+/// What watchers see: the state and the raft index it reflects.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataView {
+    /// Raft index of the last applied entry (0 before the first).
+    pub applied_index: u64,
+    /// The state after that entry.
+    pub state: Arc<MetadataState>,
+}
+
+struct SmState {
+    applied: Option<LogIdOf<MetaTypes>>,
+    membership: StoredMembershipOf<MetaTypes>,
+    data: MetadataState,
+    current: Option<Persisted>,
+}
+
+/// The metadata state machine. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub(crate) struct MetaStateMachine {
+    inner: Arc<Mutex<SmState>>,
+    snapshot_path: PathBuf,
+    view_tx: Arc<watch::Sender<MetadataView>>,
+}
+
+impl std::fmt::Debug for MetaStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStateMachine")
+            .field("snapshot", &self.snapshot_path)
+            .finish()
+    }
+}
+
+impl MetaStateMachine {
+    /// Opens the state machine; loads the persisted snapshot (installed later by openraft).
+    pub(crate) fn open(snapshot_path: &Path) -> io::Result<Self> {
+        let current: Option<Persisted> =
+            meta_file::load_framed(snapshot_path, "metadata snapshot")?;
+        let (view_tx, _) = watch::channel(MetadataView::default());
+        Ok(Self {
+            inner: Arc::new(Mutex::new(SmState {
+                applied: None,
+                membership: StoredMembership::default(),
+                data: MetadataState::default(),
+                current,
+            })),
+            snapshot_path: snapshot_path.to_path_buf(),
+            view_tx: Arc::new(view_tx),
+        })
+    }
+
+    /// Subscribes to state changes.
+    pub(crate) fn watch(&self) -> watch::Receiver<MetadataView> {
+        self.view_tx.subscribe()
+    }
+
+    /// The current (applied) state.
+    pub(crate) fn view(&self) -> MetadataView {
+        self.view_tx.borrow().clone()
+    }
+
+    fn publish(&self, st: &SmState) {
+        let view = MetadataView {
+            applied_index: st.applied.as_ref().map_or(0, |l| l.index),
+            state: Arc::new(st.data.clone()),
+        };
+        self.view_tx.send_replace(view);
+    }
+
+    async fn persist(&self, p: Persisted) -> io::Result<()> {
+        let path = self.snapshot_path.clone();
+        match tokio::task::spawn_blocking(move || meta_file::store_framed(&path, &p)).await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
+    type SnapshotData = MetadataState;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<MetaTypes, MetadataState>, io::Error> {
+        let (meta, data) = {
+            let st = self.inner.lock();
+            let meta = SnapshotMeta {
+                last_log_id: st.applied,
+                last_membership: st.membership.clone(),
+            };
+            (meta, st.data.clone())
+        };
+        self.persist((meta.clone(), data.clone())).await?;
+        self.inner.lock().current = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<MetaTypes> for MetaStateMachine {
+    type SnapshotData = MetadataState;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<MetaTypes>>, StoredMembershipOf<MetaTypes>), io::Error> {
+        let st = self.inner.lock();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<MetaTypes>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let resp = {
+                let mut st = self.inner.lock();
+                st.applied = Some(entry.log_id());
+                let resp = match &entry.payload {
+                    EntryPayload::Blank => MetadataResponse::Applied { group_epoch: None },
+                    EntryPayload::Normal(cmd) => st.data.apply(cmd),
+                    EntryPayload::Membership(m) => {
+                        st.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                        MetadataResponse::Applied { group_epoch: None }
+                    }
+                };
+                self.publish(&st);
+                resp
+            };
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<MetaTypes>,
+        snapshot: MetadataState,
+    ) -> Result<(), io::Error> {
+        self.persist((meta.clone(), snapshot.clone())).await?;
+        let mut st = self.inner.lock();
+        st.applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        st.data = snapshot.clone();
+        st.current = Some((meta.clone(), snapshot));
+        self.publish(&st);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<MetaTypes, MetadataState>>, io::Error> {
+        Ok(self
+            .inner
+            .lock()
+            .current
+            .clone()
+            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}

@@ -1,0 +1,346 @@
+//! [`RaftNode`]: everything raft on one Drawbridge node — the transport server, the shared
+//! router, the flusher thread, the metadata group and the partition groups.
+//!
+//! On-disk layout under the node's data dir:
+//! ```text
+//! metadata/{log,meta,snapshot}                        the metadata group
+//! partitions/<hex(stream)>-<partition>/{log,meta,snapshot}   one dir per partition group
+//! ```
+//! Invariants:
+//! - A group's directory is only used by one raft instance at a time (the registry refuses a
+//!   second instance of a group).
+//! - The node's id and its directories are stable across restarts; restarting with the same
+//!   data dir recovers vote, log and commit point of every group it re-creates.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge_proto::raft::raft_transport_server::RaftTransportServer;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+use tracing::warn;
+
+use crate::config::RaftConfig;
+use crate::convert;
+use crate::error::RaftError;
+use crate::log::store::StoreHooks;
+use crate::log::FileLog;
+use crate::log::Flusher;
+use crate::log::LogStore;
+use crate::metadata::MetaStateMachine;
+use crate::metadata::MetadataHandle;
+use crate::partition::group::AckPlumbing;
+use crate::partition::PartitionGroup;
+use crate::partition::PartitionReplica;
+use crate::partition::PartitionStateMachine;
+use crate::transport::service::TransportService;
+use crate::transport::GroupRegistry;
+use crate::transport::NetworkFactory;
+use crate::transport::Router;
+use crate::types::GroupId;
+use crate::types::MetaRaft;
+use crate::types::MetaTypes;
+use crate::types::Node;
+use crate::types::NodeId;
+use crate::types::PartitionId;
+use crate::types::PartitionRaft;
+use crate::types::PartitionTypes;
+
+struct Server {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    config: RaftConfig,
+    data_dir: PathBuf,
+    local_addr: SocketAddr,
+    registry: Arc<GroupRegistry>,
+    router: Router,
+    flusher: Flusher,
+    metadata: MetadataHandle,
+    partition_config: Arc<openraft::Config>,
+    server: Mutex<Server>,
+}
+
+/// The raft layer of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.inner.config.node_id)
+            .field("addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+fn partition_dir(root: &Path, id: &PartitionId) -> PathBuf {
+    let hex: String = id.stream.bytes().map(|b| format!("{b:02x}")).collect();
+    root.join("partitions")
+        .join(format!("{hex}-{}", id.partition))
+}
+
+impl RaftNode {
+    /// Starts the node: binds the raft transport on `listen` (port 0 picks a free port), opens
+    /// (or recovers) the metadata group under `data_dir`. An empty `config.advertise_addr` is
+    /// replaced by the bound address.
+    pub async fn start(
+        mut config: RaftConfig,
+        data_dir: &Path,
+        listen: SocketAddr,
+    ) -> Result<Self, RaftError> {
+        let meta_cfg = config.metadata.to_openraft(&config.cluster_name)?;
+        let partition_config = config.partition.to_openraft(&config.cluster_name)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| RaftError::Transport(format!("bind {listen}: {e}")))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| RaftError::Transport(e.to_string()))?;
+        if config.advertise_addr.is_empty() {
+            config.advertise_addr = local_addr.to_string();
+        }
+        let registry = Arc::new(GroupRegistry::default());
+        let router = Router::default();
+        let flusher = Flusher::start()?;
+
+        let meta_dir = data_dir.join("metadata");
+        fs::create_dir_all(&meta_dir)?;
+        let backend = Arc::new(FileLog::<MetaTypes>::open(&meta_dir.join("log"))?);
+        let store = LogStore::open(
+            backend,
+            &meta_dir.join("meta"),
+            flusher.clone(),
+            StoreHooks::default(),
+        )?;
+        let sm = MetaStateMachine::open(&meta_dir.join("snapshot"))?;
+        let network = NetworkFactory::new(router.clone(), GroupId::Metadata);
+        let raft: MetaRaft =
+            openraft::Raft::new(config.node_id, meta_cfg, network, store, sm.clone())
+                .await
+                .map_err(|e| convert::fatal(&GroupId::Metadata, e))?;
+        registry.set_metadata(raft.clone());
+        let metadata = MetadataHandle {
+            raft,
+            sm,
+            node_id: config.node_id,
+            max_voters: config.max_metadata_voters,
+        };
+
+        let (tx, rx) = oneshot::channel::<()>();
+        let svc = RaftTransportServer::new(TransportService::new(registry.clone()))
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let task = tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(error = %e, "raft transport server ended with an error");
+            }
+        });
+        info!(node = config.node_id, addr = %local_addr, "raft node started");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                data_dir: data_dir.to_path_buf(),
+                local_addr,
+                registry,
+                router,
+                flusher,
+                metadata,
+                partition_config,
+                server: Mutex::new(Server {
+                    shutdown: Some(tx),
+                    task: Some(task),
+                }),
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// The bound address of the raft transport.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address peers use to reach this node.
+    pub fn advertise_addr(&self) -> &str {
+        &self.inner.config.advertise_addr
+    }
+
+    /// The metadata group.
+    pub fn metadata(&self) -> &MetadataHandle {
+        &self.inner.metadata
+    }
+
+    /// Records a peer's raft address (also learned from membership configs automatically).
+    pub fn set_peer(&self, id: NodeId, addr: &str) -> Result<(), RaftError> {
+        self.inner
+            .router
+            .set_peer(id, addr)
+            .map_err(|e| RaftError::Transport(e.to_string()))
+    }
+
+    /// Forgets a peer's address (e.g. after it left the cluster).
+    pub fn remove_peer(&self, id: NodeId) {
+        self.inner.router.remove_peer(id);
+    }
+
+    /// Starts (or recovers) the raft group of a partition on this node. `replicas` maps every
+    /// replica's node id to its raft address and must include this node. A fresh group is
+    /// initialized with exactly these voters by its lowest-id replica (every replica calls this
+    /// with the same map; the group elects a leader once the lowest-id replica has it).
+    pub async fn create_partition_group(
+        &self,
+        id: PartitionId,
+        replicas: BTreeMap<NodeId, String>,
+    ) -> Result<PartitionReplica, RaftError> {
+        let gid = GroupId::Partition(id.clone());
+        if !replicas.contains_key(&self.id()) {
+            return Err(RaftError::Membership(format!(
+                "node {} is not a replica of {id}",
+                self.id()
+            )));
+        }
+        if self.inner.registry.partition(&id).is_some() {
+            return Err(RaftError::GroupExists(gid));
+        }
+        let dir = partition_dir(&self.inner.data_dir, &id);
+        fs::create_dir_all(&dir)?;
+        let acks = AckPlumbing::new(self.id());
+        let backend = Arc::new(FileLog::<PartitionTypes>::open(&dir.join("log"))?);
+        let store = LogStore::open(
+            backend,
+            &dir.join("meta"),
+            self.inner.flusher.clone(),
+            acks.hooks(),
+        )?;
+        let sm = PartitionStateMachine::open(&dir.join("snapshot"))?;
+        let network = NetworkFactory::new(self.inner.router.clone(), gid.clone());
+        let raft: PartitionRaft = openraft::Raft::new(
+            self.id(),
+            self.inner.partition_config.clone(),
+            network,
+            store,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| convert::fatal(&gid, e))?;
+        // Only the lowest-id replica initializes a fresh group: initializing on every replica
+        // makes all of them campaign at once and split the vote. The others join when it
+        // contacts them.
+        let initializer = replicas.keys().next() == Some(&self.id());
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| convert::fatal(&gid, e))?;
+        if initializer && !initialized {
+            let members: BTreeMap<NodeId, Node> = replicas
+                .into_iter()
+                .map(|(k, addr)| (k, Node { addr }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(())
+                | Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(RaftError::Membership(e.to_string())),
+            }
+        }
+        let group = Arc::new(PartitionGroup {
+            id: id.clone(),
+            node_id: self.id(),
+            raft,
+            sm,
+            acks,
+        });
+        if !self.inner.registry.insert_partition(id, group.clone()) {
+            let _ = group.raft.shutdown().await;
+            return Err(RaftError::GroupExists(gid));
+        }
+        Ok(PartitionReplica { group })
+    }
+
+    /// The handle of a hosted partition group.
+    pub fn partition(&self, id: &PartitionId) -> Option<PartitionReplica> {
+        self.inner
+            .registry
+            .partition(id)
+            .map(|group| PartitionReplica { group })
+    }
+
+    /// Ids of the hosted partition groups.
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        self.inner.registry.partition_ids()
+    }
+
+    /// Stops a partition group; with `delete_data` its directory is removed too.
+    pub async fn remove_partition_group(
+        &self,
+        id: &PartitionId,
+        delete_data: bool,
+    ) -> Result<(), RaftError> {
+        let gid = GroupId::Partition(id.clone());
+        let group = self
+            .inner
+            .registry
+            .remove_partition(id)
+            .ok_or(RaftError::GroupNotFound(gid))?;
+        if let Err(e) = group.raft.shutdown().await {
+            warn!(partition = %id, error = %e, "partition raft shutdown failed");
+        }
+        if delete_data {
+            fs::remove_dir_all(partition_dir(&self.inner.data_dir, id))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every group and the transport server. Bounded: gives the server 2 s to drain.
+    pub async fn shutdown(&self) {
+        let (tx, task) = {
+            let mut s = self.inner.server.lock();
+            (s.shutdown.take(), s.task.take())
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
+        for g in self.inner.registry.drain_partitions() {
+            let _ = g.raft.shutdown().await;
+        }
+        if let Some(raft) = self.inner.registry.take_metadata() {
+            let _ = raft.shutdown().await;
+        }
+        if let Some(task) = task {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        info!(node = self.id(), "raft node stopped");
+    }
+}

@@ -1,0 +1,21 @@
+//! Partition groups: one raft group per partition.
+//!
+//! - [`types`]: what is proposed (a record-set body) and what an apply returns (offsets), and the
+//!   metadata-only snapshot.
+//! - [`state_machine`]: applied log id, membership, offset assignment and the high watermark.
+//! - [`group`]: a running group (raft + state machine + LEADER-ack plumbing).
+//! - [`replica`]: [`PartitionReplica`], the handle the server uses.
+
+pub(crate) mod group;
+pub mod replica;
+pub(crate) mod state_machine;
+pub mod types;
+
+pub(crate) use group::PartitionGroup;
+pub use replica::PartitionReplica;
+pub use replica::Proposal;
+pub(crate) use state_machine::PartitionStateMachine;
+pub use types::Offsets;
+pub use types::PartitionRequest;
+pub use types::PartitionResponse;
+pub use types::PartitionSnapshot;

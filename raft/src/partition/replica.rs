@@ -1,0 +1,258 @@
+//! [`PartitionReplica`]: the server's handle on one partition group hosted by this node.
+//!
+//! Ack levels, without polling:
+//! - **LEADER**: [`Proposal::appended_locally`] resolves once the batch is appended *and durable*
+//!   in the leader's local log (it may still be truncated if the leader is deposed before commit).
+//! - **ALL**: [`Proposal::committed`] (or [`PartitionReplica::append`]) resolves once a majority
+//!   has the batch on disk and it is applied; it returns the batch's offsets.
+//! - Subscribers wait on [`PartitionReplica::watch_high_watermark`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::ServerState;
+use tokio::sync::oneshot;
+use tokio::sync::watch;
+
+use super::group::PartitionGroup;
+use super::types::Offsets;
+use super::types::PartitionRequest;
+use super::types::PartitionResponse;
+use crate::convert;
+use crate::error::RaftError;
+use crate::types::GroupId;
+use crate::types::NodeId;
+use crate::types::PartitionId;
+use crate::wait;
+
+/// Handle on one partition group. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PartitionReplica {
+    pub(crate) group: Arc<PartitionGroup>,
+}
+
+/// An in-flight proposal (see the module docs for the ack levels).
+#[derive(Debug)]
+pub struct Proposal {
+    group: GroupId,
+    index_rx: Option<oneshot::Receiver<u64>>,
+    index: Option<u64>,
+    durable: watch::Receiver<u64>,
+    commit_rx: oneshot::Receiver<Result<Offsets, RaftError>>,
+}
+
+fn timeout_err(what: &str, t: Duration) -> RaftError {
+    RaftError::Timeout {
+        what: what.to_string(),
+        ms: t.as_millis() as u64,
+    }
+}
+
+impl Proposal {
+    /// Waits until the batch is durable in this (leader) node's log; returns its raft index.
+    ///
+    /// Fails if the proposal was rejected (not leader) before being appended.
+    pub async fn appended_locally(&mut self, timeout: Duration) -> Result<u64, RaftError> {
+        let fut = async {
+            let index = match (self.index, self.index_rx.take()) {
+                (Some(i), _) => i,
+                (None, Some(rx)) => match rx.await {
+                    Ok(i) => {
+                        self.index = Some(i);
+                        i
+                    }
+                    // The tag was dropped: the proposal failed before append; report why.
+                    Err(_) => {
+                        return match (&mut self.commit_rx).await {
+                            Ok(Err(e)) => Err(e),
+                            _ => Err(RaftError::Rejected("proposal was not appended".into())),
+                        }
+                    }
+                },
+                (None, None) => {
+                    return Err(RaftError::Rejected("proposal was not appended".into()))
+                }
+            };
+            self.durable
+                .wait_for(|d| *d >= index)
+                .await
+                .map_err(|_| RaftError::Stopped {
+                    group: self.group.clone(),
+                    reason: "log store closed".into(),
+                })?;
+            Ok(index)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| timeout_err("local append", timeout))?
+    }
+
+    /// Waits until the batch is committed and applied; returns its offsets.
+    pub async fn committed(self, timeout: Duration) -> Result<Offsets, RaftError> {
+        match tokio::time::timeout(timeout, self.commit_rx).await {
+            Err(_) => Err(timeout_err("commit", timeout)),
+            Ok(Err(_)) => Err(RaftError::Stopped {
+                group: self.group,
+                reason: "proposal task ended".into(),
+            }),
+            Ok(Ok(r)) => r,
+        }
+    }
+}
+
+impl PartitionReplica {
+    /// The id of the node hosting this replica.
+    pub fn group_node(&self) -> NodeId {
+        self.group.node_id
+    }
+
+    /// The partition.
+    pub fn id(&self) -> &PartitionId {
+        &self.group.id
+    }
+
+    fn group_id(&self) -> GroupId {
+        GroupId::Partition(self.group.id.clone())
+    }
+
+    /// Proposes one batch (`records` = encoded record set of `record_count` records).
+    pub fn propose(&self, records: Bytes, record_count: u32) -> Proposal {
+        let (tag, index_rx) = self.group.acks.register();
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let group = self.group.clone();
+        let gid = self.group_id();
+        let req = PartitionRequest {
+            records,
+            record_count,
+            tag,
+        };
+        let gid2 = gid.clone();
+        let retry_until = tokio::time::Instant::now() + Duration::from_secs(5);
+        tokio::spawn(async move {
+            let r = loop {
+                let r = match group.raft.client_write(req.clone()).await {
+                    Ok(resp) => match resp.data {
+                        PartitionResponse::Data(o) => Ok(o),
+                        PartitionResponse::Control => {
+                            Err(RaftError::Rejected("data entry applied as control".into()))
+                        }
+                    },
+                    Err(e) => Err(convert::client_write_error(&gid2, e)),
+                };
+                // Only a proposal rejected *before* append ("no leader known": an election is
+                // running) is retried, for a bounded time; it was never appended, so the retry
+                // cannot duplicate it.
+                if let Err(RaftError::NotLeader {
+                    leader_id: None, ..
+                }) = &r
+                {
+                    if tokio::time::Instant::now() < retry_until {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                break r;
+            };
+            group.acks.forget(tag);
+            let _ = commit_tx.send(r);
+        });
+        Proposal {
+            group: gid,
+            index_rx: Some(index_rx),
+            index: None,
+            durable: self.group.acks.durable(),
+            commit_rx,
+        }
+    }
+
+    /// Proposes a batch and waits for commit (ALL ack); returns its offsets.
+    pub async fn append(
+        &self,
+        records: Bytes,
+        record_count: u32,
+        timeout: Duration,
+    ) -> Result<Offsets, RaftError> {
+        self.propose(records, record_count).committed(timeout).await
+    }
+
+    /// Whether this node currently leads the group.
+    pub fn is_leader(&self) -> bool {
+        let m = wait::metrics(&self.group.raft);
+        m.state == ServerState::Leader && m.current_leader == Some(self.group.node_id)
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        wait::metrics(&self.group.raft).current_leader
+    }
+
+    /// The current raft term (the partition's leader epoch).
+    pub fn term(&self) -> u64 {
+        wait::metrics(&self.group.raft).current_term
+    }
+
+    /// Waits until some node leads the group; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, RaftError> {
+        let m = wait::until(
+            &self.group.raft,
+            &self.group_id(),
+            "a partition leader",
+            timeout,
+            |m| m.current_leader.is_some(),
+        )
+        .await?;
+        m.current_leader.ok_or(RaftError::Stopped {
+            group: self.group_id(),
+            reason: "no leader".into(),
+        })
+    }
+
+    /// Last committed offset (inclusive), `None` if nothing is committed.
+    pub fn high_watermark(&self) -> Option<u64> {
+        self.group.sm.high_watermark()
+    }
+
+    /// Watches the high watermark; it only increases.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<Option<u64>> {
+        self.group.sm.watch_high_watermark()
+    }
+
+    /// Next offset the group will assign.
+    pub fn next_offset(&self) -> u64 {
+        self.group.sm.next_offset()
+    }
+
+    /// Raft index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.group.sm.applied_index()
+    }
+
+    /// Raft index of the last entry in the local log.
+    pub fn last_log_index(&self) -> Option<u64> {
+        wait::metrics(&self.group.raft).last_log_index
+    }
+
+    /// Takes a snapshot now and purges the log up to it (retention). Returns the purged index.
+    pub async fn compact(&self, timeout: Duration) -> Result<u64, RaftError> {
+        let gid = self.group_id();
+        let applied = self.group.sm.applied_index();
+        self.group
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| convert::fatal(&gid, e))?;
+        wait::until(&self.group.raft, &gid, "snapshot", timeout, |m| {
+            m.snapshot.as_ref().is_some_and(|s| s.index >= applied)
+        })
+        .await?;
+        self.group
+            .raft
+            .trigger()
+            .purge_log(applied)
+            .await
+            .map_err(|e| convert::fatal(&gid, e))?;
+        Ok(applied)
+    }
+}

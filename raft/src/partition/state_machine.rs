@@ -1,0 +1,235 @@
+//! The partition state machine: applied log id, membership, offset assignment, high watermark.
+//!
+//! Persistence model: like the metadata group, state is in memory and rebuilt on restart from the
+//! persisted snapshot plus the log up to the saved committed id. The state is a handful of
+//! integers, so snapshots are cheap and taken often.
+//!
+//! Invariants:
+//! - The high watermark is published (watch channel) after the entry that moved it is applied,
+//!   and only committed entries are applied: readers bounded by it never see an entry raft may
+//!   still truncate.
+//! - The high watermark never decreases within a run.
+
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::StreamExt;
+use openraft::alias::LogIdOf;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::StoredMembershipOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::storage::Snapshot;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::SnapshotMeta;
+use openraft::StoredMembership;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::types::Offsets;
+use super::types::PartitionResponse;
+use super::types::PartitionSnapshot;
+use crate::log::meta_file;
+use crate::types::PartitionTypes;
+
+type Persisted = (SnapshotMetaOf<PartitionTypes>, PartitionSnapshot);
+
+struct SmState {
+    applied: Option<LogIdOf<PartitionTypes>>,
+    membership: StoredMembershipOf<PartitionTypes>,
+    data: PartitionSnapshot,
+    current: Option<Persisted>,
+}
+
+/// The partition state machine. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub(crate) struct PartitionStateMachine {
+    inner: Arc<Mutex<SmState>>,
+    snapshot_path: PathBuf,
+    hw_tx: Arc<watch::Sender<Option<u64>>>,
+}
+
+impl std::fmt::Debug for PartitionStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStateMachine")
+            .field("snapshot", &self.snapshot_path)
+            .finish()
+    }
+}
+
+impl PartitionStateMachine {
+    /// Opens the state machine and loads its persisted snapshot (installed later by openraft).
+    pub(crate) fn open(snapshot_path: &Path) -> io::Result<Self> {
+        let current: Option<Persisted> =
+            meta_file::load_framed(snapshot_path, "partition snapshot")?;
+        let (hw_tx, _) = watch::channel(None);
+        Ok(Self {
+            inner: Arc::new(Mutex::new(SmState {
+                applied: None,
+                membership: StoredMembership::default(),
+                data: PartitionSnapshot::default(),
+                current,
+            })),
+            snapshot_path: snapshot_path.to_path_buf(),
+            hw_tx: Arc::new(hw_tx),
+        })
+    }
+
+    /// Watches the high watermark (last committed offset, inclusive).
+    pub(crate) fn watch_high_watermark(&self) -> watch::Receiver<Option<u64>> {
+        self.hw_tx.subscribe()
+    }
+
+    /// The current high watermark.
+    pub(crate) fn high_watermark(&self) -> Option<u64> {
+        *self.hw_tx.borrow()
+    }
+
+    /// The applied raft index (0 before any).
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.inner.lock().applied.as_ref().map_or(0, |l| l.index)
+    }
+
+    /// The next offset to assign.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.inner.lock().data.next_offset
+    }
+
+    fn publish(&self, hw: Option<u64>) {
+        self.hw_tx.send_if_modified(|cur| {
+            if hw > *cur {
+                *cur = hw;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    async fn persist(&self, p: Persisted) -> io::Result<()> {
+        let path = self.snapshot_path.clone();
+        match tokio::task::spawn_blocking(move || meta_file::store_framed(&path, &p)).await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<PartitionTypes> for PartitionStateMachine {
+    type SnapshotData = PartitionSnapshot;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<SnapshotOf<PartitionTypes, PartitionSnapshot>, io::Error> {
+        let (meta, data) = {
+            let st = self.inner.lock();
+            let meta = SnapshotMeta {
+                last_log_id: st.applied,
+                last_membership: st.membership.clone(),
+            };
+            (meta, st.data)
+        };
+        self.persist((meta.clone(), data)).await?;
+        self.inner.lock().current = Some((meta.clone(), data));
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
+    type SnapshotData = PartitionSnapshot;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogIdOf<PartitionTypes>>,
+            StoredMembershipOf<PartitionTypes>,
+        ),
+        io::Error,
+    > {
+        let st = self.inner.lock();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm:
+            Stream<Item = Result<EntryResponder<PartitionTypes>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let (resp, hw) = {
+                let mut st = self.inner.lock();
+                st.applied = Some(entry.log_id());
+                let resp = match &entry.payload {
+                    EntryPayload::Blank => PartitionResponse::Control,
+                    EntryPayload::Normal(req) => {
+                        let offsets = Offsets {
+                            base_offset: st.data.next_offset,
+                            record_count: req.record_count,
+                        };
+                        st.data.next_offset += u64::from(req.record_count);
+                        if let Some(last) = offsets.last_offset() {
+                            st.data.high_watermark = Some(last);
+                        }
+                        PartitionResponse::Data(offsets)
+                    }
+                    EntryPayload::Membership(m) => {
+                        st.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                        PartitionResponse::Control
+                    }
+                };
+                (resp, st.data.high_watermark)
+            };
+            self.publish(hw);
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<PartitionTypes>,
+        snapshot: PartitionSnapshot,
+    ) -> Result<(), io::Error> {
+        self.persist((meta.clone(), snapshot)).await?;
+        let hw = {
+            let mut st = self.inner.lock();
+            st.applied = meta.last_log_id;
+            st.membership = meta.last_membership.clone();
+            st.data = snapshot;
+            st.current = Some((meta.clone(), snapshot));
+            st.data.high_watermark
+        };
+        self.publish(hw);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<PartitionTypes, PartitionSnapshot>>, io::Error> {
+        Ok(self
+            .inner
+            .lock()
+            .current
+            .clone()
+            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}

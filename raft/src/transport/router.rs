@@ -1,0 +1,262 @@
+//! Client side of the transport: one tonic `Channel` per peer, shared by every group.
+//!
+//! Invariants:
+//! - At most one channel per (peer id, address); a changed address replaces the channel.
+//! - Channels connect lazily and reconnect by themselves; a dead peer costs a failed RPC, which
+//!   openraft answers with backoff.
+//! - Every RPC is bounded by openraft's hard TTL for it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge_proto::raft as pb;
+use drawbridge_proto::raft::raft_transport_client::RaftTransportClient;
+use openraft::alias::SnapshotOf;
+use openraft::alias::VoteOf;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft_multi::GroupRouter;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use super::group_kind::GroupKind;
+use super::wire;
+use crate::codec;
+use crate::types::GroupId;
+use crate::types::NodeId;
+
+type Client = RaftTransportClient<Channel>;
+
+/// Which RPC to call.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    PreVote,
+    Snapshot,
+    TransferLeader,
+}
+
+/// Why an RPC failed, before it is mapped to an openraft error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The peer could not be reached (no address, connect failure, timeout, group missing).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The peer answered with something we could not use.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+impl SendError {
+    fn into_rpc<C: openraft::RaftTypeConfig>(self) -> RPCError<C> {
+        match self {
+            SendError::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
+            SendError::Network(m) => RPCError::Network(NetworkError::from_string(m)),
+        }
+    }
+
+    fn into_streaming<C: openraft::RaftTypeConfig>(self) -> StreamingError<C> {
+        match self {
+            SendError::Unreachable(m) => StreamingError::Unreachable(Unreachable::from_string(m)),
+            SendError::Network(m) => StreamingError::Network(NetworkError::from_string(m)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Peers {
+    /// Peer id -> (address, client on the peer's shared channel).
+    clients: HashMap<NodeId, (String, Client)>,
+}
+
+/// The shared router (see the module docs). Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct Router {
+    peers: Arc<Mutex<Peers>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("peers", &self.peers.lock().clients.len())
+            .finish()
+    }
+}
+
+impl Router {
+    /// Records (or updates) the address of a peer.
+    pub(crate) fn set_peer(&self, id: NodeId, addr: &str) -> Result<(), SendError> {
+        let mut peers = self.peers.lock();
+        if peers.clients.get(&id).is_some_and(|(a, _)| a == addr) {
+            return Ok(());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| SendError::Unreachable(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let client = RaftTransportClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        peers.clients.insert(id, (addr.to_string(), client));
+        Ok(())
+    }
+
+    /// Forgets a peer (its channel closes when in-flight RPCs finish).
+    pub(crate) fn remove_peer(&self, id: NodeId) {
+        self.peers.lock().clients.remove(&id);
+    }
+
+    fn client(&self, id: NodeId) -> Result<Client, SendError> {
+        self.peers
+            .lock()
+            .clients
+            .get(&id)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| SendError::Unreachable(format!("no address for node {id}")))
+    }
+
+    /// Sends one encoded request and decodes the reply.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        group: &GroupId,
+        rpc: Rpc,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, SendError> {
+        let payload = codec::encode(req).map_err(|e| SendError::Network(e.to_string()))?;
+        let mut client = self.client(target)?;
+        let request = pb::RaftRequest {
+            group: Some(wire::group_to_pb(group)),
+            payload: payload.into(),
+        };
+        let fut = async move {
+            match rpc {
+                Rpc::Append => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::PreVote => client.pre_vote(request).await,
+                Rpc::Snapshot => client.install_snapshot(request).await,
+                Rpc::TransferLeader => client.transfer_leader(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(SendError::Unreachable(format!(
+                    "{rpc:?} to node {target} timed out"
+                )))
+            }
+            Ok(Err(status)) => {
+                return Err(SendError::Unreachable(format!(
+                    "{rpc:?} to node {target}: {status}"
+                )))
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        match reply.result {
+            Some(pb::raft_reply::Result::Payload(bytes)) => {
+                codec::decode("raft reply", &bytes).map_err(|e| SendError::Network(e.to_string()))
+            }
+            Some(pb::raft_reply::Result::Failure(f)) => Err(SendError::Unreachable(format!(
+                "node {target} group {group}: {} ({})",
+                f.message, f.code
+            ))),
+            None => Err(SendError::Network(format!(
+                "empty reply from node {target}"
+            ))),
+        }
+    }
+}
+
+impl<C: GroupKind> GroupRouter<C, GroupId> for Router {
+    type SnapshotData = C::Snapshot;
+
+    async fn append_entries(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.call(target, &group_id, Rpc::Append, &rpc, option.hard_ttl())
+            .await
+            .map_err(SendError::into_rpc)
+    }
+
+    async fn vote(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(target, &group_id, Rpc::Vote, &rpc, option.hard_ttl())
+            .await
+            .map_err(SendError::into_rpc)
+    }
+
+    async fn pre_vote(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(target, &group_id, Rpc::PreVote, &rpc, option.hard_ttl())
+            .await
+            .map_err(SendError::into_rpc)
+    }
+
+    async fn full_snapshot(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        let send = self.call(target, &group_id, Rpc::Snapshot, &req, option.hard_ttl());
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = send => r.map_err(SendError::into_streaming),
+        }
+    }
+
+    async fn transfer_leader(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        self.call(
+            target,
+            &group_id,
+            Rpc::TransferLeader,
+            &req,
+            option.hard_ttl(),
+        )
+        .await
+        .map_err(SendError::into_rpc)
+    }
+}
