@@ -9,13 +9,23 @@
 //! This crate holds no logic: only generated code.
 
 /// Liftbridge-compatible public API (`package proto`).
-#[allow(clippy::all, missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#[allow(
+    clippy::all,
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
 pub mod api {
     tonic::include_proto!("proto");
 }
 
 /// Internal raft transport between Drawbridge nodes (`package drawbridge.raft`).
-#[allow(clippy::all, missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#[allow(
+    clippy::all,
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
 pub mod raft {
     tonic::include_proto!("drawbridge.raft");
 }
