@@ -1,1 +1,38 @@
-//! Drawbridge server crate (being built; see the crate map once modules land).
+//! The Drawbridge server: a Liftbridge-compatible, replicated message log for NATS.
+//!
+//! Crate map:
+//! - [`config`]: Liftbridge's command-line flags and YAML keys with Liftbridge's defaults,
+//!   `LIFTBRIDGE_*` environment overrides and a few Drawbridge keys, loaded into a validated
+//!   [`config::Config`] (defaults < file < environment < flags).
+//! - [`embedded_nats`]: an in-process core-NATS broker for `--embedded-nats`, so a single node
+//!   runs with nothing else installed and any NATS client can publish to it.
+//! - [`envelope`]: Liftbridge's NATS envelope (magic, version, header length, flags, type,
+//!   optional CRC-32C) around the protobuf `Message` and `Ack`; every decoder failure is an
+//!   error value, never a panic.
+//! - [`app`]: start-up and shutdown of a server (NATS, identity, raft, cluster, gRPC).
+//! - [`api`]: the `proto.API` gRPC service, one file per group of RPCs.
+//! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
+//! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest.
+//! - [`ingest`]: NATS → batched raft proposals on a partition leader; [`acks`]: acks.
+//! - [`partition_log`]: the readable committed-record log of a partition (stop-gap, see there).
+//! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
+//! - [`context`]: the shared server state; [`nats_conn`]: the NATS connection.
+//! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.
+
+pub mod acks;
+pub mod api;
+pub mod app;
+pub mod cluster;
+pub mod config;
+pub mod context;
+pub mod embedded_nats;
+pub mod envelope;
+pub mod error;
+pub mod identity;
+pub mod ingest;
+pub mod names;
+pub mod nats_conn;
+pub mod partition_log;
+pub mod partitions;
+pub mod placement;
+pub mod status;

@@ -3,6 +3,7 @@
 //! - [`ports`]: free loopback ports for the processes a test starts.
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
 //! - [`nats`]: a real `nats-server` (the Debian package) on a free loopback port.
+//! - [`server`]: `drawbridge-server` processes (single servers and clusters) for process tests.
 //!
 //! Invariants every test relies on: only 127.0.0.1 is used; every process a test starts is
 //! stopped when the test ends (even when it panics); every wait is bounded in time.
@@ -10,3 +11,4 @@
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod server;

@@ -1,0 +1,68 @@
+//! Acks: what the partition leader sends to a message's ack inbox (spec §8).
+//!
+//! Invariants:
+//! - An ack is only sent when the message named an inbox.
+//! - Success acks follow the ack policy: LEADER after the leader's durable local append, ALL
+//!   after raft commit, NONE never. Error acks (TOO_LARGE, INCORRECT_OFFSET) are sent whatever
+//!   the policy.
+//! - `commitTimestamp` is stamped when the ack is sent; `partitionSubject` is the stream's base
+//!   subject, `msgSubject` the subject the message arrived on.
+
+use drawbridge_proto::api::{ack, Ack, AckPolicy};
+
+use crate::envelope;
+
+/// What the ingest path remembers about one message until it is acked.
+#[derive(Debug, Clone)]
+pub struct PendingAck {
+    /// Where to send the ack.
+    pub inbox: String,
+    /// Echoed back.
+    pub correlation_id: String,
+    /// The message's policy.
+    pub policy: AckPolicy,
+    /// Subject the message arrived on.
+    pub msg_subject: String,
+    /// Leader reception time, ns.
+    pub reception_ns: i64,
+}
+
+/// Current Unix time in nanoseconds.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Builds the ack for `p`.
+pub fn build(
+    stream: &str,
+    base_subject: &str,
+    p: &PendingAck,
+    offset: i64,
+    error: ack::Error,
+) -> Ack {
+    Ack {
+        stream: stream.to_owned(),
+        partition_subject: base_subject.to_owned(),
+        msg_subject: p.msg_subject.clone(),
+        offset: if error == ack::Error::Ok { offset } else { 0 },
+        ack_inbox: p.inbox.clone(),
+        correlation_id: p.correlation_id.clone(),
+        ack_policy: p.policy as i32,
+        reception_timestamp: p.reception_ns,
+        commit_timestamp: now_ns(),
+        ack_error: error as i32,
+    }
+}
+
+/// Publishes an ack envelope to its inbox; failures are logged (the publisher times out).
+pub async fn send(nats: &async_nats::Client, ack: &Ack) {
+    if ack.ack_inbox.is_empty() {
+        return;
+    }
+    let body = envelope::encode_ack(ack);
+    if let Err(e) = nats.publish(ack.ack_inbox.clone(), body).await {
+        tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
+    }
+}

@@ -1,0 +1,188 @@
+//! FetchMetadata and FetchPartitionMetadata (spec §10).
+//!
+//! Invariants:
+//! - The broker list starts with this server, then every broker that answered a survey
+//!   recently; when a requested partition's leader is not among them, one bounded survey runs
+//!   first, so clients can route to every leader.
+//! - Streams are reported in request order; an unknown stream is reported with
+//!   `UNKNOWN_STREAM`, not as an error; an empty request lists every stream.
+//! - `highWatermark` / `newestOffset` are this server's local view (-1 when it has none); only
+//!   FetchPartitionMetadata on the leader is authoritative.
+//! - `isr` lists the replicas that are currently reachable (raft keeps every live replica in
+//!   step, so there is no separate shrinking ISR).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use drawbridge_proto::api::{
+    consumer_group_metadata, stream_metadata, Broker, ConsumerGroupMetadata, FetchMetadataRequest,
+    FetchMetadataResponse, FetchPartitionMetadataRequest, FetchPartitionMetadataResponse,
+    PartitionMetadata, StreamMetadata,
+};
+use drawbridge_raft::metadata::state::{MetadataState, PartitionMeta, StreamMeta};
+use drawbridge_raft::{NodeId, PartitionId};
+
+use crate::cluster::{self, ServerInfo};
+use crate::context::Ctx;
+use crate::error::{Result, ServerError};
+
+fn to_i64(v: Option<u64>) -> i64 {
+    v.and_then(|v| i64::try_from(v).ok()).unwrap_or(-1)
+}
+
+/// One partition as seen from this server.
+fn partition_metadata(ctx: &Ctx, stream: &str, id: i32, p: &PartitionMeta) -> PartitionMetadata {
+    let (hw, newest) = match ctx.partitions.get(&PartitionId::new(stream, id)) {
+        Some(local) => (
+            to_i64(local.log.high_watermark()),
+            to_i64(local.log.newest_offset()),
+        ),
+        None => (-1, -1),
+    };
+    let isr = p
+        .replicas
+        .iter()
+        .filter(|r| **r == ctx.node_id || ctx.directory.is_live(**r))
+        .map(|r| ctx.server_id_of(*r))
+        .collect();
+    PartitionMetadata {
+        id,
+        leader: p.leader.map(|l| ctx.server_id_of(l)).unwrap_or_default(),
+        replicas: p.replicas.iter().map(|r| ctx.server_id_of(*r)).collect(),
+        isr,
+        high_watermark: hw,
+        newest_offset: newest,
+        paused: p.paused,
+        readonly: p.readonly,
+        messages_received_timestamps: None,
+        pause_timestamps: None,
+        readonly_timestamps: None,
+    }
+}
+
+fn stream_metadata(ctx: &Ctx, name: &str, s: &StreamMeta) -> StreamMetadata {
+    StreamMetadata {
+        name: name.to_owned(),
+        subject: s.subject.clone(),
+        error: stream_metadata::Error::Ok as i32,
+        partitions: s
+            .partitions
+            .iter()
+            .map(|(id, p)| (*id, partition_metadata(ctx, name, *id, p)))
+            .collect(),
+        creation_timestamp: s.created_at_ms.saturating_mul(1_000_000),
+    }
+}
+
+fn broker(info: &ServerInfo, counts: &HashMap<NodeId, (i32, i32)>) -> Broker {
+    let (partitions, leaders) = counts.get(&info.node_id).copied().unwrap_or((0, 0));
+    Broker {
+        id: info.server_id.clone(),
+        host: info.host.clone(),
+        port: i32::from(info.port),
+        partition_count: partitions,
+        leader_count: leaders,
+    }
+}
+
+fn counts(state: &MetadataState) -> HashMap<NodeId, (i32, i32)> {
+    let mut c: HashMap<NodeId, (i32, i32)> = HashMap::new();
+    for s in state.streams.values() {
+        for p in s.partitions.values() {
+            for r in &p.replicas {
+                c.entry(*r).or_default().0 += 1;
+            }
+            if let Some(l) = p.leader {
+                c.entry(l).or_default().1 += 1;
+            }
+        }
+    }
+    c
+}
+
+/// FetchMetadata (spec §10).
+pub async fn fetch_metadata(ctx: &Ctx, r: FetchMetadataRequest) -> Result<FetchMetadataResponse> {
+    let state = ctx.raft.metadata().state().state;
+    let names: Vec<String> = if r.streams.is_empty() {
+        state.streams.keys().cloned().collect()
+    } else {
+        r.streams.clone()
+    };
+    let leaders: BTreeSet<NodeId> = names
+        .iter()
+        .filter_map(|n| state.streams.get(n))
+        .flat_map(|s| s.partitions.values().filter_map(|p| p.leader))
+        .filter(|l| *l != ctx.node_id)
+        .collect();
+    if leaders.iter().any(|l| !ctx.directory.is_live(*l)) {
+        let others = cluster::cluster_members(ctx).len().saturating_sub(1);
+        cluster::survey(ctx, Duration::from_secs(1), others).await?;
+    }
+    let counts = counts(&state);
+    let mut brokers = vec![broker(&cluster::self_info(ctx), &counts)];
+    let mut live = ctx.directory.live();
+    live.sort_by(|a, b| a.server_id.cmp(&b.server_id));
+    brokers.extend(
+        live.iter()
+            .filter(|i| i.node_id != ctx.node_id)
+            .map(|i| broker(i, &counts)),
+    );
+    let stream_metadata = names
+        .iter()
+        .map(|n| match state.streams.get(n) {
+            Some(s) => stream_metadata(ctx, n, s),
+            None => StreamMetadata {
+                name: n.clone(),
+                error: stream_metadata::Error::UnknownStream as i32,
+                ..Default::default()
+            },
+        })
+        .collect();
+    let group_metadata = r
+        .groups
+        .iter()
+        .map(|g| match state.consumer_groups.get(g) {
+            Some(meta) => ConsumerGroupMetadata {
+                group_id: g.clone(),
+                error: consumer_group_metadata::Error::Ok as i32,
+                coordinator: ctx.server_id_of(meta.coordinator),
+                epoch: meta.epoch,
+            },
+            None => ConsumerGroupMetadata {
+                group_id: g.clone(),
+                error: consumer_group_metadata::Error::UnknownGroup as i32,
+                ..Default::default()
+            },
+        })
+        .collect();
+    Ok(FetchMetadataResponse {
+        brokers,
+        stream_metadata,
+        group_metadata,
+    })
+}
+
+/// FetchPartitionMetadata: the leader's live view (spec §2, §5).
+pub fn fetch_partition_metadata(
+    ctx: &Ctx,
+    r: FetchPartitionMetadataRequest,
+) -> Result<FetchPartitionMetadataResponse> {
+    let state = ctx.raft.metadata().state().state;
+    let p = state
+        .streams
+        .get(&r.stream)
+        .and_then(|s| s.partitions.get(&r.partition))
+        .ok_or_else(|| ServerError::NotFound("No such partition".into()))?;
+    let local = ctx
+        .partitions
+        .get(&PartitionId::new(r.stream.clone(), r.partition))
+        .filter(|l| l.replica.is_leader())
+        .ok_or_else(|| ServerError::FailedPrecondition("Server not partition leader".into()))?;
+    let mut meta = partition_metadata(ctx, &r.stream, r.partition, p);
+    meta.leader = ctx.server_id.clone();
+    meta.high_watermark = to_i64(local.log.high_watermark());
+    meta.newest_offset = to_i64(local.log.newest_offset());
+    Ok(FetchPartitionMetadataResponse {
+        metadata: Some(meta),
+    })
+}

@@ -1,0 +1,152 @@
+//! The public gRPC service `proto.API` (spec §2), one file per group of RPCs:
+//! - [`admin`]: CreateStream, DeleteStream (run on the metadata leader), and the RPCs of later
+//!   issues (pause, readonly, cursors, consumer groups), which answer `Unimplemented`;
+//! - [`metadata`]: FetchMetadata, FetchPartitionMetadata;
+//! - [`publish`]: Publish, PublishAsync, PublishToSubject (all re-publish onto NATS);
+//! - [`subscribe`]: the Subscribe RPC.
+//!
+//! Invariants: handlers validate before acting and answer with the spec's status codes (§5),
+//! produced only by [`crate::status`]; server streams are a spawned producer feeding a bounded
+//! channel (a failed send means the client left), so a slow or vanished client never blocks
+//! anything but its own producer.
+
+pub mod admin;
+pub mod metadata;
+pub mod publish;
+pub mod subscribe;
+
+use drawbridge_proto::api::api_server::Api;
+use drawbridge_proto::api::*;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::Ctx;
+
+/// The `proto.API` implementation.
+#[derive(Debug, Clone)]
+pub struct ApiService {
+    ctx: Ctx,
+}
+
+impl ApiService {
+    /// A service over the running server.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Api for ApiService {
+    async fn create_stream(&self, r: Request<CreateStreamRequest>) -> Res<CreateStreamResponse> {
+        Ok(Response::new(
+            admin::create_stream(&self.ctx, r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_stream(&self, r: Request<DeleteStreamRequest>) -> Res<DeleteStreamResponse> {
+        Ok(Response::new(
+            admin::delete_stream(&self.ctx, r.into_inner()).await?,
+        ))
+    }
+
+    async fn pause_stream(&self, _: Request<PauseStreamRequest>) -> Res<PauseStreamResponse> {
+        Err(admin::later("PauseStream").into())
+    }
+
+    async fn set_stream_readonly(
+        &self,
+        _: Request<SetStreamReadonlyRequest>,
+    ) -> Res<SetStreamReadonlyResponse> {
+        Err(admin::later("SetStreamReadonly").into())
+    }
+
+    type SubscribeStream = ReceiverStream<Result<Message, Status>>;
+
+    async fn subscribe(&self, r: Request<SubscribeRequest>) -> Res<Self::SubscribeStream> {
+        Ok(Response::new(
+            subscribe::subscribe(&self.ctx, r.into_inner()).await?,
+        ))
+    }
+
+    async fn fetch_metadata(&self, r: Request<FetchMetadataRequest>) -> Res<FetchMetadataResponse> {
+        Ok(Response::new(
+            metadata::fetch_metadata(&self.ctx, r.into_inner()).await?,
+        ))
+    }
+
+    async fn fetch_partition_metadata(
+        &self,
+        r: Request<FetchPartitionMetadataRequest>,
+    ) -> Res<FetchPartitionMetadataResponse> {
+        Ok(Response::new(metadata::fetch_partition_metadata(
+            &self.ctx,
+            r.into_inner(),
+        )?))
+    }
+
+    async fn publish(&self, r: Request<PublishRequest>) -> Res<PublishResponse> {
+        let deadline = publish::deadline_of(r.metadata());
+        Ok(Response::new(
+            publish::publish(&self.ctx, r.into_inner(), deadline).await?,
+        ))
+    }
+
+    type PublishAsyncStream = ReceiverStream<Result<PublishResponse, Status>>;
+
+    async fn publish_async(
+        &self,
+        r: Request<Streaming<PublishRequest>>,
+    ) -> Res<Self::PublishAsyncStream> {
+        Ok(Response::new(
+            publish::publish_async(self.ctx.clone(), r.into_inner()).await?,
+        ))
+    }
+
+    async fn publish_to_subject(
+        &self,
+        r: Request<PublishToSubjectRequest>,
+    ) -> Res<PublishToSubjectResponse> {
+        let deadline = publish::deadline_of(r.metadata());
+        Ok(Response::new(
+            publish::publish_to_subject(&self.ctx, r.into_inner(), deadline).await?,
+        ))
+    }
+
+    async fn set_cursor(&self, _: Request<SetCursorRequest>) -> Res<SetCursorResponse> {
+        Err(admin::later("SetCursor").into())
+    }
+
+    async fn fetch_cursor(&self, _: Request<FetchCursorRequest>) -> Res<FetchCursorResponse> {
+        Err(admin::later("FetchCursor").into())
+    }
+
+    async fn join_consumer_group(
+        &self,
+        _: Request<JoinConsumerGroupRequest>,
+    ) -> Res<JoinConsumerGroupResponse> {
+        Err(admin::later("JoinConsumerGroup").into())
+    }
+
+    async fn leave_consumer_group(
+        &self,
+        _: Request<LeaveConsumerGroupRequest>,
+    ) -> Res<LeaveConsumerGroupResponse> {
+        Err(admin::later("LeaveConsumerGroup").into())
+    }
+
+    async fn fetch_consumer_group_assignments(
+        &self,
+        _: Request<FetchConsumerGroupAssignmentsRequest>,
+    ) -> Res<FetchConsumerGroupAssignmentsResponse> {
+        Err(admin::later("FetchConsumerGroupAssignments").into())
+    }
+
+    async fn report_consumer_group_coordinator(
+        &self,
+        _: Request<ReportConsumerGroupCoordinatorRequest>,
+    ) -> Res<ReportConsumerGroupCoordinatorResponse> {
+        Err(admin::later("ReportConsumerGroupCoordinator").into())
+    }
+}

@@ -1,0 +1,360 @@
+//! Publish, PublishAsync and PublishToSubject (spec §7, §8). All three build a Publish envelope
+//! and publish it on NATS, so every stream and plain subscriber on the subject sees it exactly as
+//! if a NATS client had published it; the partition leader (on any node) records it and acks.
+//!
+//! Invariants:
+//! - Unary calls wait for an ack only when the ack policy is not NONE and the call has a
+//!   deadline (`grpc-timeout`); the inbox subscription is in place (flushed) before the message
+//!   is published, so the ack cannot be missed.
+//! - PublishAsync uses one server-generated inbox per call, overwriting every request's inbox;
+//!   it answers successes only for LEADER/ALL, answers every rejected request with an
+//!   `asyncError` plus an empty Ack, and on half-close waits up to 5 s for outstanding acks.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge_proto::api::{
+    ack, publish_async_error, Ack, AckPolicy, Message, PublishAsyncError, PublishRequest,
+    PublishResponse, PublishToSubjectRequest, PublishToSubjectResponse,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Status, Streaming};
+use tracing::debug;
+
+use crate::context::{Ctx, Node};
+use crate::envelope;
+use crate::error::{Result, ServerError};
+use crate::identity::random_id;
+use crate::names;
+use crate::partitions::KEY_OCC;
+
+/// How long PublishAsync waits for outstanding acks after the client half-closes.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Parses the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+pub fn deadline_of(md: &MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn new_inbox(ctx: &Node) -> String {
+    ctx.subject(&format!("ack.{}", random_id()))
+}
+
+/// The NATS subject of a publish request, after the stream/partition checks of spec §5.
+fn target_subject(ctx: &Node, r: &PublishRequest) -> Result<String> {
+    if r.stream.is_empty() {
+        return Err(ServerError::InvalidArgument("No stream provided".into()));
+    }
+    let state = ctx.raft.metadata().state().state;
+    let s = state
+        .streams
+        .get(&r.stream)
+        .ok_or_else(|| ServerError::NotFound(format!("No such stream {}", r.stream)))?;
+    let p = s
+        .partitions
+        .get(&r.partition)
+        .ok_or_else(|| ServerError::NotFound(format!("No such partition {}", r.partition)))?;
+    if p.readonly {
+        return Err(ServerError::FailedPrecondition(
+            "Partition is readonly".into(),
+        ));
+    }
+    let occ = s.config.get(KEY_OCC).is_some_and(|v| v == "true");
+    if occ && r.ack_policy == AckPolicy::None as i32 {
+        return Err(ServerError::InvalidArgument(
+            "Optimistic concurrency control requires an ack policy other than NONE".into(),
+        ));
+    }
+    Ok(names::partition_subject(&s.subject, r.partition))
+}
+
+fn envelope_of(r: &PublishRequest, subject: &str, inbox: &str) -> bytes::Bytes {
+    envelope::encode_publish(&Message {
+        offset: r.expected_offset,
+        key: r.key.clone(),
+        value: r.value.clone(),
+        stream: r.stream.clone(),
+        partition: r.partition,
+        subject: subject.to_owned(),
+        headers: r.headers.clone(),
+        ack_inbox: inbox.to_owned(),
+        correlation_id: r.correlation_id.clone(),
+        ack_policy: r.ack_policy,
+        ..Default::default()
+    })
+}
+
+/// Publishes `body` on `subject`; with a deadline and a policy other than NONE, waits for the
+/// first ack on `inbox`.
+async fn publish_and_wait(
+    ctx: &Node,
+    subject: String,
+    inbox: &str,
+    body: bytes::Bytes,
+    wait: Option<Duration>,
+) -> Result<Option<Ack>> {
+    let Some(wait) = wait else {
+        ctx.nats
+            .publish(subject, body)
+            .await
+            .map_err(|e| ServerError::Nats(e.to_string()))?;
+        return Ok(None);
+    };
+    let mut sub = ctx
+        .nats
+        .subscribe(inbox.to_owned())
+        .await
+        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    ctx.nats
+        .publish(subject, body)
+        .await
+        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let out = loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Err(_) | Ok(None) => {
+                break Err(ServerError::DeadlineExceeded(
+                    "timed out waiting for ack".into(),
+                ))
+            }
+            Ok(Some(m)) => match envelope::decode_ack(&m.payload) {
+                Ok(a) => break Ok(Some(a)),
+                Err(e) => debug!(error = %e, "non-ack message on an ack inbox ignored"),
+            },
+        }
+    };
+    let _ = sub.unsubscribe().await;
+    out
+}
+
+/// Unary Publish.
+pub async fn publish(
+    ctx: &Ctx,
+    r: PublishRequest,
+    deadline: Option<Duration>,
+) -> Result<PublishResponse> {
+    let subject = target_subject(ctx, &r)?;
+    let inbox = if r.ack_inbox.is_empty() {
+        new_inbox(ctx)
+    } else {
+        r.ack_inbox.clone()
+    };
+    let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
+    let body = envelope_of(&r, &subject, &inbox);
+    let ack = publish_and_wait(ctx, subject, &inbox, body, wait).await?;
+    if let Some(a) = &ack {
+        match ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown) {
+            ack::Error::Ok => {}
+            ack::Error::TooLarge => {
+                return Err(ServerError::InvalidArgument(
+                    "message exceeds max replication size".into(),
+                ))
+            }
+            ack::Error::Encryption => return Err(ServerError::Internal("encryption error".into())),
+            ack::Error::IncorrectOffset => {
+                return Err(ServerError::Unknown("incorrect expected offset".into()))
+            }
+            ack::Error::Unknown => return Err(ServerError::Unknown("unknown ack error".into())),
+        }
+    }
+    Ok(PublishResponse {
+        ack,
+        async_error: None,
+        correlation_id: String::new(),
+    })
+}
+
+/// PublishToSubject: no stream checks; ack errors are left inside the Ack.
+pub async fn publish_to_subject(
+    ctx: &Ctx,
+    r: PublishToSubjectRequest,
+    deadline: Option<Duration>,
+) -> Result<PublishToSubjectResponse> {
+    names::check_publish_subject(&r.subject)?;
+    let inbox = if r.ack_inbox.is_empty() {
+        new_inbox(ctx)
+    } else {
+        r.ack_inbox.clone()
+    };
+    let body = envelope::encode_publish(&Message {
+        offset: -1,
+        key: r.key,
+        value: r.value,
+        subject: r.subject.clone(),
+        headers: r.headers,
+        ack_inbox: inbox.clone(),
+        correlation_id: r.correlation_id,
+        ack_policy: r.ack_policy,
+        ..Default::default()
+    });
+    let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
+    let ack = publish_and_wait(ctx, r.subject, &inbox, body, wait).await?;
+    Ok(PublishToSubjectResponse { ack })
+}
+
+fn async_code(e: &ServerError) -> publish_async_error::Code {
+    use publish_async_error::Code;
+    match e {
+        ServerError::InvalidArgument(_) => Code::BadRequest,
+        ServerError::NotFound(_) => Code::NotFound,
+        ServerError::FailedPrecondition(_) => Code::Readonly,
+        ServerError::Internal(_) => Code::Internal,
+        _ => Code::Unknown,
+    }
+}
+
+fn error_response(
+    correlation_id: String,
+    code: publish_async_error::Code,
+    message: String,
+) -> PublishResponse {
+    PublishResponse {
+        ack: Some(Ack::default()),
+        async_error: Some(PublishAsyncError {
+            code: code as i32,
+            message,
+        }),
+        correlation_id,
+    }
+}
+
+/// PublishAsync: a spawned reader of requests, a spawned reader of acks, one bounded output.
+pub async fn publish_async(
+    ctx: Ctx,
+    mut requests: Streaming<PublishRequest>,
+) -> Result<ReceiverStream<Result<PublishResponse, Status>>> {
+    let inbox = new_inbox(&ctx);
+    let mut acks = ctx
+        .nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    ctx.nats
+        .flush()
+        .await
+        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    let (tx, rx) = mpsc::channel::<Result<PublishResponse, Status>>(1024);
+    let outstanding = Arc::new(AtomicI64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+
+    // Acks from the leaders → responses.
+    let ack_tx = tx.clone();
+    let out2 = outstanding.clone();
+    tokio::spawn(async move {
+        // Set when the client half-closed: from then on, wait at most DRAIN_WAIT for the acks
+        // still outstanding.
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            if drain_until.is_some() && out2.load(Ordering::Acquire) <= 0 {
+                return;
+            }
+            let m = tokio::select! {
+                m = acks.next() => m,
+                _ = crate::context::until_true(&mut done_rx), if drain_until.is_none() => {
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => return,
+            };
+            let Some(m) = m else { return };
+            let a = match envelope::decode_ack(&m.payload) {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "non-ack message on a PublishAsync inbox ignored");
+                    continue;
+                }
+            };
+            out2.fetch_sub(1, Ordering::AcqRel);
+            let resp = match ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown) {
+                ack::Error::Ok => PublishResponse {
+                    correlation_id: a.correlation_id.clone(),
+                    ack: Some(a),
+                    async_error: None,
+                },
+                err => {
+                    let code = match err {
+                        ack::Error::IncorrectOffset => publish_async_error::Code::IncorrectOffset,
+                        ack::Error::TooLarge => publish_async_error::Code::BadRequest,
+                        ack::Error::Encryption => publish_async_error::Code::EncryptionFailed,
+                        _ => publish_async_error::Code::Unknown,
+                    };
+                    PublishResponse {
+                        correlation_id: a.correlation_id.clone(),
+                        async_error: Some(PublishAsyncError {
+                            code: code as i32,
+                            message: format!("{err:?}"),
+                        }),
+                        ack: Some(a),
+                    }
+                }
+            };
+            if ack_tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // Requests → NATS.
+    tokio::spawn(async move {
+        loop {
+            let req = match requests.next().await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    debug!(error = %e, "PublishAsync request stream ended with an error");
+                    break;
+                }
+                None => break,
+            };
+            let subject = match target_subject(&ctx, &req) {
+                Ok(s) => s,
+                Err(e) => {
+                    let resp =
+                        error_response(req.correlation_id.clone(), async_code(&e), e.to_string());
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let policy = AckPolicy::try_from(req.ack_policy).unwrap_or(AckPolicy::Leader);
+            if policy != AckPolicy::None {
+                outstanding.fetch_add(1, Ordering::AcqRel);
+            }
+            let body = envelope_of(&req, &subject, &inbox);
+            if let Err(e) = ctx.nats.publish(subject, body).await {
+                if policy != AckPolicy::None {
+                    outstanding.fetch_sub(1, Ordering::AcqRel);
+                }
+                let resp = error_response(
+                    req.correlation_id.clone(),
+                    publish_async_error::Code::Internal,
+                    format!("NATS publish failed: {e}"),
+                );
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        done_tx.send_replace(true);
+    });
+    Ok(ReceiverStream::new(rx))
+}

@@ -1,0 +1,273 @@
+//! Subscribe (spec §9): validate and position before the first frame, send one empty Message,
+//! then every committed record from the start position, tailing forever or up to a stop
+//! position.
+//!
+//! Invariants:
+//! - Every validation error fails the call before any frame (the codes of spec §5).
+//! - Only committed records are sent (the readable log never holds anything else), in offset
+//!   order, each once.
+//! - Positions (spec §9): OFFSET is clamped into [oldest, next]; EARLIEST = oldest; LATEST =
+//!   newest committed (sent first); NEW_ONLY = newest + 1; TIMESTAMP = first record at or after
+//!   it. STOP_OFFSET / STOP_LATEST / STOP_TIMESTAMP end the call with ResourceExhausted after the
+//!   stop record; a stop before the start is InvalidArgument; STOP_LATEST on an empty partition
+//!   is ResourceExhausted.
+//! - The producer ends when the client leaves (send fails), the server stops, the stream is
+//!   deleted (NotFound), or — unless `readISRReplica` — this node stops leading the partition
+//!   (Unavailable, so the client re-resolves the leader and resumes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use drawbridge_proto::api::{Message, StartPosition, StopPosition, SubscribeRequest};
+use drawbridge_raft::PartitionId;
+use drawbridge_storage::{Log, ReadLimits, RecordView, StorageError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::context::Ctx;
+use crate::error::{Result, ServerError};
+use crate::partitions::Local;
+
+/// Frames buffered per subscription.
+const CHANNEL: usize = 256;
+/// How often a tailing subscription re-checks leadership and stream existence.
+const RECHECK: Duration = Duration::from_millis(500);
+
+fn to_message(stream: &str, partition: i32, r: RecordView) -> Message {
+    let mut headers: HashMap<String, Bytes> = HashMap::with_capacity(r.headers.len());
+    let mut subject = String::new();
+    let mut reply = String::new();
+    for (k, v) in r.headers {
+        if k == "subject" {
+            subject = String::from_utf8_lossy(&v).into_owned();
+        } else if k == "reply" {
+            reply = String::from_utf8_lossy(&v).into_owned();
+        }
+        headers.insert(k, v);
+    }
+    Message {
+        offset: i64::try_from(r.offset).unwrap_or(i64::MAX),
+        key: r.key.unwrap_or_default(),
+        value: r.value,
+        timestamp: r.timestamp,
+        stream: stream.to_owned(),
+        partition,
+        subject,
+        reply_subject: reply,
+        headers,
+        ..Default::default()
+    }
+}
+
+/// Start offset and optional inclusive stop offset of a request against `log`.
+fn positions(r: &SubscribeRequest, log: &Log) -> Result<(u64, Option<u64>)> {
+    let earliest = log.earliest_offset();
+    let hw = log.high_watermark();
+    let end = hw.map_or(earliest, |h| h + 1);
+    let start = match StartPosition::try_from(r.start_position) {
+        Ok(StartPosition::NewOnly) => end,
+        Ok(StartPosition::Offset) => {
+            u64::try_from(r.start_offset).map_or(earliest, |o| o.clamp(earliest, end))
+        }
+        Ok(StartPosition::Earliest) => earliest,
+        Ok(StartPosition::Latest) => hw.unwrap_or(end),
+        Ok(StartPosition::Timestamp) => log
+            .offset_for_timestamp(r.start_timestamp.max(0))?
+            .unwrap_or(end),
+        Err(_) => {
+            return Err(ServerError::InvalidArgument(format!(
+                "Unknown StartPosition {}",
+                r.start_position
+            )))
+        }
+    };
+    let stop = match StopPosition::try_from(r.stop_position) {
+        Ok(StopPosition::StopOnCancel) => None,
+        Ok(StopPosition::StopOffset) => Some(u64::try_from(r.stop_offset).map_err(|_| {
+            ServerError::InvalidArgument(format!("Invalid stop offset {}", r.stop_offset))
+        })?),
+        Ok(StopPosition::StopLatest) => match hw {
+            Some(h) => Some(h),
+            None => return Err(ServerError::ResourceExhausted("Stream is empty".into())),
+        },
+        Ok(StopPosition::StopTimestamp) => {
+            let after = r.stop_timestamp.saturating_add(1);
+            let first_after = log.offset_for_timestamp(after)?;
+            let last = match first_after {
+                Some(0) => None,
+                Some(o) => Some(o - 1),
+                None => hw,
+            };
+            match last {
+                Some(l) => Some(l),
+                None => {
+                    return Err(ServerError::InvalidArgument(
+                        "Stop timestamp is before the first record".into(),
+                    ))
+                }
+            }
+        }
+        Err(_) => {
+            return Err(ServerError::InvalidArgument(format!(
+                "Unknown StopPosition {}",
+                r.stop_position
+            )))
+        }
+    };
+    if let Some(s) = stop {
+        if s < start {
+            return Err(ServerError::InvalidArgument(format!(
+                "Stop offset {s} is before start offset {start}"
+            )));
+        }
+    }
+    Ok((start, stop))
+}
+
+/// Validates, positions and starts a subscription.
+pub async fn subscribe(
+    ctx: &Ctx,
+    r: SubscribeRequest,
+) -> Result<ReceiverStream<Result<Message, Status>>> {
+    if let Some(c) = &r.consumer {
+        if !c.group_id.is_empty() && c.consumer_id.is_empty() {
+            return Err(ServerError::InvalidArgument(
+                "Consumer id required with a group id".into(),
+            ));
+        }
+        if !c.group_id.is_empty() && r.read_isr_replica {
+            return Err(ServerError::InvalidArgument(
+                "readISRReplica cannot be used by a consumer group member".into(),
+            ));
+        }
+        if !c.group_id.is_empty() {
+            return Err(super::admin::later("Subscribe as a consumer group member"));
+        }
+    }
+    if r.reverse {
+        return Err(super::admin::later("Reverse Subscribe"));
+    }
+    let state = ctx.raft.metadata().state().state;
+    if state
+        .streams
+        .get(&r.stream)
+        .and_then(|s| s.partitions.get(&r.partition))
+        .is_none()
+    {
+        return Err(ServerError::NotFound("No such partition".into()));
+    }
+    let id = PartitionId::new(r.stream.clone(), r.partition);
+    let local = ctx.partitions.get(&id);
+    let local = match local {
+        Some(l) if r.read_isr_replica || l.replica.is_leader() => l,
+        _ => {
+            return Err(ServerError::FailedPrecondition(
+                "Server not partition leader".into(),
+            ))
+        }
+    };
+    if r.resume {
+        tracing::debug!("resume requested; partitions are never paused by this server yet");
+    }
+    let (start, stop) = positions(&r, &local.log)?;
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    tx.send(Ok(Message::default()))
+        .await
+        .map_err(|_| ServerError::Internal("subscriber left".into()))?;
+    tokio::spawn(produce(
+        ctx.clone(),
+        local,
+        id,
+        r.read_isr_replica,
+        start,
+        stop,
+        tx,
+    ));
+    Ok(ReceiverStream::new(rx))
+}
+
+async fn produce(
+    ctx: Ctx,
+    local: Arc<Local>,
+    id: PartitionId,
+    any_replica: bool,
+    start: u64,
+    stop: Option<u64>,
+    tx: mpsc::Sender<Result<Message, Status>>,
+) {
+    let mut reader = local.log.tail(start);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let next = tokio::select! {
+            r = reader.next_records(ReadLimits::default()) => Some(r),
+            _ = tokio::time::sleep(RECHECK) => None,
+            _ = crate::context::until_true(&mut shutdown) => {
+                let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+        };
+        let records = match next {
+            None => {
+                let gone = ctx
+                    .partitions
+                    .get(&id)
+                    .is_none_or(|l| !Arc::ptr_eq(&l, &local));
+                let err = if gone {
+                    Some(ServerError::NotFound("Stream deleted".into()))
+                } else if !any_replica && !local.replica.is_leader() {
+                    Some(ServerError::Unavailable("partition leader changed".into()))
+                } else {
+                    None
+                };
+                if let Some(e) = err {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(records)) => records,
+            Some(Err(StorageError::Closed)) => {
+                let _ = tx
+                    .send(Err(ServerError::NotFound("Stream deleted".into()).into()))
+                    .await;
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(ServerError::from(e).into())).await;
+                return;
+            }
+        };
+        for rec in records {
+            let offset = rec.offset;
+            if stop.is_some_and(|s| offset > s) {
+                let _ = tx
+                    .send(Err(ServerError::ResourceExhausted(
+                        "Stop offset reached".into(),
+                    )
+                    .into()))
+                    .await;
+                return;
+            }
+            if tx
+                .send(Ok(to_message(&id.stream, id.partition, rec)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if stop == Some(offset) {
+                let _ = tx
+                    .send(Err(ServerError::ResourceExhausted(
+                        "Stop offset reached".into(),
+                    )
+                    .into()))
+                    .await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Start-up and shutdown of one server.
+//!
+//! Start-up order (each step bounded; a failure stops start-up with an error):
+//! 1. the embedded NATS broker when `nats.embedded` (bound to 127.0.0.1 unless its config file
+//!    says otherwise), then the NATS connection (to it, or to `nats.servers`);
+//! 2. the data directory and this server's identity ([`crate::identity`]);
+//! 3. the raft node on the raft address (Drawbridge's `--raft-listen`, default: the client
+//!    listen host and client port + 1);
+//! 4. the cluster responders on NATS (survey answers, forwarded admin calls), then cluster
+//!    formation ([`crate::cluster::form`]): recover existing state; or bootstrap alone with
+//!    `--raft-bootstrap-seed`; or with every `--raft-bootstrap-peers` id once all answered the
+//!    survey; or, without those flags, bootstrap alone when NATS is our own embedded broker or
+//!    when no cluster answers on NATS, else join the cluster found;
+//! 5. the partition reconciler, the broker survey loop; then a bounded wait until the hosted
+//!    partitions this node leads are recording again (so a restarted server opens its API
+//!    ready to accept publishes);
+//! 6. the gRPC server (`proto.API` and `grpc.health.v1.Health`, one port), health SERVING.
+//!
+//! Shutdown ([`Running::shutdown`]): health NOT_SERVING, the shutdown flag (every background
+//! loop and subscription ends), the gRPC server (bounded drain), partition ingest, raft, NATS,
+//! the embedded broker — in that order, each bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge_proto::api::api_server::ApiServer;
+use drawbridge_raft::{RaftConfig, RaftNode};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::api::ApiService;
+use crate::cluster;
+use crate::config::{Config, HostPort};
+use crate::context::{Ctx, Node};
+use crate::embedded_nats::{EmbeddedNats, EmbeddedNatsConfig};
+use crate::error::{Result, ServerError};
+use crate::identity;
+use crate::nats_conn;
+use crate::partitions::{self, Partitions};
+
+/// Options that are not (yet) part of the Liftbridge configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Raft transport bind address (`host:port`); default: listen host, client port + 1.
+    pub raft_listen: Option<String>,
+    /// Raft address advertised to peers; default: the advertised client host and raft port.
+    pub raft_advertise: Option<String>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    ctx: Ctx,
+    shutdown_tx: watch::Sender<bool>,
+    grpc_stop: Option<oneshot::Sender<()>>,
+    grpc_task: Option<JoinHandle<()>>,
+    health: tonic_health::server::HealthReporter,
+    embedded: Option<EmbeddedNats>,
+    /// The bound client API address.
+    pub api_addr: SocketAddr,
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr> {
+    let mut it = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ServerError::InvalidArgument(format!("bad address {addr:?}: {e}")))?;
+    it.next().ok_or_else(|| {
+        ServerError::InvalidArgument(format!("address {addr:?} resolves to nothing"))
+    })
+}
+
+fn hostport(h: &HostPort) -> String {
+    h.to_string()
+}
+
+/// Starts a server (see the module docs for the order).
+pub async fn start(config: Config, extra: Extra) -> Result<Running> {
+    let (embedded, urls) = if config.nats.embedded || config.nats.embedded_config.is_some() {
+        let ncfg = match &config.nats.embedded_config {
+            Some(path) => EmbeddedNatsConfig::from_file(path)
+                .map_err(|e| ServerError::InvalidArgument(e.to_string()))?,
+            None => EmbeddedNatsConfig::default(),
+        };
+        let broker = EmbeddedNats::start(ncfg)
+            .await
+            .map_err(|e| ServerError::Nats(format!("embedded NATS: {e}")))?;
+        let url = broker.client_url();
+        (Some(broker), vec![url])
+    } else {
+        (None, config.nats.servers.clone())
+    };
+    let embedded_only = embedded.is_some();
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::Internal(format!("creating {}: {e}", config.data_dir.display()))
+    })?;
+    let server_id =
+        identity::load_or_create(&config.data_dir, config.clustering.server_id.as_deref())?;
+    let node_id = identity::node_id_of(&server_id);
+    let nats = nats_conn::connect(&config, &urls, &server_id).await?;
+    info!(server_id = %server_id, nats = ?urls, "connected to NATS");
+
+    let listen = config.listen_address();
+    let advertise = config.connection_address();
+    let raft_listen = match &extra.raft_listen {
+        Some(a) => a.clone(),
+        None => hostport(&HostPort {
+            host: listen.host.clone(),
+            port: listen.port.checked_add(1).ok_or_else(|| {
+                ServerError::InvalidArgument(
+                    "port 65535 leaves no room for the raft port; set --raft-listen".into(),
+                )
+            })?,
+        }),
+    };
+    let raft_bind = resolve(&raft_listen).await?;
+    let raft_advertise = match &extra.raft_advertise {
+        Some(a) => a.clone(),
+        None if raft_bind.ip().is_unspecified() => hostport(&HostPort {
+            host: advertise.host.clone(),
+            port: raft_bind.port(),
+        }),
+        None => raft_bind.to_string(),
+    };
+    let mut raft_config = RaftConfig::new(node_id, raft_advertise.clone());
+    // Partition failover budget: a new leader within 10 s of a crash. A follower refuses votes
+    // while the dead leader's lease runs (derived from the election timeout), then waits one
+    // election timeout; the raft crate's partition defaults (election 1.5–3 s) measured ~10 s,
+    // so partitions use faster timers, at the cost of more idle heartbeats.
+    raft_config.partition.heartbeat_interval_ms = 250;
+    raft_config.partition.heartbeat_min_interval_ms = 100;
+    raft_config.partition.election_timeout_min_ms = 1000;
+    raft_config.partition.election_timeout_max_ms = 2000;
+    let raft = RaftNode::start(raft_config, &config.data_dir.join("raft"), raft_bind).await?;
+    let raft_addr = if raft_bind.port() == 0 {
+        raft.local_addr().to_string()
+    } else {
+        raft_advertise
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx: Ctx = Arc::new(Node {
+        config,
+        server_id: server_id.clone(),
+        node_id,
+        advertise,
+        raft_addr,
+        raft,
+        nats,
+        directory: Default::default(),
+        partitions: Partitions::default(),
+        shutdown: shutdown_rx,
+    });
+    cluster::serve_info(ctx.clone()).await?;
+    cluster::serve_propagate(ctx.clone()).await?;
+    ctx.nats
+        .flush()
+        .await
+        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    cluster::form(&ctx, embedded_only).await?;
+    partitions::spawn_reconciler(ctx.clone());
+    cluster::spawn_survey_loop(ctx.clone());
+    if !partitions::wait_ready(&ctx, Duration::from_secs(15)).await {
+        warn!("not every hosted partition is ready yet; serving anyway");
+    }
+
+    let api_bind = resolve(&hostport(&listen)).await?;
+    let listener = TcpListener::bind(api_bind)
+        .await
+        .map_err(|e| ServerError::Internal(format!("cannot listen on {api_bind}: {e}")))?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<ApiServer<ApiService>>().await;
+    let api = ApiServer::new(ApiService::new(ctx.clone())).max_decoding_message_size(64 << 20);
+    let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
+    let grpc_task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_svc)
+            .add_service(api)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = grpc_stop_rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "gRPC server ended with an error");
+        }
+    });
+    info!(
+        server_id = %server_id,
+        node_id,
+        api = %api_addr,
+        raft = %ctx.raft_addr,
+        "drawbridge server started"
+    );
+    Ok(Running {
+        ctx,
+        shutdown_tx,
+        grpc_stop: Some(grpc_stop),
+        grpc_task: Some(grpc_task),
+        health,
+        embedded,
+        api_addr,
+    })
+}
+
+impl Running {
+    /// The shared server state.
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    /// Stops the server (see the module docs); bounded.
+    pub async fn shutdown(mut self) {
+        info!("shutting down");
+        self.health.set_not_serving::<ApiServer<ApiService>>().await;
+        self.shutdown_tx.send_replace(true);
+        if let Some(tx) = self.grpc_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.grpc_task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.ctx.partitions.stop_all();
+        // Give ingest a moment to finish the batches in flight (their acks and commits).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.ctx.partitions.any_ingesting() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.ctx.raft.shutdown().await;
+        self.ctx.partitions.close_logs();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.nats.flush()).await;
+        if let Some(e) = self.embedded.take() {
+            e.shutdown().await;
+        }
+        info!("stopped");
+    }
+}

@@ -1,0 +1,123 @@
+//! `drawbridge-server`: runs one Drawbridge server until SIGINT or SIGTERM.
+//!
+//! Command line: Liftbridge's flags ([`drawbridge_server::config::Flags`]) plus Drawbridge's
+//! `--raft-listen HOST:PORT` / `--raft-advertise HOST:PORT` (the raft transport address; default
+//! the client listen host and client port + 1). Exit status: 0 after a clean shutdown, 1 when
+//! the configuration is invalid or start-up fails.
+
+use clap::Parser;
+use drawbridge_server::app::{self, Extra};
+use drawbridge_server::config::{env, Config, Flags, LogFormat};
+
+/// Liftbridge's flags plus Drawbridge's raft address flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "drawbridge-server",
+    version,
+    about = "Drawbridge: a Liftbridge-compatible, replicated message log for NATS"
+)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    /// Bind the raft transport to HOST:PORT (default: listen host, client port + 1).
+    #[arg(
+        long = "raft-listen",
+        env = "DRAWBRIDGE_RAFT_LISTEN",
+        value_name = "HOST:PORT"
+    )]
+    raft_listen: Option<String>,
+    /// Advertise HOST:PORT to peers as this server's raft address.
+    #[arg(
+        long = "raft-advertise",
+        env = "DRAWBRIDGE_RAFT_ADVERTISE",
+        value_name = "HOST:PORT"
+    )]
+    raft_advertise: Option<String>,
+}
+
+fn init_logging(config: &Config) {
+    let mut filter = config.logging.level.as_filter().to_owned();
+    if !config.logging.raft {
+        filter.push_str(",openraft=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRAWBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let vars = match env::process_vars() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("drawbridge-server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::load(&cli.flags, vars) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drawbridge-server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drawbridge-server: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let extra = Extra {
+        raft_listen: cli.raft_listen,
+        raft_advertise: cli.raft_advertise,
+    };
+    runtime.block_on(async move {
+        let running = tokio::select! {
+            r = app::start(config, extra) => r,
+            _ = wait_for_signal() => {
+                tracing::info!("stopped during start-up");
+                return std::process::ExitCode::SUCCESS;
+            }
+        };
+        let running = match running {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed");
+                eprintln!("drawbridge-server: start-up failed: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        running.shutdown().await;
+        std::process::ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,15 @@
+//! Process-level tests of `drawbridge-server`: real server processes (the binary Cargo built
+//! for this test run, `CARGO_BIN_EXE_drawbridge-server`) on loopback ports, talking gRPC and
+//! NATS. One test binary, grouped by area:
+//! - `single`: one standalone server with embedded NATS — every implemented RPC's success and
+//!   error paths, ingest details, restart durability;
+//! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
+//!   wildcards;
+//! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader.
+//!
+//! Every wait is bounded; every process is stopped when its guard drops.
+
+mod cluster;
+mod common;
+mod nats;
+mod single;
