@@ -12,7 +12,7 @@
 //! | [`config`] | [`RaftConfig`] / [`GroupTimings`]: timers tuned for many idle groups |
 //! | [`error`] | [`RaftError`], the one error type the server maps to gRPC statuses |
 //! | [`types`] | ids ([`GroupId`], [`PartitionId`], [`NodeId`]) and the two openraft type configs |
-//! | `log` | openraft log storage: generic store, meta file, file backend, group-commit flusher |
+//! | `log` | openraft log storage: generic store, the node's raft state journal (votes, commit points), file backend, group-commit flusher |
 //! | `transport` | proto service, shared per-peer channels (router), group registry |
 //! | `codec`, `convert` | postcard encoding; openraft error mapping |
 //!

@@ -56,9 +56,9 @@ impl StoreBuilder<MetaTypes, MetaStore, MetaStateMachine, DirGuard> for MetaBuil
         let io = |e: std::io::Error| StorageError::read(ErrorSource::from_error(&e));
         let g = scratch().map_err(io)?;
         let backend = Arc::new(FileLog::open(&g.0.join("log")).map_err(io)?);
-        let flusher = Flusher::start().map_err(io)?;
-        let store = LogStore::open(backend, &g.0.join("meta"), flusher, StoreHooks::default())
-            .map_err(io)?;
+        let flusher = Flusher::start(&g.0.join("journal")).map_err(io)?;
+        let store =
+            LogStore::open(backend, b"g".to_vec(), flusher, StoreHooks::default()).map_err(io)?;
         let sm = MetaStateMachine::open(&g.0.join("snapshot")).map_err(io)?;
         Ok((g, store, sm))
     }
@@ -71,14 +71,9 @@ impl StoreBuilder<PartitionTypes, PartStore, PartitionStateMachine, DirGuard> fo
         let io = |e: std::io::Error| StorageError::read(ErrorSource::from_error(&e));
         let g = scratch().map_err(io)?;
         let backend = Arc::new(FileLog::open(&g.0.join("log")).map_err(io)?);
-        let flusher = Flusher::start().map_err(io)?;
-        let store = LogStore::open(
-            backend,
-            &g.0.join("meta"),
-            flusher,
-            AckPlumbing::new(1).hooks(),
-        )
-        .map_err(io)?;
+        let flusher = Flusher::start(&g.0.join("journal")).map_err(io)?;
+        let store = LogStore::open(backend, b"g".to_vec(), flusher, AckPlumbing::new(1).hooks())
+            .map_err(io)?;
         let sm = PartitionStateMachine::open(&g.0.join("snapshot")).map_err(io)?;
         Ok((g, store, sm))
     }

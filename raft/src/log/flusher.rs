@@ -1,21 +1,41 @@
-//! Group commit: one thread per node makes appended entries durable and then completes the raft
-//! callbacks, across all groups.
+//! Group commit for the whole node: one thread makes appended log entries *and* raft state
+//! records (vote, committed, purged — see [`journal`](super::journal)) durable, across all
+//! groups, and then completes the waiters.
+//!
+//! A round: take every queued job; append the round's state records to the journal (one
+//! `write`); `fdatasync` every distinct log target of the round and the journal **in parallel**
+//! (up to [`MAX_SYNC_THREADS`] scoped threads: concurrent fsyncs on different files share the
+//! file system's journal commits — measured on the reference disk, 3.2 ms per file one after the
+//! other vs. ≈0.1–0.4 ms per file with 8–32 in flight); then fire the callbacks in submission
+//! order.
 //!
 //! Invariants:
-//! - Jobs of one backend complete in submission order (the queue is FIFO and a drained batch
-//!   fires its callbacks in order), so a group never sees a later append flushed before an
-//!   earlier one.
-//! - A callback fires only after a `sync` of its backend that *started after* the append
-//!   returned, so a successful callback means the entries are on disk.
-//! - One `sync` per distinct backend per drained batch: many groups appending at once share the
-//!   cost of the queue wake-up, and repeated appends to one group share one fsync.
+//! - Jobs complete in submission order (FIFO queue, a drained round fires its callbacks in
+//!   order, and a round fires nothing before all its syncs returned). So when a state record's
+//!   callback fires, every append submitted before it — to any group — is durable too: a saved
+//!   vote never overtakes earlier appends, as openraft's IO ordering requires.
+//! - A callback fires only after a sync that *started after* its job was queued (appends return
+//!   before their job is queued), so a successful callback means the data is on disk.
+//! - State records of one key are written in submission order; the journal's last record of a
+//!   key wins on replay.
+//! - A failed journal write or sync fails every state-record job of the round; a failed log
+//!   sync fails the jobs of that log only.
 
+use std::fs::File;
 use std::io;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 
+use parking_lot::Mutex;
 use tracing::warn;
+
+use super::journal::Journal;
+use super::journal::LiveMap;
+
+/// Most threads one round uses to issue fsyncs concurrently.
+pub(crate) const MAX_SYNC_THREADS: usize = 16;
 
 /// Something that can be made durable.
 pub(crate) trait SyncTarget: Send + Sync + 'static {
@@ -25,9 +45,29 @@ pub(crate) trait SyncTarget: Send + Sync + 'static {
 
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
+enum Work {
+    /// Sync a log.
+    Sync(Arc<dyn SyncTarget>),
+    /// Append (key, value) to the state journal and sync it (`None`: tombstone).
+    Record(Vec<u8>, Option<Vec<u8>>),
+}
+
 struct Job {
-    target: Arc<dyn SyncTarget>,
-    done: Done,
+    work: Work,
+    done: Option<Done>,
+}
+
+/// Counters of the flusher (for tests, benches and logs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlusherStats {
+    /// Rounds run.
+    pub(crate) rounds: u64,
+    /// Log fsyncs issued.
+    pub(crate) log_syncs: u64,
+    /// Journal fsyncs issued.
+    pub(crate) journal_syncs: u64,
+    /// State records written.
+    pub(crate) records: u64,
 }
 
 /// Handle to the node's flusher thread. Cloning shares the thread; it exits when every handle
@@ -35,60 +75,273 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct Flusher {
     tx: mpsc::Sender<Job>,
+    /// The journal's live state as of the last completed round (what a re-opened group reads).
+    live: Arc<Mutex<LiveMap>>,
+    stats: Arc<Mutex<FlusherStats>>,
 }
 
 impl std::fmt::Debug for Flusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Flusher")
+        f.debug_struct("Flusher")
+            .field("stats", &*self.stats.lock())
+            .finish()
     }
 }
 
 impl Flusher {
-    /// Starts the flusher thread.
-    pub(crate) fn start() -> io::Result<Self> {
+    /// Opens the state journal at `journal_path` and starts the flusher thread.
+    pub(crate) fn start(journal_path: &Path) -> io::Result<Self> {
+        let journal = Journal::open(journal_path)?;
+        let live = Arc::new(Mutex::new(journal.live().clone()));
+        let stats = Arc::new(Mutex::new(FlusherStats::default()));
         let (tx, rx) = mpsc::channel::<Job>();
+        let (l, s) = (live.clone(), stats.clone());
         thread::Builder::new()
             .name("raft-flusher".into())
-            .spawn(move || run(rx))?;
-        Ok(Self { tx })
+            .spawn(move || run(rx, journal, &l, &s))?;
+        Ok(Self { tx, live, stats })
+    }
+
+    /// The latest state stored under `key` (as of the last completed round).
+    pub(crate) fn load(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.live.lock().get(key).cloned()
+    }
+
+    /// Counters so far.
+    pub(crate) fn stats(&self) -> FlusherStats {
+        *self.stats.lock()
+    }
+
+    fn send(&self, job: Job) {
+        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
+            if let Some(done) = job.done {
+                done(Err(io::Error::other("raft flusher stopped")));
+            }
+        }
     }
 
     /// Queues `done` to run after the next sync of `target`. If the thread is gone (shutdown)
     /// `done` runs at once with an error.
     pub(crate) fn submit(&self, target: Arc<dyn SyncTarget>, done: Done) {
-        if let Err(mpsc::SendError(job)) = self.tx.send(Job { target, done }) {
-            (job.done)(Err(io::Error::other("raft flusher stopped")));
-        }
+        self.send(Job {
+            work: Work::Sync(target),
+            done: Some(done),
+        });
+    }
+
+    /// Queues a state record; `done` (if any) runs once it is durable.
+    pub(crate) fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>, done: Option<Done>) {
+        self.send(Job {
+            work: Work::Record(key, value),
+            done,
+        });
+    }
+
+    /// Queues a state record and waits until it is durable.
+    pub(crate) async fn record_durable(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.record(
+            key,
+            value,
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.await
+            .map_err(|_| io::Error::other("raft flusher dropped a record"))?
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>) {
+fn clone_err(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// fsyncs every target (and the journal handle, last slot) concurrently.
+fn sync_parallel(targets: &[Arc<dyn SyncTarget>], journal: Option<&File>) -> Vec<io::Result<()>> {
+    let n = targets.len() + usize::from(journal.is_some());
+    let one = |i: usize| -> io::Result<()> {
+        match targets.get(i) {
+            Some(t) => t.sync_now(),
+            None => match journal {
+                Some(f) => f.sync_data(),
+                None => Ok(()),
+            },
+        }
+    };
+    if n <= 1 {
+        return (0..n).map(one).collect();
+    }
+    let threads = n.min(MAX_SYNC_THREADS);
+    let mut results: Vec<Option<io::Result<()>>> = (0..n).map(|_| None).collect();
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let one = &one;
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| (i, one(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(rs) => {
+                    for (i, r) in rs {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(_) => warn!("raft fsync thread panicked"),
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("fsync thread lost its result"))))
+        .collect()
+}
+
+fn run(
+    rx: mpsc::Receiver<Job>,
+    mut journal: Journal,
+    live: &Mutex<LiveMap>,
+    stats: &Mutex<FlusherStats>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        // One sync per distinct target, in first-seen order.
-        let mut results: Vec<(*const (), io::Result<()>)> = Vec::new();
-        for job in &batch {
-            let key = Arc::as_ptr(&job.target) as *const ();
-            if results.iter().any(|(k, _)| *k == key) {
-                continue;
+        // Distinct log targets, in first-seen order, and the round's state records.
+        let mut targets: Vec<Arc<dyn SyncTarget>> = Vec::new();
+        let mut keys: Vec<*const ()> = Vec::new();
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for job in &mut batch {
+            match &mut job.work {
+                Work::Sync(t) => {
+                    let key = Arc::as_ptr(t) as *const ();
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                        targets.push(t.clone());
+                    }
+                }
+                Work::Record(k, v) => records.push((std::mem::take(k), v.take())),
             }
-            let r = job.target.sync_now();
-            if let Err(e) = &r {
-                warn!(error = %e, "raft log sync failed");
+        }
+        let mut journal_result: io::Result<()> = Ok(());
+        let mut journal_file = None;
+        if !records.is_empty() {
+            journal_result = journal
+                .append(&records)
+                .and_then(|()| journal.sync_handle())
+                .map(|f| journal_file = Some(f));
+        }
+        let mut results = sync_parallel(&targets, journal_file.as_ref());
+        if journal_file.is_some() {
+            if let Some(Err(e)) = results.pop() {
+                journal_result = Err(e);
             }
-            results.push((key, r));
+        }
+        if let Err(e) = &journal_result {
+            warn!(error = %e, "raft state journal write failed");
+        } else if !records.is_empty() {
+            let mut l = live.lock();
+            for (k, v) in records.iter() {
+                match v {
+                    Some(v) => l.insert(k.clone(), v.clone()),
+                    None => l.remove(k),
+                };
+            }
+        }
+        {
+            let mut s = stats.lock();
+            s.rounds += 1;
+            s.log_syncs += targets.len() as u64;
+            s.journal_syncs += u64::from(journal_file.is_some());
+            s.records += records.len() as u64;
+        }
+        for (i, r) in results.iter().enumerate() {
+            if let Err(e) = r {
+                warn!(error = %e, target = i, "raft log sync failed");
+            }
         }
         for job in batch {
-            let key = Arc::as_ptr(&job.target) as *const ();
-            let r = match results.iter().find(|(k, _)| *k == key) {
-                Some((_, Ok(()))) => Ok(()),
-                Some((_, Err(e))) => Err(io::Error::new(e.kind(), e.to_string())),
-                None => Err(io::Error::other("flusher lost a sync result")),
+            let r = match &job.work {
+                Work::Sync(t) => {
+                    let key = Arc::as_ptr(t) as *const ();
+                    match keys.iter().position(|k| *k == key).map(|i| &results[i]) {
+                        Some(Ok(())) => Ok(()),
+                        Some(Err(e)) => Err(clone_err(e)),
+                        None => Err(io::Error::other("flusher lost a sync result")),
+                    }
+                }
+                Work::Record(..) => match &journal_result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(clone_err(e)),
+                },
             };
-            (job.done)(r);
+            if let Some(done) = job.done {
+                done(r);
+            }
         }
+        if journal_result.is_ok() {
+            if let Err(e) = journal.maybe_compact() {
+                warn!(error = %e, "raft state journal compaction failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+
+    struct Counting(AtomicUsize);
+
+    impl SyncTarget for Counting {
+        fn sync_now(&self) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_durable_in_order_and_reload() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("journal");
+        let f = Flusher::start(&p)?;
+        let target = Arc::new(Counting(AtomicUsize::new(0)));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..50u8 {
+            let o = order.clone();
+            f.submit(
+                target.clone(),
+                Box::new(move |r| {
+                    assert!(r.is_ok());
+                    o.lock().push(i);
+                }),
+            );
+            f.record(vec![i % 3], Some(vec![i]), None);
+        }
+        f.record_durable(b"last".to_vec(), Some(b"v".to_vec()))
+            .await?;
+        assert_eq!(*order.lock(), (0..50).collect::<Vec<u8>>());
+        assert!(target.0.load(Ordering::SeqCst) >= 1);
+        assert_eq!(f.load(&[0]), Some(vec![48]));
+        f.record_durable(vec![1], None).await?;
+        assert_eq!(f.load(&[1]), None);
+        drop(f);
+        let j = Journal::open(&p)?;
+        assert_eq!(j.live().get(&vec![2u8]), Some(&vec![47u8]));
+        assert!(!j.live().contains_key(&vec![1u8]));
+        assert_eq!(j.live().get(&b"last".to_vec()), Some(&b"v".to_vec()));
+        Ok(())
     }
 }

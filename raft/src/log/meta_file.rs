@@ -1,13 +1,14 @@
-//! The small per-group file holding what is not a log entry: the vote, the committed log id and
-//! the last purged log id.
+//! [`MetaState`] (what a group persists that is not a log entry: vote, committed log id, last
+//! purged log id — stored as one record per group in the node's
+//! [`journal`](super::journal)), and small framed files replaced atomically (state machine
+//! snapshots).
 //!
-//! Format: `b"DBRM" | len: u32 LE | crc32: u32 LE | postcard(MetaState)`.
+//! Framed file format: `b"DBRM" | len: u32 LE | crc32: u32 LE | postcard(value)`.
 //!
 //! Invariants:
-//! - The file is replaced atomically: write `meta.tmp`, fsync it, rename over `meta`, fsync the
-//!   directory. A crash leaves either the old or the new state, never a mix.
-//! - A file that fails its checksum is an error at open, never silently reset: losing a vote
-//!   could let this node vote twice in one term.
+//! - A framed file is replaced atomically: write `<name>.tmp`, fsync it, rename over `<name>`,
+//!   fsync the directory. A crash leaves either the old or the new value, never a mix.
+//! - A file that fails its checksum is an error at open, never silently reset.
 
 use std::fs;
 use std::fs::File;
@@ -32,27 +33,6 @@ pub(crate) struct MetaState<V, L> {
     pub(crate) committed: Option<L>,
     /// Greatest purged log id.
     pub(crate) last_purged: Option<L>,
-}
-
-/// Reads the state at `path`; a missing file is the default (fresh) state.
-pub(crate) fn load<V, L>(path: &Path) -> io::Result<MetaState<V, L>>
-where
-    V: for<'de> Deserialize<'de>,
-    L: for<'de> Deserialize<'de>,
-{
-    Ok(load_framed(path, "raft meta state")?.unwrap_or(MetaState {
-        vote: None,
-        committed: None,
-        last_purged: None,
-    }))
-}
-
-/// Atomically replaces the state at `path` (see the module invariants).
-pub(crate) fn store<V: Serialize, L: Serialize>(
-    path: &Path,
-    state: &MetaState<V, L>,
-) -> io::Result<()> {
-    store_framed(path, state)
 }
 
 /// Reads a framed, checksummed value written by [`store_framed`]; `None` if the file is absent.
@@ -123,18 +103,17 @@ mod tests {
     type S = MetaState<u64, (u64, u64)>;
 
     #[test]
-    fn round_trip_and_missing_is_default() -> io::Result<()> {
+    fn round_trip_and_missing_is_none() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("meta");
-        let fresh: S = load(&p)?;
-        assert_eq!(fresh, S::default());
+        assert_eq!(load_framed::<S>(&p, "t")?, None);
         let s = S {
             vote: Some(7),
             committed: Some((3, 9)),
             last_purged: Some((2, 4)),
         };
-        store(&p, &s)?;
-        assert_eq!(load::<u64, (u64, u64)>(&p)?, s);
+        store_framed(&p, &s)?;
+        assert_eq!(load_framed::<S>(&p, "t")?, Some(s));
         Ok(())
     }
 
@@ -142,7 +121,7 @@ mod tests {
     fn flipped_bit_is_an_error() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("meta");
-        store(
+        store_framed(
             &p,
             &S {
                 vote: Some(1),
@@ -153,7 +132,7 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 0x40;
         fs::write(&p, b)?;
-        assert!(load::<u64, (u64, u64)>(&p).is_err());
+        assert!(load_framed::<S>(&p, "t").is_err());
         Ok(())
     }
 }

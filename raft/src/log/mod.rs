@@ -4,14 +4,17 @@
 //! - [`backend`]: the contract a log backend fulfils (append readable-on-return, explicit sync,
 //!   truncate after an index, purge through an index, range reads).
 //! - [`file_log`]: a small append-only file backend, used by the metadata group.
-//! - [`meta_file`]: vote, committed log id and last-purged log id, written atomically.
-//! - [`flusher`]: one thread per node that syncs backends and then fires the raft callbacks
-//!   (group commit across groups).
+//! - [`journal`]: the node's raft state journal: vote, committed and last-purged log ids of
+//!   every group, one append-only file group-committed by the flusher.
+//! - [`meta_file`]: the per-group state type and atomically replaced framed files (snapshots).
+//! - [`flusher`]: one thread per node that syncs backends and the journal (in parallel) and then
+//!   fires the raft callbacks (group commit across groups).
 //! - [`store`]: the `RaftLogStorage` / `RaftLogReader` implementation.
 
 pub(crate) mod backend;
 pub(crate) mod file_log;
 pub(crate) mod flusher;
+pub(crate) mod journal;
 pub(crate) mod meta_file;
 pub(crate) mod store;
 

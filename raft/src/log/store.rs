@@ -1,16 +1,20 @@
 //! [`LogStore`]: openraft's `RaftLogStorage` and `RaftLogReader` over a [`LogBackend`] plus the
-//! group's meta file.
+//! group's record in the node's raft state journal.
 //!
 //! Invariants:
 //! - `append` returns once the entries are readable; its callback fires from the node's flusher
 //!   thread after an fsync of the backend that started after the append (durable before the
 //!   callback, as openraft requires).
-//! - `save_vote` first makes every appended entry durable, then writes the meta file atomically,
-//!   and only then publishes the vote to readers: write IO stays serialized and a vote is never
-//!   visible before it is durable.
+//! - Vote, committed and last-purged ids are persisted as one record (the group's whole
+//!   [`MetaState`]) in the node's journal through the same flusher. Records are built from the
+//!   latest *submitted* state and queued under one lock, so the journal's last record of the
+//!   group always carries the newest vote.
+//! - `save_vote` returns once its record is durable; the flusher's FIFO rounds make every
+//!   append submitted before it durable too (openraft's IO ordering). The vote is published to
+//!   readers only then.
 //! - `purge` records `last_purged` durably *before* deleting entries, so after a crash the store
 //!   re-applies the purge at open and never reports purged entries.
-//! - `save_committed` is a lower bound on disk: it is written at most every
+//! - `save_committed` is a lower bound on disk: it is queued (not awaited) at most every
 //!   [`COMMITTED_PERSIST_INTERVAL`]; after a crash the group re-applies from an older commit
 //!   point and learns the newer one from the leader. The in-memory value is exact.
 
@@ -18,8 +22,6 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
-use std::path::Path;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -38,8 +40,8 @@ use parking_lot::Mutex;
 use super::backend::LogBackend;
 use super::flusher::Flusher;
 use super::flusher::SyncTarget;
-use super::meta_file;
 use super::meta_file::MetaState;
+use crate::codec;
 
 /// How often, at most, `save_committed` rewrites the meta file.
 pub(crate) const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_millis(100);
@@ -69,9 +71,12 @@ impl<C: RaftTypeConfig> Default for StoreHooks<C> {
 
 struct Shared<C: RaftTypeConfig, B> {
     backend: Arc<B>,
-    meta_path: PathBuf,
-    /// The durable meta state (what the file holds), plus the exact committed id in memory.
+    /// The group's key in the state journal.
+    key: Vec<u8>,
+    /// The latest submitted meta state (exact committed id in memory).
     meta: Mutex<MetaState<VoteOf<C>, LogIdOf<C>>>,
+    /// The last vote known durable (what `read_vote` returns).
+    durable_vote: Mutex<Option<VoteOf<C>>>,
     /// When the meta file was last written for a committed update.
     committed_written_at: Mutex<Option<Instant>>,
     flusher: Flusher,
@@ -96,7 +101,7 @@ impl<C: RaftTypeConfig, B> Clone for LogStore<C, B> {
 impl<C: RaftTypeConfig, B> Debug for LogStore<C, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore")
-            .field("meta", &self.shared.meta_path)
+            .field("key", &self.shared.key)
             .finish()
     }
 }
@@ -116,22 +121,30 @@ where
     C: RaftTypeConfig,
     B: LogBackend<C>,
 {
-    /// Opens the store: loads the meta file at `meta_path` and re-applies a purge interrupted by
-    /// a crash.
+    /// Opens the store: loads the group's state stored under `key` in the node's journal and
+    /// re-applies a purge interrupted by a crash.
     pub(crate) fn open(
         backend: Arc<B>,
-        meta_path: &Path,
+        key: Vec<u8>,
         flusher: Flusher,
         hooks: StoreHooks<C>,
     ) -> io::Result<Self> {
-        let meta: MetaState<VoteOf<C>, LogIdOf<C>> = meta_file::load(meta_path)?;
+        let meta: MetaState<VoteOf<C>, LogIdOf<C>> = match flusher.load(&key) {
+            Some(bytes) => codec::decode_io("raft group state", &bytes)?,
+            None => MetaState {
+                vote: None,
+                committed: None,
+                last_purged: None,
+            },
+        };
         if let Some(p) = &meta.last_purged {
             backend.purge_through(p)?;
         }
         Ok(Self {
             shared: Arc::new(Shared {
                 backend,
-                meta_path: meta_path.to_path_buf(),
+                key,
+                durable_vote: Mutex::new(meta.vote.clone()),
                 meta: Mutex::new(meta),
                 committed_written_at: Mutex::new(None),
                 flusher,
@@ -140,10 +153,45 @@ where
         })
     }
 
-    async fn write_meta(&self, next: MetaState<VoteOf<C>, LogIdOf<C>>) -> io::Result<()> {
-        let path = self.shared.meta_path.clone();
-        let to_write = next.clone();
-        blocking(move || meta_file::store(&path, &to_write)).await
+    /// Applies `change` to the latest submitted state and queues the resulting record (under
+    /// the state lock, so records reach the journal in the order of their states). Returns a
+    /// receiver of the durability result when `wait` is set.
+    fn submit_meta(
+        &self,
+        change: impl FnOnce(&mut MetaState<VoteOf<C>, LogIdOf<C>>),
+        wait: bool,
+    ) -> io::Result<Option<tokio::sync::oneshot::Receiver<io::Result<()>>>> {
+        let mut m = self.shared.meta.lock();
+        change(&mut m);
+        let bytes = codec::encode_io(&*m)?;
+        if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.shared.flusher.record(
+                self.shared.key.clone(),
+                Some(bytes),
+                Some(Box::new(move |r| {
+                    let _ = tx.send(r);
+                })),
+            );
+            Ok(Some(rx))
+        } else {
+            self.shared
+                .flusher
+                .record(self.shared.key.clone(), Some(bytes), None);
+            Ok(None)
+        }
+    }
+
+    async fn write_meta_durable(
+        &self,
+        change: impl FnOnce(&mut MetaState<VoteOf<C>, LogIdOf<C>>),
+    ) -> io::Result<()> {
+        match self.submit_meta(change, true)? {
+            Some(rx) => rx
+                .await
+                .map_err(|_| io::Error::other("raft flusher dropped a state record"))?,
+            None => Ok(()),
+        }
     }
 }
 
@@ -173,7 +221,7 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self.shared.meta.lock().vote.clone())
+        Ok(self.shared.durable_vote.lock().clone())
     }
 }
 
@@ -203,21 +251,13 @@ where
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        let backend = self.shared.backend.clone();
-        blocking(move || backend.sync_now()).await?;
-        let mut next = self.shared.meta.lock().clone();
-        next.vote = Some(vote.clone());
-        self.write_meta(next).await?;
-        self.shared.meta.lock().vote = Some(vote.clone());
+        let v = vote.clone();
+        self.write_meta_durable(move |m| m.vote = Some(v)).await?;
+        *self.shared.durable_vote.lock() = Some(vote.clone());
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        let next = {
-            let mut m = self.shared.meta.lock();
-            m.committed = committed;
-            m.clone()
-        };
         let due = {
             let mut at = self.shared.committed_written_at.lock();
             let due = at.is_none_or(|t| t.elapsed() >= COMMITTED_PERSIST_INTERVAL);
@@ -227,7 +267,9 @@ where
             due
         };
         if due {
-            self.write_meta(next).await?;
+            self.submit_meta(move |m| m.committed = committed, false)?;
+        } else {
+            self.shared.meta.lock().committed = committed;
         }
         Ok(())
     }
@@ -268,17 +310,19 @@ where
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
-        let mut next = self.shared.meta.lock().clone();
-        if next
+        if self
+            .shared
+            .meta
+            .lock()
             .last_purged
             .as_ref()
             .is_some_and(|p| p.index >= log_id.index)
         {
             return Ok(());
         }
-        next.last_purged = Some(log_id.clone());
-        self.write_meta(next).await?;
-        self.shared.meta.lock().last_purged = Some(log_id.clone());
+        let l = log_id.clone();
+        self.write_meta_durable(move |m| m.last_purged = Some(l))
+            .await?;
         let backend = self.shared.backend.clone();
         blocking(move || backend.purge_through(&log_id)).await
     }

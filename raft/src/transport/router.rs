@@ -112,7 +112,15 @@ impl Router {
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // Requests queued towards the connection: every group's RPCs share it.
+            .buffer_size(64 * 1024)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .initial_stream_window_size(super::STREAM_WINDOW)
+            // Raft abandons RPCs routinely (timeouts, new terms); never let the client side
+            // close the shared connection over reset counts either.
+            .http2_max_concurrent_reset_streams(super::MAX_PENDING_ACCEPT_RESETS)
+            .http2_max_local_error_reset_streams(None);
         let client = RaftTransportClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);

@@ -50,7 +50,18 @@ impl TransportService {
         Self { registry }
     }
 
+    /// Handles one request in its own task, so that a request the peer stops waiting for
+    /// (its RPC timed out while this node was busy) is still delivered to the group: a late
+    /// heartbeat still resets the follower's election timer, a late vote is still recorded.
     async fn dispatch(&self, req: pb::RaftRequest, rpc: Rpc) -> pb::RaftReply {
+        let me = self.clone();
+        match tokio::spawn(async move { me.dispatch_inline(req, rpc).await }).await {
+            Ok(reply) => reply,
+            Err(e) => wire::failure(Code::Unknown, format!("raft request task failed: {e}")),
+        }
+    }
+
+    async fn dispatch_inline(&self, req: pb::RaftRequest, rpc: Rpc) -> pb::RaftReply {
         let group = match wire::group_from_pb(req.group) {
             Ok(g) => g,
             Err(e) => return wire::failure(Code::BadRequest, e.to_string()),

@@ -32,9 +32,15 @@ pub struct Member {
     pub node: Option<RaftNode>,
 }
 
+/// Cluster tests share the machine: ordinary ones run side by side (read guard); the heavy
+/// many-groups test runs alone (write guard), so its timing assertions measure raft, not the
+/// other tests' load.
+pub static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 pub struct Cluster {
     pub members: Vec<Member>,
     partition_timings: GroupTimings,
+    _shared: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -49,6 +55,14 @@ fn config(id: NodeId, addr: &str, partition: &GroupTimings) -> RaftConfig {
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) and bootstraps the metadata group with all of them.
     pub async fn start(n: u64, partition_timings: GroupTimings) -> Cluster {
+        let guard = MACHINE.read().await;
+        let mut c = Self::start_unguarded(n, partition_timings).await;
+        c._shared = Some(guard);
+        c
+    }
+
+    /// [`Cluster::start`] for a caller that holds [`MACHINE`] itself.
+    pub async fn start_unguarded(n: u64, partition_timings: GroupTimings) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -74,6 +88,7 @@ impl Cluster {
         let c = Cluster {
             members,
             partition_timings,
+            _shared: None,
             _tmp: tmp,
         };
         c.connect_all();

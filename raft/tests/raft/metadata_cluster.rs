@@ -87,6 +87,13 @@ async fn killing_the_leader_elects_a_new_one_and_loses_nothing() {
         "failover took {:?}",
         started.elapsed()
     );
+    // A new leader applies the entries committed in earlier terms once it commits its own
+    // first entry: wait (bounded) for that, then every committed entry must be there.
+    let n = c.node(new).clone();
+    eventually("new leader applies the earlier terms' entries", T, || {
+        n.metadata().state().applied_index >= 1 && n.metadata().state().state.streams.len() >= 5
+    })
+    .await;
     let state = c.node(new).metadata().state().state;
     for i in 0..5 {
         assert!(

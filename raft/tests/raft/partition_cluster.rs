@@ -168,16 +168,29 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_idle_groups_on_three_nodes_all_elect_leaders() {
-    // Target is 500 groups; at 500 this does not converge yet (see the crate report), so the
-    // test runs GROUPS and prints the election progress.
-    const GROUPS: i32 = 100;
-    let c = Cluster::start(3, GroupTimings::partition_defaults()).await;
+async fn many_idle_groups_on_three_nodes_all_elect_leaders_and_stay_stable() {
+    // 500 groups x 3 replicas on one machine (2 cores), default partition timings. Overridable
+    // for experiments with DB_IDLE_GROUPS.
+    let groups: i32 = std::env::var("DB_IDLE_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let mut timings = GroupTimings::partition_defaults();
+    if let Some(hb) = std::env::var("DB_IDLE_HB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        timings.heartbeat_interval_ms = hb;
+        timings.heartbeat_min_interval_ms = hb / 2;
+        timings.election_timeout_min_ms = hb * 3;
+        timings.election_timeout_max_ms = hb * 6;
+    }
+    let _alone = crate::harness::MACHINE.write().await;
+    let c = Cluster::start_unguarded(3, timings).await;
     let started = Instant::now();
-    // Create the groups concurrently (as a server does at startup): group creation is bound by
-    // fsync latency (meta file, first log entry), which overlaps across groups.
+    // Create the groups concurrently (as a server does at startup).
     let mut all = Vec::new();
-    for chunk in (0..GROUPS).collect::<Vec<i32>>().chunks(100) {
+    for chunk in (0..groups).collect::<Vec<i32>>().chunks(100) {
         let futs = chunk.iter().map(|i| {
             let p = PartitionId::new("idle", *i);
             let c = &c;
@@ -185,32 +198,76 @@ async fn many_idle_groups_on_three_nodes_all_elect_leaders() {
         });
         all.extend(futures::future::join_all(futs).await);
     }
-    eprintln!(
-        "created {GROUPS} groups x 3 replicas in {:?}",
-        started.elapsed()
-    );
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let created = started.elapsed();
+    eprintln!("created {groups} groups x 3 replicas in {created:?}");
+    let led = |all: &Vec<Vec<PartitionReplica>>| {
+        all.iter()
+            .filter(|g| g.iter().filter(|r| r.is_leader()).count() == 1)
+            .count()
+    };
+    let terms = |all: &Vec<Vec<PartitionReplica>>| -> u64 {
+        all.iter()
+            .map(|g| g.iter().map(|r| r.term()).max().unwrap_or(0))
+            .sum()
+    };
+    // Target: all led within ~30 s (about 6 s on a quiet 2-core machine). The bound is 60 s
+    // because this machine is shared with other builds (load average 7-10 seen) and an
+    // oversubscribed debug build delays heartbeats past their 1 s TTL.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let led = all
-            .iter()
-            .filter(|g| g.iter().any(|r| r.is_leader()))
-            .count();
+        let n = led(&all);
         eprintln!(
-            "{led}/{GROUPS} groups have a leader after {:?}",
-            started.elapsed()
+            "{n}/{groups} groups have one leader after {:?}; sum of terms {}; node 1 io {:?}",
+            started.elapsed(),
+            terms(&all),
+            c.node(1).io_stats()
         );
-        if led == all.len() {
+        if n == all.len() {
             break;
+        }
+        if Instant::now() + Duration::from_millis(600) >= deadline {
+            for g in all
+                .iter()
+                .filter(|g| g.iter().filter(|r| r.is_leader()).count() != 1)
+            {
+                let s: Vec<String> = g
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "n{} leader={:?} term={} last={:?} applied={}",
+                            r.group_node(),
+                            r.leader(),
+                            r.term(),
+                            r.last_log_index(),
+                            r.applied_index()
+                        )
+                    })
+                    .collect();
+                eprintln!("leaderless {}: {s:?}", g[0].id());
+            }
         }
         assert!(
             Instant::now() < deadline,
-            "only {led}/{GROUPS} groups elected a leader"
+            "only {n}/{groups} groups elected a leader within 60 s of creation"
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elected = started.elapsed();
+    // Stability: over several election timeouts (max 3 s) no group loses its leader and no
+    // term moves (a term change means an election ran).
+    let terms_before = terms(&all);
+    let leaders_before: Vec<Option<u64>> = all.iter().map(|g| g[0].leader()).collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let terms_after = terms(&all);
+    let leaders_after: Vec<Option<u64>> = all.iter().map(|g| g[0].leader()).collect();
+    for id in 1..=3 {
+        eprintln!("node {id} io: {:?}", c.node(id).io_stats());
     }
     eprintln!(
-        "all {GROUPS} groups have leaders after {:?}",
-        started.elapsed()
+        "all {groups} groups led after {elected:?}; terms {terms_before} -> {terms_after} over 8 s"
     );
+    assert_eq!(led(&all), all.len(), "a group lost its leader while idle");
+    assert_eq!(terms_before, terms_after, "elections ran while idle");
+    assert_eq!(leaders_before, leaders_after, "leadership moved while idle");
     c.shutdown().await;
 }

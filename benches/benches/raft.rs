@@ -1,0 +1,257 @@
+//! Raft benchmarks: every figure beside a baseline measured in the same run, printed as a ratio.
+//!
+//! | bench | what | baseline |
+//! | --- | --- | --- |
+//! | `idle` | CPU time (`/proc/self/stat` utime+stime) and RSS (`/proc/self/statm`) of one node holding N idle single-replica partition groups, over a fixed window | the same node with no partition group, same window, same run |
+//! | `replicated` | one partition group on 3 in-process nodes over loopback gRPC: proposals of pre-encoded record sets, each awaited until committed (ALL ack) | `drawbridge_storage::Log::append` + `GroupCommit::sync` of the same bodies, one at a time, in the same run |
+//!
+//! Run: `cargo bench -p drawbridge-benches --bench raft`. Smoke (CI):
+//! `cargo bench -p drawbridge-benches --bench raft -- --test` (20 groups, 1 s windows, a few
+//! hundred batches). Full run: 1,000 groups, 10 s windows, 2,000 batches of 64 x 100 B.
+//! `DRAWBRIDGE_BENCH_DIR` picks the directory for temp data (default: the system temp dir).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use drawbridge_raft::GroupTimings;
+use drawbridge_raft::PartitionId;
+use drawbridge_raft::RaftConfig;
+use drawbridge_raft::RaftNode;
+use drawbridge_storage::encode_records;
+use drawbridge_storage::BatchKind;
+use drawbridge_storage::BatchMeta;
+use drawbridge_storage::GroupCommit;
+use drawbridge_storage::Log;
+use drawbridge_storage::LogConfig;
+use drawbridge_storage::Record;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn smoke() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+fn base_dir() -> PathBuf {
+    std::env::var_os("DRAWBRIDGE_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+fn cpu_seconds() -> BenchResult<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("malformed /proc/self/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).ok_or("no utime")?.parse()?;
+    let stime: f64 = f.get(12).ok_or("no stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / hz)
+}
+
+/// Resident set size in KiB, from `/proc/self/statm`.
+fn rss_kib() -> BenchResult<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .ok_or("malformed /proc/self/statm")?
+        .parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    Ok(pages * page / 1024.0)
+}
+
+/// CPU fraction of one core used over `window`.
+async fn cpu_over(window: Duration) -> BenchResult<f64> {
+    let c0 = cpu_seconds()?;
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    Ok((cpu_seconds()? - c0) / t0.elapsed().as_secs_f64())
+}
+
+async fn start_node(id: u64, dir: &std::path::Path) -> BenchResult<RaftNode> {
+    let mut cfg = RaftConfig::new(id, "");
+    cfg.partition = GroupTimings::partition_defaults();
+    Ok(RaftNode::start(cfg, dir, "127.0.0.1:0".parse()?).await?)
+}
+
+async fn idle(groups: i32, window: Duration) -> BenchResult<()> {
+    let tmp = tempfile::tempdir_in(base_dir())?;
+    let node = start_node(1, tmp.path()).await?;
+    let me: BTreeMap<u64, String> = [(1, node.local_addr().to_string())].into();
+    node.metadata().bootstrap(me.clone()).await?;
+    node.metadata()
+        .wait_for_leader(Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = rss_kib()?;
+    let cpu0 = cpu_over(window).await?;
+    let mut replicas = Vec::with_capacity(groups as usize);
+    for chunk in (0..groups).collect::<Vec<i32>>().chunks(100) {
+        let futs = chunk
+            .iter()
+            .map(|i| node.create_partition_group(PartitionId::new("idle", *i), me.clone()));
+        for r in futures::future::join_all(futs).await {
+            replicas.push(r?);
+        }
+    }
+    for r in &replicas {
+        r.wait_for_leader(Duration::from_secs(30)).await?;
+    }
+    // Let creation work (fsyncs, first entries) settle before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu1 = cpu_over(window).await?;
+    let rss1 = rss_kib()?;
+    let n = f64::from(groups);
+    println!(
+        "idle: node alone {:.2}% of a core, {:.0} KiB RSS; with {groups} idle groups {:.2}% of a core, {:.0} KiB RSS",
+        cpu0 * 100.0,
+        rss0,
+        cpu1 * 100.0,
+        rss1
+    );
+    println!(
+        "idle: per group {:.4}% of a core, {:.1} KiB RSS (window {window:?})",
+        (cpu1 - cpu0) * 100.0 / n,
+        (rss1 - rss0) / n
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+fn batch_body(records: usize, size: usize) -> BenchResult<Bytes> {
+    let rs: Vec<Record> = (0..records)
+        .map(|i| Record {
+            timestamp: 1_700_000_000_000_000_000 + i as i64,
+            key: None,
+            headers: Vec::new(),
+            value: Bytes::from(vec![(i % 251) as u8; size]),
+        })
+        .collect();
+    Ok(encode_records(&rs)?)
+}
+
+/// Durable appends of `body` x `batches` to a storage log, one at a time: MB/s.
+async fn durable_baseline(body: &Bytes, batches: usize) -> BenchResult<f64> {
+    let tmp = tempfile::tempdir_in(base_dir())?;
+    let log = Log::open(
+        tmp.path(),
+        LogConfig {
+            preallocate: false,
+            ..LogConfig::default()
+        },
+    )?;
+    let gc = GroupCommit::start()?;
+    let t0 = Instant::now();
+    for i in 0..batches as u64 {
+        let meta = BatchMeta {
+            kind: BatchKind::Data,
+            raft_term: 1,
+            raft_index: i + 1,
+        };
+        log.append(meta, body.clone())?;
+        gc.sync(&log).await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((body.len() * batches) as f64 / secs / 1e6)
+}
+
+/// Replicated appends on 3 nodes: MB/s with `depth` proposals in flight.
+async fn replicated(body: &Bytes, count: u32, batches: usize, depth: usize) -> BenchResult<f64> {
+    let tmp = tempfile::tempdir_in(base_dir())?;
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        nodes.push(start_node(id, &tmp.path().join(format!("n{id}"))).await?);
+    }
+    let all: BTreeMap<u64, String> = nodes
+        .iter()
+        .map(|n| (n.id(), n.local_addr().to_string()))
+        .collect();
+    for n in &nodes {
+        for (id, addr) in &all {
+            n.set_peer(*id, addr)?;
+        }
+    }
+    let p = PartitionId::new("bench", 0);
+    let futs = nodes
+        .iter()
+        .map(|n| n.create_partition_group(p.clone(), all.clone()));
+    let mut replicas = Vec::new();
+    for r in futures::future::join_all(futs).await {
+        replicas.push(r?);
+    }
+    let leader_id = replicas[0].wait_for_leader(Duration::from_secs(30)).await?;
+    let leader = replicas
+        .iter()
+        .find(|r| r.group_node() == leader_id)
+        .ok_or("leader not among replicas")?
+        .clone();
+    // Warm up (first entries, connections).
+    for _ in 0..10 {
+        leader
+            .append(body.clone(), count, Duration::from_secs(10))
+            .await?;
+    }
+    let t0 = Instant::now();
+    let mut inflight = std::collections::VecDeque::new();
+    for _ in 0..batches {
+        if inflight.len() >= depth {
+            let p: drawbridge_raft::Proposal = inflight.pop_front().ok_or("empty pipeline")?;
+            p.committed(Duration::from_secs(10)).await?;
+        }
+        inflight.push_back(leader.propose(body.clone(), count));
+    }
+    while let Some(p) = inflight.pop_front() {
+        p.committed(Duration::from_secs(10)).await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok((body.len() * batches) as f64 / secs / 1e6)
+}
+
+fn main() -> BenchResult<()> {
+    if std::env::args().any(|a| a == "--list") {
+        println!("idle: bench\nreplicated: bench");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (groups, window, batches) = if smoke() {
+        (20, Duration::from_secs(1), 200)
+    } else {
+        (1_000, Duration::from_secs(10), 2_000)
+    };
+    rt.block_on(async {
+        idle(groups, window).await?;
+        let (records, size) = (64usize, 100usize);
+        let body = batch_body(records, size)?;
+        let durable = durable_baseline(&body, batches).await?;
+        let seq = replicated(&body, records as u32, batches, 1).await?;
+        let piped = replicated(&body, records as u32, batches, 16).await?;
+        println!(
+            "replicated: batches of {records} x {size} B ({} B bodies), {batches} batches",
+            body.len()
+        );
+        println!("replicated: storage durable append (append + GroupCommit sync, one at a time) {durable:.2} MB/s");
+        println!(
+            "replicated: 3-node raft, one proposal at a time {seq:.2} MB/s = {:.2}x durable",
+            seq / durable
+        );
+        println!(
+            "replicated: 3-node raft, 16 proposals in flight {piped:.2} MB/s = {:.2}x durable",
+            piped / durable
+        );
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    Ok(())
+}
