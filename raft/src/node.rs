@@ -37,6 +37,7 @@ use crate::log::store::StoreHooks;
 use crate::log::FileLog;
 use crate::log::Flusher;
 use crate::log::LogStore;
+use crate::log::StorageLog;
 use crate::metadata::MetaStateMachine;
 use crate::metadata::MetadataHandle;
 use crate::partition::group::AckPlumbing;
@@ -54,7 +55,6 @@ use crate::types::Node;
 use crate::types::NodeId;
 use crate::types::PartitionId;
 use crate::types::PartitionRaft;
-use crate::types::PartitionTypes;
 
 struct Server {
     shutdown: Option<oneshot::Sender<()>>,
@@ -119,6 +119,14 @@ async fn blocking<T: Send + 'static>(
         Err(e) => Err(RaftError::Storage(std::io::Error::other(format!(
             "blocking task failed: {e}"
         )))),
+    }
+}
+
+/// Storage settings of partition logs.
+pub(crate) fn partition_log_config() -> drawbridge_storage::LogConfig {
+    drawbridge_storage::LogConfig {
+        preallocate: false,
+        ..drawbridge_storage::LogConfig::default()
     }
 }
 
@@ -282,9 +290,11 @@ impl RaftNode {
         let hooks = acks.hooks();
         let (store, sm) = blocking(move || {
             fs::create_dir_all(&dir)?;
-            let backend = Arc::new(FileLog::<PartitionTypes>::open(&dir.join("log"))?);
+            let log = drawbridge_storage::Log::open(dir.join("log"), partition_log_config())
+                .map_err(|e| e.into_io())?;
+            let backend = Arc::new(StorageLog::new(log.clone()));
             let store = LogStore::open(backend, key, flusher, hooks)?;
-            let sm = PartitionStateMachine::open(&dir.join("snapshot"))?;
+            let sm = PartitionStateMachine::open(&dir.join("snapshot"), log)?;
             Ok((store, sm))
         })
         .await?;
@@ -360,6 +370,9 @@ impl RaftNode {
             .ok_or_else(|| RaftError::GroupNotFound(gid.clone()))?;
         if let Err(e) = group.raft.shutdown().await {
             warn!(partition = %id, error = %e, "partition raft shutdown failed");
+        }
+        if let Err(e) = group.sm.log().close() {
+            warn!(partition = %id, error = %e, "closing partition log failed");
         }
         if delete_data {
             let dir = partition_dir(&self.inner.data_dir, id);

@@ -15,6 +15,7 @@ use crate::log::store::StoreHooks;
 use crate::log::FileLog;
 use crate::log::Flusher;
 use crate::log::LogStore;
+use crate::log::StorageLog;
 use crate::metadata::MetaStateMachine;
 use crate::partition::group::AckPlumbing;
 use crate::partition::PartitionStateMachine;
@@ -47,7 +48,7 @@ struct MetaBuilder;
 struct PartitionBuilder;
 
 type MetaStore = LogStore<MetaTypes, FileLog<MetaTypes>>;
-type PartStore = LogStore<PartitionTypes, FileLog<PartitionTypes>>;
+type PartStore = LogStore<PartitionTypes, StorageLog>;
 
 impl StoreBuilder<MetaTypes, MetaStore, MetaStateMachine, DirGuard> for MetaBuilder {
     async fn build(
@@ -70,11 +71,14 @@ impl StoreBuilder<PartitionTypes, PartStore, PartitionStateMachine, DirGuard> fo
     ) -> Result<(DirGuard, PartStore, PartitionStateMachine), StorageError<PartitionTypes>> {
         let io = |e: std::io::Error| StorageError::read(ErrorSource::from_error(&e));
         let g = scratch().map_err(io)?;
-        let backend = Arc::new(FileLog::open(&g.0.join("log")).map_err(io)?);
+        let log =
+            drawbridge_storage::Log::open(g.0.join("log"), crate::node::partition_log_config())
+                .map_err(|e| io(e.into_io()))?;
+        let backend = Arc::new(StorageLog::new(log.clone()));
         let flusher = Flusher::start(&g.0.join("journal")).map_err(io)?;
         let store = LogStore::open(backend, b"g".to_vec(), flusher, AckPlumbing::new(1).hooks())
             .map_err(io)?;
-        let sm = PartitionStateMachine::open(&g.0.join("snapshot")).map_err(io)?;
+        let sm = PartitionStateMachine::open(&g.0.join("snapshot"), log).map_err(io)?;
         Ok((g, store, sm))
     }
 }

@@ -14,7 +14,7 @@
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest.
 //! - [`ingest`]: NATS → batched raft proposals on a partition leader; [`acks`]: acks.
-//! - [`partition_log`]: the readable committed-record log of a partition (stop-gap, see there).
+//! - [`partition_log`]: a partition's readable log: the raft log itself.
 //! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
 //! - [`context`]: the shared server state; [`nats_conn`]: the NATS connection.
 //! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.

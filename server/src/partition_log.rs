@@ -1,106 +1,51 @@
 //! The readable message log of a partition on this node: what Subscribe, FetchMetadata and
 //! FetchPartitionMetadata read.
 //!
-//! **Stop-gap until the raft crate exposes its partition log.** The design (docs/architecture.md)
-//! is that a partition's raft log *is* a `drawbridge_storage::Log`, and the server reads it
-//! directly. `drawbridge-raft` does not expose that log yet (its partition groups keep their
-//! entries in their own file log), so the server keeps a second `drawbridge_storage::Log` per
-//! partition — a *committed-record log* — and the partition leader appends every batch to it once
-//! raft reports the batch committed (with the offsets raft assigned). All reading code works
-//! on `drawbridge_storage::Log`, so switching to the raft crate's log is a change to this file
-//! only.
+//! A partition's raft log *is* its `drawbridge_storage::Log` (docs/architecture.md): one raft
+//! entry is one record batch, and blank/membership entries are control batches that take no
+//! offsets. The raft crate owns that log and exposes it through
+//! [`PartitionReplica::log`](drawbridge_raft::PartitionReplica::log); the server only reads it.
 //!
 //! Invariants:
-//! - Only committed batches are appended, in commit order, at exactly the offsets raft assigned
-//!   (a batch whose base offset is not the log's next offset is refused, and the log is reset to
-//!   raft's next offset when it is behind: the missing range is then unreadable here).
-//! - Everything in this log is committed, so its high watermark is its newest offset.
-//!
-//! Known limitation of the stop-gap: a follower's committed-record log only holds what it
-//! appended while it led; a new leader serves records from the point it took over (older
-//! records stay in raft, durable and replicated, but are not readable through this log).
-
-use std::path::{Path, PathBuf};
+//! - Offsets are assigned by the log when raft appends an entry, identically on every replica.
+//! - The log's high watermark is set by raft as entries are *applied* (i.e. committed), on every
+//!   replica, before the proposer learns the batch's offsets. Readers are bounded by it, so
+//!   they never see a record raft may still truncate.
+//! - Any replica (a new leader after a failover included) serves every committed record its
+//!   log holds, not only those written while it led.
+//! - The server never appends to, truncates or resets this log; it only reads it (and closes
+//!   it at shutdown, after raft stopped).
 
 use bytes::Bytes;
-use drawbridge_raft::PartitionId;
-use drawbridge_storage::{BatchKind, BatchMeta, Log, LogConfig};
+use drawbridge_raft::PartitionReplica;
+use drawbridge_storage::Log;
 
 use crate::error::{Result, ServerError};
 
-/// Directory of a partition's committed-record log under the data dir.
-pub fn dir_of(data_dir: &Path, id: &PartitionId) -> PathBuf {
-    let hex: String = id.stream.bytes().map(|b| format!("{b:02x}")).collect();
-    data_dir
-        .join("streams")
-        .join(format!("{hex}-{}", id.partition))
+/// The readable log of a hosted partition replica (a shared handle on the raft log).
+pub fn open(replica: &PartitionReplica) -> Log {
+    replica.log()
 }
 
-/// Opens (recovering) the committed-record log of a partition.
-pub fn open(data_dir: &Path, id: &PartitionId, segment_max_bytes: u64) -> Result<Log> {
-    let dir = dir_of(data_dir, id);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ServerError::Internal(format!("creating {}: {e}", dir.display())))?;
-    let config = LogConfig {
-        segment_max_bytes: segment_max_bytes
-            .clamp(1 << 20, drawbridge_storage::config::MAX_SEGMENT_BYTES),
-        preallocate: false,
-        ..LogConfig::default()
-    };
-    let log = Log::open(&dir, config)?;
-    log.set_high_watermark(log.newest_offset())?;
-    Ok(log)
-}
-
-/// Appends one committed batch (`body` = record set) whose first offset raft assigned as
-/// `base_offset`, then publishes it to readers.
+/// Called by ingest once raft reports a batch committed at `base_offset`.
 ///
-/// The batch's raft index in this log is its own sequence (last + 1): raft's indexes include
-/// entries that carry no records. With `sync` the batch is durable when this returns.
+/// The batch is already in the log (raft appended it there, and made it durable before the
+/// commit) and readable (raft raised the high watermark when applying it), so there is nothing
+/// to write: this only checks that the log agrees.
 pub fn append_committed(
     log: &Log,
     base_offset: u64,
-    term: u64,
+    _term: u64,
     body: Bytes,
-    sync: bool,
+    _sync: bool,
 ) -> Result<()> {
-    let next = log.next_offset();
-    if next < base_offset {
-        tracing::warn!(
-            dir = %log.dir().display(),
-            next,
-            base_offset,
-            "committed-record log is behind raft; skipping the gap"
-        );
-        log.reset(base_offset)?;
-    } else if next > base_offset {
-        return Err(ServerError::Internal(format!(
-            "committed-record log at offset {next} refuses a batch at {base_offset}"
-        )));
+    if body.is_empty() {
+        return Ok(());
     }
-    let (last_term, last_index) = log.last_raft_entry().unwrap_or((0, 0));
-    let meta = BatchMeta {
-        kind: BatchKind::Data,
-        raft_term: term.max(last_term),
-        raft_index: last_index + 1,
-    };
-    log.append(meta, body)?;
-    if sync {
-        log.sync()?;
-    }
-    log.set_high_watermark(log.newest_offset())?;
-    Ok(())
-}
-
-/// Deletes a partition's committed-record log.
-pub fn remove(data_dir: &Path, id: &PartitionId) -> Result<()> {
-    let dir = dir_of(data_dir, id);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ServerError::Internal(format!(
-            "removing {}: {e}",
-            dir.display()
+    match log.high_watermark() {
+        Some(hw) if hw >= base_offset => Ok(()),
+        hw => Err(ServerError::Internal(format!(
+            "committed batch at offset {base_offset} is not readable (high watermark {hw:?})"
         ))),
     }
 }

@@ -41,7 +41,7 @@ pub const KEY_OCC: &str = "optimistic.concurrency.control";
 pub struct Local {
     /// The raft group handle.
     pub replica: PartitionReplica,
-    /// The readable committed-record log.
+    /// The partition's log (the raft log; readable up to its high watermark).
     pub log: Log,
     /// Whether ingest currently runs here (this node leads and has caught up).
     pub ingesting: AtomicBool,
@@ -170,13 +170,8 @@ async fn add(ctx: &Ctx, state: &MetadataState, id: PartitionId, replicas: &[Node
             }
         }
     }
-    let segment = u64::try_from(ctx.config.streams.segment_max_bytes).unwrap_or(u64::MAX);
-    let data_dir = ctx.config.data_dir.clone();
-    let id2 = id.clone();
-    let log = tokio::task::spawn_blocking(move || partition_log::open(&data_dir, &id2, segment))
-        .await
-        .map_err(|e| crate::error::ServerError::Internal(e.to_string()))??;
     let replica = ctx.raft.create_partition_group(id.clone(), addrs).await?;
+    let log = partition_log::open(&replica);
     let (stop, stop_rx) = watch::channel(false);
     let local = Arc::new(Local {
         replica,
@@ -199,12 +194,9 @@ async fn remove(ctx: &Ctx, id: &PartitionId) {
     };
     local.stop.send_replace(true);
     info!(partition = %id, "partition deleted; removing its replica");
-    let _ = local.log.close();
+    // Raft owns the partition log: removing the group closes and deletes it.
     if let Err(e) = ctx.raft.remove_partition_group(id, true).await {
         warn!(partition = %id, error = %e, "removing partition group failed");
-    }
-    if let Err(e) = partition_log::remove(&ctx.config.data_dir, id) {
-        warn!(partition = %id, error = %e, "removing partition log failed");
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`meta_file`]: the per-group state type and atomically replaced framed files (snapshots).
 //! - [`flusher`]: one thread per node that syncs backends and the journal (in parallel) and then
 //!   fires the raft callbacks (group commit across groups).
+//! - [`storage_log`]: the partition groups' backend, a `drawbridge_storage::Log` (the raft log
+//!   *is* the partition's message log).
 //! - [`store`]: the `RaftLogStorage` / `RaftLogReader` implementation.
 
 pub(crate) mod backend;
@@ -16,8 +18,10 @@ pub(crate) mod file_log;
 pub(crate) mod flusher;
 pub(crate) mod journal;
 pub(crate) mod meta_file;
+pub(crate) mod storage_log;
 pub(crate) mod store;
 
 pub(crate) use file_log::FileLog;
 pub(crate) use flusher::Flusher;
+pub(crate) use storage_log::StorageLog;
 pub(crate) use store::LogStore;

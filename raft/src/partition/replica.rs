@@ -126,6 +126,7 @@ impl PartitionReplica {
             records,
             record_count,
             tag,
+            base_offset: None,
         };
         let gid2 = gid.clone();
         let retry_until = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -206,6 +207,14 @@ impl PartitionReplica {
             group: self.group_id(),
             reason: "no leader".into(),
         })
+    }
+
+    /// The partition's log: the group's raft log, which is also its message log (one raft entry
+    /// = one record batch). Readers see committed records only: its high watermark is set as
+    /// entries are applied. Works on every replica. A shared handle: do not append to it,
+    /// truncate it or close it (the group owns it).
+    pub fn log(&self) -> drawbridge_storage::Log {
+        self.group.sm.log().clone()
     }
 
     /// Last committed offset (inclusive), `None` if nothing is committed.

@@ -1,4 +1,9 @@
-//! The partition state machine: applied log id, membership, offset assignment, high watermark.
+//! The partition state machine: applied log id, membership, offsets, high watermark.
+//!
+//! Offsets are assigned by the partition's storage log (the raft log *is* that log): each
+//! entry handed to `apply` is read back from it and carries its batch's base offset. Applying a
+//! data entry publishes its last offset as the high watermark, both on a watch channel and on the
+//! storage log ([`Log::set_high_watermark`]), which is what the server's readers are bounded by.
 //!
 //! Persistence model: like the metadata group, state is in memory and rebuilt on restart from the
 //! persisted snapshot plus the log up to the saved committed id. The state is a handful of
@@ -9,12 +14,16 @@
 //!   and only committed entries are applied: readers bounded by it never see an entry raft may
 //!   still truncate.
 //! - The high watermark never decreases within a run.
+//! - Snapshot install keeps the storage log when it already holds the snapshot's last entry
+//!   (same term), or starts right after it (purged through it); otherwise the log is reset to
+//!   the snapshot's next offset, so the entries that follow get the offsets the leader gave them.
 
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use drawbridge_storage::Log;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::alias::LogIdOf;
@@ -54,6 +63,8 @@ pub(crate) struct PartitionStateMachine {
     inner: Arc<Mutex<SmState>>,
     snapshot_path: PathBuf,
     hw_tx: Arc<watch::Sender<Option<u64>>>,
+    /// The partition's storage log (also the group's raft log).
+    log: Log,
 }
 
 impl std::fmt::Debug for PartitionStateMachine {
@@ -66,7 +77,7 @@ impl std::fmt::Debug for PartitionStateMachine {
 
 impl PartitionStateMachine {
     /// Opens the state machine and loads its persisted snapshot (installed later by openraft).
-    pub(crate) fn open(snapshot_path: &Path) -> io::Result<Self> {
+    pub(crate) fn open(snapshot_path: &Path, log: Log) -> io::Result<Self> {
         let current: Option<Persisted> =
             meta_file::load_framed(snapshot_path, "partition snapshot")?;
         let (hw_tx, _) = watch::channel(None);
@@ -79,7 +90,13 @@ impl PartitionStateMachine {
             })),
             snapshot_path: snapshot_path.to_path_buf(),
             hw_tx: Arc::new(hw_tx),
+            log,
         })
+    }
+
+    /// The partition's storage log.
+    pub(crate) fn log(&self) -> &Log {
+        &self.log
     }
 
     /// Watches the high watermark (last committed offset, inclusive).
@@ -102,7 +119,7 @@ impl PartitionStateMachine {
         self.inner.lock().data.next_offset
     }
 
-    fn publish(&self, hw: Option<u64>) {
+    fn publish(&self, hw: Option<u64>) -> io::Result<()> {
         self.hw_tx.send_if_modified(|cur| {
             if hw > *cur {
                 *cur = hw;
@@ -111,6 +128,25 @@ impl PartitionStateMachine {
                 false
             }
         });
+        if hw > self.log.high_watermark() {
+            self.log.set_high_watermark(hw).map_err(|e| e.into_io())?;
+        }
+        Ok(())
+    }
+
+    /// The base offset of the data entry at `index`, read from the storage log (for entries
+    /// not read through the log reader).
+    fn stored_base_offset(&self, index: u64) -> io::Result<u64> {
+        match self
+            .log
+            .batch_at_raft_index(index)
+            .map_err(|e| e.into_io())?
+        {
+            Some(b) => Ok(b.base_offset),
+            None => Err(io::Error::other(format!(
+                "applied raft index {index} is not in the partition log"
+            ))),
+        }
     }
 
     async fn persist(&self, p: Persisted) -> io::Result<()> {
@@ -169,6 +205,13 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            let base = match &entry.payload {
+                EntryPayload::Normal(req) => Some(match req.base_offset {
+                    Some(b) => b,
+                    None => self.stored_base_offset(entry.log_id.index)?,
+                }),
+                _ => None,
+            };
             let (resp, hw) = {
                 let mut st = self.inner.lock();
                 st.applied = Some(entry.log_id());
@@ -176,9 +219,10 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
                     EntryPayload::Blank => PartitionResponse::Control,
                     EntryPayload::Normal(req) => {
                         let offsets = Offsets {
-                            base_offset: st.data.next_offset,
+                            base_offset: base.unwrap_or(st.data.next_offset),
                             record_count: req.record_count,
                         };
+                        st.data.next_offset = offsets.base_offset;
                         st.data.next_offset += u64::from(req.record_count);
                         if let Some(last) = offsets.last_offset() {
                             st.data.high_watermark = Some(last);
@@ -192,7 +236,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
                 };
                 (resp, st.data.high_watermark)
             };
-            self.publish(hw);
+            self.publish(hw)?;
             if let Some(r) = responder {
                 r.send(resp);
             }
@@ -210,6 +254,29 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         snapshot: PartitionSnapshot,
     ) -> Result<(), io::Error> {
         self.persist((meta.clone(), snapshot)).await?;
+        let log = self.log.clone();
+        let last = meta.last_log_id;
+        let next = snapshot.next_offset;
+        let keep = move || -> io::Result<()> {
+            let Some(last) = last else {
+                return Ok(());
+            };
+            let holds = match log
+                .batch_at_raft_index(last.index)
+                .map_err(|e| e.into_io())?
+            {
+                Some(b) => b.meta.raft_term == last.leader_id.term,
+                None => log.first_raft_index() == Some(last.index + 1),
+            };
+            if !holds && (log.last_raft_entry().is_some() || log.next_offset() != next) {
+                log.reset(next).map_err(|e| e.into_io())?;
+            }
+            Ok(())
+        };
+        match tokio::task::spawn_blocking(keep).await {
+            Ok(r) => r?,
+            Err(e) => return Err(io::Error::other(format!("log reset failed: {e}"))),
+        }
         let hw = {
             let mut st = self.inner.lock();
             st.applied = meta.last_log_id;
@@ -218,7 +285,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
             st.current = Some((meta.clone(), snapshot));
             st.data.high_watermark
         };
-        self.publish(hw);
+        self.publish(hw)?;
         Ok(())
     }
 

@@ -20,6 +20,10 @@ pub struct PartitionRequest {
     /// Proposal tag chosen by the proposing node for LEADER acks (0 = none). Not meaningful on
     /// other nodes.
     pub tag: u64,
+    /// Base offset of the batch, filled in when the entry is read back from the partition's
+    /// storage log (which assigns offsets); `None` on proposal. Never serialized.
+    #[serde(skip)]
+    pub base_offset: Option<u64>,
 }
 
 impl fmt::Display for PartitionRequest {

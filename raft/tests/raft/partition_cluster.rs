@@ -8,6 +8,8 @@ use bytes::Bytes;
 use drawbridge_raft::GroupTimings;
 use drawbridge_raft::PartitionId;
 use drawbridge_raft::PartitionReplica;
+use drawbridge_storage::ReadLimits;
+use drawbridge_storage::Record;
 
 use crate::harness::eventually;
 use crate::harness::fast_timings;
@@ -16,8 +18,27 @@ use crate::harness::Cluster;
 
 const T: Duration = Duration::from_secs(10);
 
-fn batch(i: u32) -> Bytes {
-    Bytes::from(format!("records-{i}"))
+/// A real record set of `n` records (the partition log stores record sets only).
+fn batch(i: u32, n: u32) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|j| Record {
+            timestamp: i64::from(i) * 1000 + i64::from(j),
+            key: None,
+            headers: Vec::new(),
+            value: Bytes::from(format!("records-{i}-{j}")),
+        })
+        .collect();
+    drawbridge_storage::encode_records(&records).expect("encode records")
+}
+
+/// The offsets readable (committed) in a replica's own partition log, from `from`.
+fn readable_offsets(r: &PartitionReplica, from: u64) -> Vec<u64> {
+    r.log()
+        .read(from, ReadLimits::records(100_000))
+        .expect("read partition log")
+        .iter()
+        .map(|v| v.offset)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,13 +49,13 @@ async fn replicates_batches_with_dense_offsets_and_both_ack_levels() {
     let leader = partition_leader(&replicas, T).await;
     let mut expected = 0u64;
     for i in 1..=5u32 {
-        let o = leader.append(batch(i), i, T).await.expect("append");
+        let o = leader.append(batch(i, i), i, T).await.expect("append");
         assert_eq!(o.base_offset, expected);
         assert_eq!(o.record_count, i);
         expected += u64::from(i);
     }
     // LEADER ack: durable locally, then ALL ack: committed with offsets.
-    let mut prop = leader.propose(batch(9), 2);
+    let mut prop = leader.propose(batch(9, 2), 2);
     let index = prop.appended_locally(T).await.expect("local append");
     assert!(index > 0);
     let o = prop.committed(T).await.expect("commit");
@@ -47,13 +68,19 @@ async fn replicates_batches_with_dense_offsets_and_both_ack_levels() {
             .expect("hw in time")
             .expect("hw watch open");
         assert_eq!(r.next_offset(), expected);
+        // Every replica serves every committed record from its own log.
+        eventually("log hw", T, || {
+            r.log().high_watermark() == Some(expected - 1)
+        })
+        .await;
+        assert_eq!(readable_offsets(r, 0), (0..expected).collect::<Vec<_>>());
     }
     // A follower refuses proposals and names the leader.
     let follower = replicas
         .iter()
         .find(|r| !r.is_leader())
         .expect("a follower");
-    match follower.append(batch(0), 1, T).await {
+    match follower.append(batch(0, 1), 1, T).await {
         Err(drawbridge_raft::RaftError::NotLeader { leader_id, .. }) => {
             assert!(leader_id.is_some())
         }
@@ -72,7 +99,7 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
     let p = PartitionId::new("div", 0);
     let replicas = c.create_partition(&p).await;
     let leader = partition_leader(&replicas, T).await;
-    leader.append(batch(1), 3, T).await.expect("append");
+    leader.append(batch(1, 3), 3, T).await.expect("append");
     let old = leader.group_node();
     let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
     for r in &replicas {
@@ -84,7 +111,7 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
     }
     let mut stranded = Vec::new();
     for i in 0..3 {
-        let mut prop = leader.propose(batch(100 + i), 5);
+        let mut prop = leader.propose(batch(100 + i, 5), 5);
         prop.appended_locally(T)
             .await
             .expect("appended on the isolated leader");
@@ -105,7 +132,7 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
     let new_leader = partition_leader(&survivors, T).await;
     for i in 0..4 {
         new_leader
-            .append(batch(200 + i), 1, T)
+            .append(batch(200 + i, 1), 1, T)
             .await
             .expect("append on new leader");
     }
@@ -127,6 +154,18 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
     })
     .await;
     assert_eq!(back.high_watermark(), Some(target_next - 1));
+    eventually("old leader's log hw", T, || {
+        back.log().high_watermark() == Some(target_next - 1)
+    })
+    .await;
+    assert_eq!(
+        readable_offsets(&back, 0),
+        (0..target_next).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        readable_offsets(&new_leader, 0),
+        (0..target_next).collect::<Vec<_>>()
+    );
     assert!(old_last > 0);
     drop(stranded);
     c.shutdown().await;
@@ -144,7 +183,7 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
     c.stop(lagger).await;
     for i in 0..10 {
         leader
-            .append(batch(i), 2, T)
+            .append(batch(i, 2), 2, T)
             .await
             .expect("append while follower is down");
     }
@@ -152,7 +191,7 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
     assert!(purged >= 10);
     for i in 0..5 {
         leader
-            .append(batch(50 + i), 1, T)
+            .append(batch(50 + i, 1), 1, T)
             .await
             .expect("append after purge");
     }
@@ -164,6 +203,30 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
         .expect("re-create group");
     eventually("lagger catches up", T, || back.next_offset() == 25).await;
     eventually("lagger hw", T, || back.high_watermark() == Some(24)).await;
+    // The lagger's log restarted at the snapshot's next offset: it serves what followed it.
+    eventually("lagger log hw", T, || {
+        back.log().high_watermark() == Some(24)
+    })
+    .await;
+    assert_eq!(back.log().next_offset(), 25);
+    assert_eq!(readable_offsets(&back, 20), (20..25).collect::<Vec<_>>());
+    assert_eq!(readable_offsets(&leader, 0), (0..25).collect::<Vec<_>>());
+    // The node that took the snapshot restarts: it re-installs its snapshot at open and keeps
+    // its log (which holds the snapshot point), so it serves every offset again.
+    let snapper = leader.group_node();
+    drop(leader);
+    c.stop(snapper).await;
+    c.restart(snapper).await;
+    let again = c
+        .node(snapper)
+        .create_partition_group(p.clone(), c.replicas())
+        .await
+        .expect("re-create group");
+    eventually("restarted log hw", T, || {
+        again.log().high_watermark() == Some(24)
+    })
+    .await;
+    assert_eq!(readable_offsets(&again, 0), (0..25).collect::<Vec<_>>());
     c.shutdown().await;
 }
 

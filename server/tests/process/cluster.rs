@@ -171,9 +171,22 @@ async fn three_nodes_survive_leader_kill() -> TestResult {
         (100..150).collect::<Vec<_>>(),
         "no ALL-acked offset was reused"
     );
-    let mut sub = subscribe(&mut cl, sub_req("ha", 0, StartPosition::Offset)).await?;
-    let got = read_n(&mut sub, 1, EACH).await?;
-    assert!(got[0].offset >= 100);
+    // The new leader serves EVERY offset from its own log, including the 100 records written
+    // while the killed node led (the partition's raft log is its message log on every replica).
+    let mut sub = subscribe(&mut cl, sub_req("ha", 0, StartPosition::Earliest)).await?;
+    let got = read_n(&mut sub, 150, EACH).await?;
+    let got_offsets: Vec<i64> = got.iter().map(|m| m.offset).collect();
+    assert_eq!(
+        got_offsets,
+        (0..150).collect::<Vec<i64>>(),
+        "every offset from the new leader"
+    );
+    for m in &got {
+        assert_eq!(m.value.as_ref(), format!("m{}", m.offset).as_bytes());
+    }
+    let mut from0 = subscribe(&mut cl, sub_req("ha", 0, StartPosition::Offset)).await?;
+    let first = read_n(&mut from0, 1, EACH).await?;
+    assert_eq!(first[0].offset, 0, "offset 0 readable on the new leader");
 
     // Restart the killed node: it rejoins and catches up (raft high watermark via metadata).
     servers[leader_idx] = None;
