@@ -9,8 +9,8 @@
 //!    optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and `reply`
 //!    headers, stamp the leader's time (ns);
 //! 3. propose the batch; wait until it is durable in the local log; send LEADER acks;
-//! 4. hand it to the committer task, which waits for the raft commit, appends it to the
-//!    partition's readable log ([`crate::partition_log`]) and sends ALL acks.
+//! 4. hand it to the committer task, which waits for the raft commit (raft has then applied the
+//!    batch and raised the partition log's high watermark, so it is readable) and sends ALL acks.
 //!
 //! Invariants:
 //! - Order: a batch is proposed only after the previous one is in the local raft log, and the
@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use drawbridge_proto::api::{ack, AckPolicy};
 use drawbridge_raft::{PartitionReplica, Proposal};
-use drawbridge_storage::{Log, RecordBatchBuilder};
+use drawbridge_storage::RecordBatchBuilder;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -37,7 +37,6 @@ use crate::acks::{self, PendingAck};
 use crate::context::Ctx;
 use crate::envelope;
 use crate::error::{Result, ServerError};
-use crate::partition_log;
 
 /// How long a proposal may take to reach the local log / to commit before ingest gives up.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,8 +61,6 @@ pub struct IngestParams {
 struct Committing {
     proposal: Proposal,
     base: u64,
-    term: u64,
-    body: Bytes,
     all_acks: Vec<(PendingAck, u64)>,
 }
 
@@ -93,7 +90,6 @@ async fn catch_up(replica: &PartitionReplica) -> Result<u64> {
 pub async fn run(
     ctx: Ctx,
     replica: PartitionReplica,
-    log: Log,
     p: IngestParams,
     mut stop: watch::Receiver<bool>,
     on_ready: impl FnOnce(),
@@ -117,7 +113,7 @@ pub async fn run(
     info!(stream = %p.stream, subject = %p.subject, next, term, "partition leader: ingest started");
 
     let (tx, rx) = mpsc::channel::<Committing>(COMMIT_QUEUE);
-    let committer = tokio::spawn(commit_loop(ctx.clone(), log, p.clone(), rx));
+    let committer = tokio::spawn(commit_loop(ctx.clone(), p.clone(), rx));
     let max_bytes =
         usize::try_from(ctx.config.clustering.replication_max_bytes).unwrap_or(usize::MAX);
     let max_batch = ctx.config.batch_max_messages.max(1);
@@ -239,7 +235,7 @@ pub async fn run(
             Ok(b) => b,
             Err(e) => break Err(e.into()),
         };
-        let mut proposal = replica.propose(body.clone(), count);
+        let mut proposal = replica.propose(body, count);
         if let Err(e) = proposal.appended_locally(APPEND_TIMEOUT).await {
             break Err(e.into());
         }
@@ -254,8 +250,6 @@ pub async fn run(
         let job = Committing {
             proposal,
             base,
-            term,
-            body,
             all_acks,
         };
         if tx.send(job).await.is_err() {
@@ -275,14 +269,10 @@ pub async fn run(
     result
 }
 
-/// Waits for each batch's commit in proposal order, makes it readable, sends ALL acks.
-async fn commit_loop(
-    ctx: Ctx,
-    log: Log,
-    p: IngestParams,
-    mut rx: mpsc::Receiver<Committing>,
-) -> Result<()> {
-    let sync = ctx.config.storage.sync_policy == crate::config::SyncPolicy::Always;
+/// Waits for each batch's commit in proposal order and sends its ALL acks. A committed batch
+/// is already readable: raft applied it and raised the partition log's high watermark before
+/// `committed` returned.
+async fn commit_loop(ctx: Ctx, p: IngestParams, mut rx: mpsc::Receiver<Committing>) -> Result<()> {
     while let Some(job) = rx.recv().await {
         let offsets = job.proposal.committed(APPEND_TIMEOUT).await?;
         if offsets.base_offset != job.base {
@@ -291,14 +281,6 @@ async fn commit_loop(
                 offsets.base_offset, job.base
             )));
         }
-        let log2 = log.clone();
-        let body = job.body;
-        let (base, term) = (job.base, job.term);
-        tokio::task::spawn_blocking(move || {
-            partition_log::append_committed(&log2, base, term, body, sync)
-        })
-        .await
-        .map_err(|e| ServerError::Internal(format!("log writer failed: {e}")))??;
         for (pa, offset) in &job.all_acks {
             let off = i64::try_from(*offset).unwrap_or(i64::MAX);
             acks::send(

@@ -16,36 +16,10 @@
 //! - The server never appends to, truncates or resets this log; it only reads it (and closes
 //!   it at shutdown, after raft stopped).
 
-use bytes::Bytes;
 use drawbridge_raft::PartitionReplica;
 use drawbridge_storage::Log;
-
-use crate::error::{Result, ServerError};
 
 /// The readable log of a hosted partition replica (a shared handle on the raft log).
 pub fn open(replica: &PartitionReplica) -> Log {
     replica.log()
-}
-
-/// Called by ingest once raft reports a batch committed at `base_offset`.
-///
-/// The batch is already in the log (raft appended it there, and made it durable before the
-/// commit) and readable (raft raised the high watermark when applying it), so there is nothing
-/// to write: this only checks that the log agrees.
-pub fn append_committed(
-    log: &Log,
-    base_offset: u64,
-    _term: u64,
-    body: Bytes,
-    _sync: bool,
-) -> Result<()> {
-    if body.is_empty() {
-        return Ok(());
-    }
-    match log.high_watermark() {
-        Some(hw) if hw >= base_offset => Ok(()),
-        hw => Err(ServerError::Internal(format!(
-            "committed batch at offset {base_offset} is not readable (high watermark {hw:?})"
-        ))),
-    }
 }

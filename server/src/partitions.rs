@@ -235,15 +235,10 @@ async fn leadership_loop(
         if leading && ingest.is_none() {
             if let Some(params) = ingest_params(&ctx, &id) {
                 let (s, r) = watch::channel(false);
-                let (c, rep, log, flag) = (
-                    ctx.clone(),
-                    local.replica.clone(),
-                    local.log.clone(),
-                    local.clone(),
-                );
+                let (c, rep, flag) = (ctx.clone(), local.replica.clone(), local.clone());
                 let h = tokio::spawn(async move {
                     let ready = || flag.ingesting.store(true, Ordering::Release);
-                    if let Err(e) = ingest::run(c, rep, log, params, r, ready).await {
+                    if let Err(e) = ingest::run(c, rep, params, r, ready).await {
                         debug!(error = %e, "ingest ended");
                     }
                     flag.ingesting.store(false, Ordering::Release);
