@@ -80,6 +80,12 @@ impl PartitionStateMachine {
     pub(crate) fn open(snapshot_path: &Path, log: Log) -> io::Result<Self> {
         let current: Option<Persisted> =
             meta_file::load_framed(snapshot_path, "partition snapshot")?;
+        if let Some((meta, snapshot)) = &current {
+            // A crash between persisting an installed snapshot and resetting the log (or in
+            // the middle of the reset) leaves a log that does not continue the snapshot: finish
+            // the job before openraft reads the log state.
+            align_log_to_snapshot(&log, meta.last_log_id, snapshot.next_offset)?;
+        }
         let (hw_tx, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new(Mutex::new(SmState {
@@ -156,6 +162,38 @@ impl PartitionStateMachine {
             Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
         }
     }
+}
+
+/// Makes the storage log continue a snapshot whose last entry is `last` and whose next offset
+/// is `next`.
+///
+/// Rules:
+/// 1. A log that holds `last` (same index, same term) or starts right after it (purged through
+///    it) already continues the snapshot and is left alone: entries after a matching snapshot
+///    point are kept, as openraft expects.
+/// 2. Otherwise the log is reset to empty with `next` as its next offset, so the entries the
+///    leader sends next get the offsets the leader gave them.
+/// 3. Idempotent: running it again after it completed (or after a crash in the middle of a
+///    reset) converges to the same log. It runs on snapshot install and again on open.
+fn align_log_to_snapshot(
+    log: &Log,
+    last: Option<LogIdOf<PartitionTypes>>,
+    next: u64,
+) -> io::Result<()> {
+    let Some(last) = last else {
+        return Ok(());
+    };
+    let holds = match log
+        .batch_at_raft_index(last.index)
+        .map_err(|e| e.into_io())?
+    {
+        Some(b) => b.meta.raft_term == last.leader_id.term,
+        None => log.first_raft_index() == Some(last.index + 1),
+    };
+    if !holds && (log.last_raft_entry().is_some() || log.next_offset() != next) {
+        log.reset(next).map_err(|e| e.into_io())?;
+    }
+    Ok(())
 }
 
 impl RaftSnapshotBuilder<PartitionTypes> for PartitionStateMachine {
@@ -257,23 +295,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         let log = self.log.clone();
         let last = meta.last_log_id;
         let next = snapshot.next_offset;
-        let keep = move || -> io::Result<()> {
-            let Some(last) = last else {
-                return Ok(());
-            };
-            let holds = match log
-                .batch_at_raft_index(last.index)
-                .map_err(|e| e.into_io())?
-            {
-                Some(b) => b.meta.raft_term == last.leader_id.term,
-                None => log.first_raft_index() == Some(last.index + 1),
-            };
-            if !holds && (log.last_raft_entry().is_some() || log.next_offset() != next) {
-                log.reset(next).map_err(|e| e.into_io())?;
-            }
-            Ok(())
-        };
-        match tokio::task::spawn_blocking(keep).await {
+        match tokio::task::spawn_blocking(move || align_log_to_snapshot(&log, last, next)).await {
             Ok(r) => r?,
             Err(e) => return Err(io::Error::other(format!("log reset failed: {e}"))),
         }
@@ -298,5 +320,85 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
             .current
             .clone()
             .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use drawbridge_storage::{encode_records, BatchKind, BatchMeta, LogConfig, Record};
+    use openraft::vote::leader_id_std::CommittedLeaderId;
+
+    fn log_id(term: u64, index: u64) -> LogIdOf<PartitionTypes> {
+        LogIdOf::<PartitionTypes>::new(CommittedLeaderId::new(term), index)
+    }
+
+    fn data(log: &Log, term: u64, index: u64) {
+        let body = encode_records(&[Record {
+            timestamp: 1,
+            key: None,
+            headers: Vec::new(),
+            value: Bytes::from_static(b"v"),
+        }])
+        .expect("encode");
+        let meta = BatchMeta {
+            kind: BatchKind::Data,
+            raft_term: term,
+            raft_index: index,
+        };
+        log.append(meta, body).expect("append");
+    }
+
+    fn persist_snapshot(path: &Path, last: LogIdOf<PartitionTypes>, next_offset: u64) {
+        let meta: SnapshotMetaOf<PartitionTypes> = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::default(),
+        };
+        let snap = PartitionSnapshot {
+            next_offset,
+            high_watermark: next_offset.checked_sub(1),
+            earliest_offset: next_offset,
+        };
+        meta_file::store_framed(path, &(meta, snap)).expect("store snapshot");
+    }
+
+    /// A crash after an installed snapshot was persisted but before (or while) the log was
+    /// reset leaves an old, divergent log: opening finishes the reset.
+    #[test]
+    fn open_finishes_an_interrupted_snapshot_reset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_dir = dir.path().join("log");
+        let log = Log::open(&log_dir, LogConfig::default()).expect("open log");
+        for index in 1..=3 {
+            data(&log, 1, index);
+        }
+        let snap_path = dir.path().join("snapshot");
+        persist_snapshot(&snap_path, log_id(2, 9), 40);
+        let _sm = PartitionStateMachine::open(&snap_path, log.clone()).expect("open sm");
+        assert_eq!(
+            log.last_raft_entry(),
+            None,
+            "divergent entries must be gone"
+        );
+        assert_eq!(log.next_offset(), 40);
+        // Opening again is a no-op: the log already continues the snapshot.
+        let _sm = PartitionStateMachine::open(&snap_path, log.clone()).expect("reopen sm");
+        assert_eq!(log.next_offset(), 40);
+    }
+
+    /// A log that holds the snapshot's last entry (same term) is kept as it is.
+    #[test]
+    fn open_keeps_a_log_that_continues_the_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path().join("log"), LogConfig::default()).expect("open log");
+        for index in 1..=4 {
+            data(&log, 1, index);
+        }
+        let snap_path = dir.path().join("snapshot");
+        persist_snapshot(&snap_path, log_id(1, 2), 2);
+        let _sm = PartitionStateMachine::open(&snap_path, log.clone()).expect("open sm");
+        assert_eq!(log.last_raft_entry(), Some((1, 4)));
+        assert_eq!(log.next_offset(), 4);
     }
 }
