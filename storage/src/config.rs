@@ -12,7 +12,7 @@ use crate::error::{Result, StorageError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// Roll to a new segment when appending would make the active `.log` larger than this.
-    /// The active segment is preallocated to this size. Default 256 MiB (Liftbridge's).
+    /// Default 256 MiB (Liftbridge's).
     pub segment_max_bytes: u64,
     /// Roll when the first data record of the active segment is older than this (by record
     /// timestamp, Unix ns) — `None` disables. Default `None`.
@@ -20,8 +20,10 @@ pub struct LogConfig {
     /// Write one offset-index and one time-index entry per this many bytes of log. Lookups
     /// scan at most about this many bytes after the binary search. Default 4096.
     pub index_interval_bytes: u32,
-    /// `fallocate` the active segment to `segment_max_bytes` (falls back to `ftruncate` where
-    /// the file system lacks `fallocate`). Default true.
+    /// `fallocate` the active segment ahead of the writes (4 MiB first, then doubling up to
+    /// `segment_max_bytes`), so a full disk is a typed error at a segment boundary rather than
+    /// mid-write; falls back to `ftruncate` where the file system lacks `fallocate`. Default
+    /// true.
     pub preallocate: bool,
     /// Recompute the records CRC of every data body handed to `append` (costs ~60 µs per MiB).
     /// Off by default: bodies come from [`crate::RecordBatchBuilder`], which computed the CRC

@@ -10,8 +10,10 @@
 //! - Batches are contiguous from byte 0 to `len`; raft indexes increase by exactly 1 and
 //!   terms never decrease from batch to batch; every batch's `base_offset` equals the previous
 //!   batch's `base_offset + offset_span` (the first equals the segment's base offset).
-//! - The active `.log` is preallocated to `segment_max_bytes` (or more, when one batch is
-//!   larger); bytes after `len` read as zeros. Appends use `pwritev(2)`, never a writable map,
+//! - The active `.log` is preallocated ahead of `len` in growing steps (the first
+//!   [`PREALLOC_STEP`], then doubling up to `segment_max_bytes`, or more when one batch is
+//!   larger), so thousands of idle partitions do not each reserve a whole segment of disk;
+//!   bytes after `len` read as zeros. Appends use `pwritev(2)`, never a writable map,
 //!   so a full disk is an error, not a `SIGBUS`.
 //! - Readers see the file through one read-only `Mmap` (of the allocated length for the
 //!   active segment, of exactly `len` for a sealed one), wrapped once in a `Bytes` so every
@@ -46,6 +48,25 @@ pub(crate) fn stem(base_offset: u64) -> String {
 }
 
 /// Paths of the three files of a segment.
+/// The first preallocation of an active segment (capped by `segment_max_bytes`).
+pub(crate) const PREALLOC_STEP: u64 = 4 << 20;
+
+/// Bytes to preallocate for a new (or reactivated) active segment.
+fn first_allocation(config: &LogConfig) -> u64 {
+    PREALLOC_STEP.min(config.segment_max_bytes)
+}
+
+/// The next allocation after `allocated`: double, capped at `segment_max_bytes`; past the cap
+/// (a batch larger than a segment) grow by a quarter segment.
+fn next_allocation(config: &LogConfig, allocated: u64) -> u64 {
+    let max = config.segment_max_bytes;
+    if allocated < max {
+        allocated.saturating_mul(2).max(PREALLOC_STEP).min(max)
+    } else {
+        allocated + max / 4
+    }
+}
+
 pub(crate) fn paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf, PathBuf) {
     let s = stem(base_offset);
     (
@@ -251,7 +272,7 @@ impl Segment {
         file.set_len(0)
             .map_err(|e| StorageError::io("truncating segment", &log_path, e))?;
         if config.preallocate {
-            fsutil::preallocate(&file, &log_path, config.segment_max_bytes)?;
+            fsutil::preallocate(&file, &log_path, first_allocation(config))?;
         }
         let allocated = file
             .metadata()
@@ -666,7 +687,7 @@ impl Segment {
         if need <= self.allocated {
             return Ok(());
         }
-        let new_len = need.max(self.allocated + config.segment_max_bytes / 4);
+        let new_len = need.max(next_allocation(config, self.allocated));
         let f = fm(&mut self.files, &self.log_path)?;
         if config.preallocate {
             fsutil::preallocate(&f.file, &self.log_path, new_len)?;
@@ -805,9 +826,10 @@ impl Segment {
         let f = fm(&mut self.files, &self.log_path)?;
         f.index.make_owned();
         f.time_index.make_owned();
-        if config.preallocate && self.allocated < config.segment_max_bytes {
-            fsutil::preallocate(&f.file, &self.log_path, config.segment_max_bytes)?;
-            self.allocated = config.segment_max_bytes;
+        let target = first_allocation(config).max(self.len);
+        if config.preallocate && self.allocated < target {
+            fsutil::preallocate(&f.file, &self.log_path, target)?;
+            self.allocated = target;
         }
         f.data = map_bytes(&f.file, &self.log_path)?;
         if self.first_timestamp.is_none() {

@@ -324,13 +324,43 @@ fn default_config_reopen_keeps_preallocation_and_zero_tail() {
     drop(log);
     let path = dir.path().join(format!("{base:020}.log"));
     let meta = std::fs::metadata(&path).expect("stat");
-    assert_eq!(
-        meta.len(),
-        LogConfig::default().segment_max_bytes,
-        "active segment preallocated"
-    );
+    // The first preallocation step is 4 MiB, not the whole 256 MiB segment.
+    assert_eq!(meta.len(), 4 << 20, "active segment preallocated");
     let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
     assert_eq!(log.active_segment(), (base, len));
+}
+
+#[test]
+fn preallocation_grows_by_doubling_up_to_the_segment_size() {
+    let dir = tmp();
+    let config = LogConfig {
+        segment_max_bytes: 24 << 20,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config.clone()).expect("open");
+    let (base, _) = log.active_segment();
+    let path = dir.path().join(format!("{base:020}.log"));
+    let size = || std::fs::metadata(&path).expect("stat").len();
+    assert_eq!(size(), 4 << 20);
+    let value = "v".repeat(64 << 10);
+    let mut index = 1;
+    let mut seen = vec![size()];
+    // 20 MiB of appends in 64 KiB records: 4 → 8 → 16 → 24 (capped) MiB.
+    for _ in 0..320 {
+        append_data(&log, 1, index, &[rec(index as i64, None, &value)]);
+        index += 1;
+        if *seen.last().expect("one size") != size() {
+            seen.push(size());
+        }
+    }
+    assert_eq!(seen, vec![4 << 20, 8 << 20, 16 << 20, 24 << 20]);
+    drop(log);
+    let log = Log::open(dir.path(), config).expect("reopen");
+    assert_eq!(log.next_offset(), 320);
+    commit_all(&log);
+    let got = log.read(0, ReadLimits::records(1000)).expect("read");
+    assert_eq!(got.len(), 320);
+    assert_eq!(got.last().map(|r| r.offset), Some(319));
 }
 
 mod rand_like {
