@@ -363,9 +363,32 @@ fn big_sizes() -> (u64, u64) {
         (4 << 20, 16 << 20)
     } else if std::env::var_os("DRAWBRIDGE_BENCH_SMALL").is_some() {
         (100 << 20, 400 << 20)
+    } else if free_bytes(&base_dir()) < (6 << 30) {
+        println!(
+            "note: less than 6 GiB free under {}; reopen uses 100 MiB / 400 MiB logs",
+            base_dir().display()
+        );
+        (100 << 20, 400 << 20)
     } else {
         (100 << 20, 2 << 30)
     }
+}
+
+/// Free bytes on the file system holding `dir` (0 when unknown).
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is a NUL-terminated string and `st` is a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return 0;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    st.f_bavail.saturating_mul(st.f_frsize)
 }
 
 fn reopen_once(dir: &Path) -> Duration {
