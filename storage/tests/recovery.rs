@@ -343,12 +343,10 @@ fn preallocation_grows_by_doubling_up_to_the_segment_size() {
     let size = || std::fs::metadata(&path).expect("stat").len();
     assert_eq!(size(), 4 << 20);
     let value = "v".repeat(64 << 10);
-    let mut index = 1;
     let mut seen = vec![size()];
     // 20 MiB of appends in 64 KiB records: 4 → 8 → 16 → 24 (capped) MiB.
-    for _ in 0..320 {
+    for index in 1..=320u64 {
         append_data(&log, 1, index, &[rec(index as i64, None, &value)]);
-        index += 1;
         if *seen.last().expect("one size") != size() {
             seen.push(size());
         }
