@@ -5,11 +5,13 @@
 //!   error paths, ingest details, restart durability;
 //! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
 //!   wildcards;
-//! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader.
+//! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
+//! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
 //!
 //! Every wait is bounded; every process is stopped when its guard drops.
 
 mod cluster;
 mod common;
+mod compose;
 mod nats;
 mod single;
