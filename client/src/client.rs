@@ -5,7 +5,8 @@
 //!    counters. Nothing is closed explicitly; dropping the last clone (and every publisher and
 //!    subscription made from it) drops the connections.
 //! 2. Calls that any broker may answer go to a known broker, rotating to the next address on
-//!    `Unavailable` (go-liftbridge's `doResilientRPC`).
+//!    `Unavailable` (go-liftbridge's `doResilientRPC`); the next address is tried at once,
+//!    and the back-off is waited only after a full round of addresses failed.
 //! 3. Calls that only a partition leader may answer (Subscribe, FetchPartitionMetadata,
 //!    cursors) are routed by metadata; on `Unavailable` or `FailedPrecondition` the client
 //!    waits, refreshes metadata and tries again (`doResilientLeaderRPC`).
@@ -24,7 +25,7 @@ use tonic::{Code, Status};
 
 use crate::builder::{ClientBuilder, Config};
 use crate::connection::Pool;
-use crate::error::{Call, Error, Result};
+use crate::error::{lost_connection, Call, Error, Result};
 use crate::metadata::{Metadata, MetadataCache, PartitionInfo, Refresh};
 use crate::options::{PauseOptions, ReadonlyOptions, StreamOptions};
 use crate::partitioner::RoundRobinPartitioner;
@@ -309,8 +310,13 @@ impl Inner {
                 }
                 Err(status) => return Err(Error::from_status(call, status)),
             }
-            if attempt + 1 < policy.attempts() {
-                tokio::time::sleep(policy.backoff(attempt)).await;
+            // The next broker is tried at once; the back-off applies after every broker
+            // was tried (a dead broker must not slow every call down while others serve).
+            let round_done = (idx + 1) % addrs.len() == 0;
+            if round_done && attempt + 1 < policy.attempts() {
+                let round = u32::try_from(usize::try_from(attempt).unwrap_or(0) / addrs.len())
+                    .unwrap_or(u32::MAX);
+                tokio::time::sleep(policy.backoff(round)).await;
             }
         }
         Err(Error::from_status(call, last))
@@ -386,14 +392,16 @@ impl Inner {
 }
 
 /// Runs `fut` under a client-side timer as well as the gRPC deadline, so a server that ignores
-/// deadlines cannot hang a call. A little grace lets the server's own DeadlineExceeded win.
+/// deadlines cannot hang a call. A little grace lets the server's own DeadlineExceeded win. A
+/// connection that broke under the call is reported as `Unavailable` (error module invariant
+/// 4), so the callers' retry rules apply to it.
 pub(crate) async fn bounded<T>(
     timeout: Duration,
     fut: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let grace = Duration::from_millis(250);
     match tokio::time::timeout(timeout.saturating_add(grace), fut).await {
-        Ok(r) => r,
+        Ok(r) => r.map_err(lost_connection),
         Err(_) => Err(Status::deadline_exceeded("client-side deadline elapsed")),
     }
 }

@@ -10,6 +10,10 @@
 //!    statuses; [`Error::from_async_error`] maps them to the same variants a unary publish uses.
 //! 3. Nothing here panics on what a server sends: unknown enum numbers become
 //!    [`Error::Status`] with [`tonic::Code::Unknown`].
+//! 4. A connection that breaks under a call (the server process died, the socket was reset)
+//!    is `Unavailable`, whatever code the transport layer gave it: [`lost_connection`] turns
+//!    tonic's `Unknown: h2 protocol error: ...` into `Unavailable`, so every retry rule that
+//!    covers a server being down also covers a server dying mid-call.
 
 use drawbridge_proto::api::{ack, publish_async_error};
 use tonic::{Code, Status};
@@ -33,6 +37,31 @@ pub(crate) enum Call {
     /// Subscribe, after the first frame.
     SubscribeRecv,
     Cursor,
+}
+
+/// Rewrites a status that reports a broken connection as `Unavailable` (module invariant 4).
+///
+/// tonic reports a connection that breaks in the middle of a call (a SIGKILLed server, a reset
+/// socket) as `Unknown` or `Internal` with the transport error as the status's *source*
+/// (e.g. `Unknown: h2 protocol error: error reading a body from connection`), and a request
+/// still queued on a connection that closes as `Cancelled: operation was canceled`. A status
+/// a server sent never has a source: it is parsed from trailers. So a source on these codes
+/// means the call never got an answer, which is what `Unavailable` says. tonic's own request
+/// timeout (`Cancelled: Timeout expired`) is left alone: it is a deadline, not a lost server.
+pub(crate) fn lost_connection(status: Status) -> Status {
+    let transport = std::error::Error::source(&status).is_some()
+        || status.message().starts_with("h2 protocol error")
+        || status.message().starts_with("transport error");
+    let lost = match status.code() {
+        Code::Unknown | Code::Internal => true,
+        Code::Cancelled => status.message() != "Timeout expired",
+        _ => false,
+    };
+    if transport && lost {
+        Status::unavailable(format!("connection lost: {}", status.message()))
+    } else {
+        status
+    }
 }
 
 /// Everything that can go wrong in the client.
@@ -394,6 +423,33 @@ mod tests {
             Error::from_ack_error(42),
             Some(Error::Status { .. })
         ));
+    }
+
+    #[test]
+    fn broken_connections_are_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let mut broken = Status::unknown("h2 protocol error: error reading a body from connection");
+        broken.set_source(std::sync::Arc::new(io));
+        assert_eq!(lost_connection(broken).code(), Code::Unavailable);
+        let unsourced = Status::unknown("h2 protocol error: connection reset");
+        assert_eq!(lost_connection(unsourced).code(), Code::Unavailable);
+        // What a server sends keeps its code.
+        let sent = Status::unknown("incorrect expected offset");
+        assert_eq!(lost_connection(sent).code(), Code::Unknown);
+        let sent = Status::internal("boom");
+        assert_eq!(lost_connection(sent).code(), Code::Internal);
+        let mut queued = Status::cancelled("operation was canceled");
+        queued.set_source(std::sync::Arc::new(std::io::Error::other("canceled")));
+        assert_eq!(lost_connection(queued).code(), Code::Unavailable);
+        let mut timeout = Status::cancelled("Timeout expired");
+        timeout.set_source(std::sync::Arc::new(std::io::Error::other("timeout")));
+        assert_eq!(lost_connection(timeout).code(), Code::Cancelled);
+        assert_eq!(
+            lost_connection(Status::cancelled("by the server")).code(),
+            Code::Cancelled
+        );
+        let sent = Status::not_found("No such partition");
+        assert_eq!(lost_connection(sent).code(), Code::NotFound);
     }
 
     #[test]

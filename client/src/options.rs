@@ -196,6 +196,24 @@ pub enum StartAt {
     Timestamp(SystemTime),
 }
 
+impl StartAt {
+    /// At the first record received at most `delta` ago (go-liftbridge's `StartAtTimeDelta`):
+    /// [`StartAt::Timestamp`] of now − `delta`, fixed when this is called (a resubscription
+    /// does not move it). A `delta` reaching before 1970 starts at the oldest record.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use drawbridge_client::StartAt;
+    ///
+    /// let start = StartAt::ago(Duration::from_secs(60));
+    /// assert!(matches!(start, StartAt::Timestamp(_)));
+    /// ```
+    pub fn ago(delta: Duration) -> StartAt {
+        let now = SystemTime::now();
+        StartAt::Timestamp(now.checked_sub(delta).unwrap_or(UNIX_EPOCH))
+    }
+}
+
 /// Where a subscription stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StopAt {

@@ -14,8 +14,9 @@
 //! Invariants:
 //! 1. `subscribe` returns only once the server sent its empty first frame (spec §9), so an
 //!    `Ok(Subscription)` means the subscription exists; that frame is never yielded.
-//! 2. After `Unavailable`, or `FailedPrecondition` mid-stream on a partition metadata does not
-//!    show as paused (leadership moved), the client refreshes metadata and resubscribes from
+//! 2. After `Unavailable` (a broken connection included, error module invariant 4), or
+//!    `FailedPrecondition` mid-stream on a partition metadata does not show as paused
+//!    (leadership moved), the client refreshes metadata and resubscribes from
 //!    the last delivered offset + 1 (− 1 when reversed), or from the original start if
 //!    nothing was delivered yet. Records at or before the last delivered offset are dropped,
 //!    so a resubscription never yields a duplicate.
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
 
 use crate::client::{bounded, Client, Inner};
-use crate::error::{Call, Error, Result};
+use crate::error::{lost_connection, Call, Error, Result};
 use crate::message::Message;
 use crate::options::{StartAt, StopAt, SubscribeOptions};
 
@@ -326,7 +327,7 @@ impl Pump {
                     let _ = tx.send(Item::End(EndReason::ServerClosed)).await;
                     return;
                 }
-                Err(status) => status,
+                Err(status) => lost_connection(status),
             };
             let next = tokio::select! {
                 _ = tx.closed() => return,

@@ -1,5 +1,6 @@
 //! Shared harness for Drawbridge's cross-crate and multi-process tests.
 //!
+//! - [`bins`]: the `drawbridge-server` binary for tests of other packages (built on demand).
 //! - [`ports`]: free loopback ports for the processes a test starts.
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
 //! - [`nats`]: a real `nats-server` (the Debian package) on a free loopback port.
@@ -8,6 +9,7 @@
 //! Invariants every test relies on: only 127.0.0.1 is used; every process a test starts is
 //! stopped when the test ends (even when it panics); every wait is bounded in time.
 
+pub mod bins;
 pub mod nats;
 pub mod ports;
 pub mod process;

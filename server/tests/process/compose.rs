@@ -66,7 +66,10 @@ fn compose_nodes() -> TestResult<Vec<Node>> {
             "{name} builds the repository's Dockerfile"
         );
         let depends = str_list(svc.get("depends_on").unwrap_or(&Value::Null));
-        assert!(depends.iter().any(|d| d == "nats"), "{name} depends on nats");
+        assert!(
+            depends.iter().any(|d| d == "nats"),
+            "{name} depends on nats"
+        );
         let args = str_list(svc.get("command").ok_or("no command")?);
         assert!(!args.is_empty(), "{name} has a command");
         let ports = str_list(svc.get("ports").unwrap_or(&Value::Null));
@@ -134,11 +137,7 @@ fn local_args(
         "--nats-servers",
         "--data-dir",
     ] {
-        assert!(
-            seen.iter().any(|s| s == want),
-            "{} sets {want}",
-            node.name
-        );
+        assert!(seen.iter().any(|s| s == want), "{} sets {want}", node.name);
     }
     Ok(out)
 }
@@ -165,7 +164,11 @@ async fn compose_topology_runs_as_processes() -> TestResult {
             .stderr(Stdio::from(log));
         for (k, v) in &node.env {
             // Host names are compose service names; locally every node is 127.0.0.1.
-            let v = if k == "LIFTBRIDGE_HOST" { "127.0.0.1" } else { v };
+            let v = if k == "LIFTBRIDGE_HOST" {
+                "127.0.0.1"
+            } else {
+                v
+            };
             cmd.env(k, v);
         }
         guards.push(ChildGuard::spawn(node.name.clone(), &mut cmd)?);

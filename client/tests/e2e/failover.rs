@@ -1,0 +1,392 @@
+//! Leader failover seen from the client: three `drawbridge-server` processes on a real
+//! `nats-server`, a replication-factor-3 stream, and SIGKILL of its partition leader
+//! - while a subscriber reads and a publisher keeps publishing with ack ALL: the subscription
+//!   resumes on the new leader from the last offset + 1, so the subscriber sees every
+//!   acknowledged message exactly once, at strictly increasing offsets with no gap;
+//! - in the middle of pipelined publishing: every future resolves (none hangs), every message
+//!   whose future resolved `Ok` is read back exactly once, at the offset its ack named.
+//!
+//! The two tests start their own clusters and take turns (a lock), so a 2-core machine runs
+//! at most three servers at a time. Every wait is bounded in count and time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use drawbridge_client::{
+    AckPolicy, Client, Error, Message, PublishMessage, PublisherOptions, RetryPolicy, StartAt,
+    StopAt, StreamOptions, SubscribeOptions,
+};
+use drawbridge_tests::nats::NatsServer;
+use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer};
+use futures::StreamExt;
+
+use crate::common::*;
+
+/// One cluster at a time (held across awaits, hence tokio's mutex).
+static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A started cluster: NATS, three servers (a killed one is `None`), and a client of all.
+struct Cluster {
+    _nats: NatsServer,
+    servers: Vec<Option<DrawbridgeServer>>,
+    addrs: Vec<String>,
+    client: Client,
+}
+
+impl Cluster {
+    /// Starts NATS and three servers; `None` when nats-server is missing outside CI.
+    async fn start(test: &str) -> TestResult<Option<Cluster>> {
+        let Some(nats) = NatsServer::start_or_skip(test) else {
+            return Ok(None);
+        };
+        let bin = drawbridge_tests::bins::drawbridge_server()?;
+        let specs = cluster_specs(&bin, &nats.url(), 3)?;
+        let servers: Vec<Option<DrawbridgeServer>> =
+            cluster(&specs)?.into_iter().map(Some).collect();
+        let addrs: Vec<String> = specs
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let client = Client::builder(&addrs)
+            .connect_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(3))
+            .ack_timeout(Duration::from_secs(5))
+            .resubscribe_wait(Duration::from_secs(30))
+            .retry(RetryPolicy {
+                max_attempts: 8,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            })
+            .connect()
+            .await?;
+        Ok(Some(Cluster {
+            _nats: nats,
+            servers,
+            addrs,
+            client,
+        }))
+    }
+
+    /// Creates an RF-3 stream and waits (≤ 20 s) until its partition has a leader and three
+    /// in-sync replicas; returns the leader's index.
+    async fn create_replicated(&self, name: &str) -> TestResult<usize> {
+        let opts = StreamOptions {
+            replication_factor: 3,
+            ..StreamOptions::default()
+        };
+        self.client.create_stream(name, name, opts).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let md = self.client.fetch_metadata().await?;
+            let p = md.stream(name).and_then(|s| s.partitions.get(&0)).cloned();
+            if let Some(p) = p.filter(|p| p.isr.len() == 3) {
+                if let Some(leader) = p.leader {
+                    return self.index_of(&leader);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name}: no leader with 3 in-sync replicas: {md:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn index_of(&self, id: &str) -> TestResult<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.spec.id == id))
+            .ok_or_else(|| format!("leader {id} is not a running node").into())
+    }
+
+    /// SIGKILL of server `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].as_mut() {
+            eprintln!("killing {} (pid-owned by the test)", s.spec.id);
+            s.kill();
+        }
+        self.servers[i] = None;
+    }
+
+    /// The ends of the surviving servers' logs, for failure messages.
+    fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .flatten()
+            .map(|s| format!("--- {} ---\n{}", s.spec.id, s.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Checks what a subscriber read from offset 0: offsets 0, 1, 2, ... with no gap and no
+/// repeat, and every acknowledged value exactly once, at the offset its ack named.
+fn check_log(read: &[Message], acked: &HashMap<String, i64>) -> Result<(), String> {
+    for (i, m) in read.iter().enumerate() {
+        if m.offset != i as i64 {
+            return Err(format!(
+                "record {i} has offset {} (gap or repeat); offsets: {:?}",
+                m.offset,
+                offsets(read)
+            ));
+        }
+    }
+    let mut seen: HashMap<&[u8], Vec<i64>> = HashMap::new();
+    for m in read {
+        seen.entry(&m.value[..]).or_default().push(m.offset);
+    }
+    for (value, offset) in acked {
+        match seen.get(value.as_bytes()).map(Vec::as_slice) {
+            Some([o]) if o == offset => {}
+            Some([o]) => return Err(format!("{value}: acked at {offset}, read at {o}")),
+            Some(more) => return Err(format!("{value}: read {} times at {more:?}", more.len())),
+            None => return Err(format!("{value}: acked at {offset}, never read")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_leader_kill() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some(mut cl) = Cluster::start("subscription_survives_leader_kill").await? else {
+        return Ok(());
+    };
+    const BEFORE_KILL: usize = 100;
+    const TOTAL: usize = 300;
+    let name = "ha-sub";
+    let leader = cl.create_replicated(name).await?;
+
+    // The subscriber hands every item to the test as it reads it.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sub = cl
+        .client
+        .subscribe(
+            name,
+            SubscribeOptions {
+                start: StartAt::Earliest,
+                stop: StopAt::Cancel,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await?;
+    let reader = tokio::spawn(async move {
+        while let Some(item) = sub.next().await {
+            if seen_tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+
+    // The publisher: ack ALL, one value per attempt (a failed attempt may still be stored),
+    // and a client that does not retry by itself: a unary publish retried after a broken
+    // connection may be stored twice, which would blur "each acked value exactly once".
+    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(0usize);
+    let publisher = {
+        let c = Client::builder(&cl.addrs)
+            .connect_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(3))
+            .ack_timeout(Duration::from_secs(5))
+            .retry(RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            })
+            .connect()
+            .await?;
+        tokio::spawn(async move {
+            let mut acked = HashMap::new();
+            let mut failures = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut attempt = 0;
+            while acked.len() < TOTAL && Instant::now() < deadline {
+                let value = format!("m{attempt}");
+                attempt += 1;
+                let msg = PublishMessage::new(value.clone()).ack_policy(AckPolicy::All);
+                match c.publish(name, msg).await {
+                    Ok(Some(ack)) => {
+                        acked.insert(value, ack.offset);
+                        let _ = progress_tx.send(acked.len());
+                    }
+                    Ok(None) => failures.push(format!("{value}: no ack")),
+                    Err(e) => {
+                        failures.push(format!("{value}: {e}"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                // Pace the publisher so the kill lands mid-stream.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (acked, failures)
+        })
+    };
+
+    // Kill the leader once the subscriber is reading and enough is acked.
+    let mut read: Vec<Message> = Vec::new();
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while read.len() < BEFORE_KILL / 2 || *progress_rx.borrow_and_update() < BEFORE_KILL {
+        if Instant::now() >= wait_until {
+            return Err(
+                format!("before the kill: read {}, logs:\n{}", read.len(), cl.logs()).into(),
+            );
+        }
+        match tokio::time::timeout(Duration::from_millis(100), seen_rx.recv()).await {
+            Ok(Some(item)) => read.push(item?),
+            Ok(None) => return Err("subscription ended before the kill".into()),
+            Err(_) => {}
+        }
+    }
+    let killed_at = Instant::now();
+    cl.kill(leader);
+
+    let (acked, failures) = tokio::time::timeout(Duration::from_secs(90), publisher).await??;
+    eprintln!(
+        "acked {} messages, {} failed attempts ({:?} after the kill); first failures: {:?}",
+        acked.len(),
+        failures.len(),
+        killed_at.elapsed(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        acked.len(),
+        TOTAL,
+        "the publisher stalled: {failures:?}\n{}",
+        cl.logs()
+    );
+
+    // Read until every acked value arrived (bounded), then a little longer for duplicates.
+    let acked_values: HashSet<&String> = acked.keys().collect();
+    let read_by = Instant::now() + Duration::from_secs(30);
+    let mut missing = usize::MAX;
+    while Instant::now() < read_by {
+        let have: HashSet<&[u8]> = read.iter().map(|m| &m.value[..]).collect();
+        missing = acked_values
+            .iter()
+            .filter(|v| !have.contains(v.as_bytes()))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), seen_rx.recv()).await {
+            Ok(Some(item)) => read.push(item.map_err(|e| format!("subscriber error: {e}"))?),
+            Ok(None) => return Err("the subscription ended".into()),
+            Err(_) => {}
+        }
+    }
+    while let Ok(Some(item)) =
+        tokio::time::timeout(Duration::from_millis(300), seen_rx.recv()).await
+    {
+        read.push(item.map_err(|e| format!("subscriber error: {e}"))?);
+    }
+    reader.abort();
+    assert_eq!(missing, 0, "acked values never read; logs:\n{}", cl.logs());
+    check_log(&read, &acked).map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishing_survives_leader_kill() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some(mut cl) = Cluster::start("pipelined_publishing_survives_leader_kill").await? else {
+        return Ok(());
+    };
+    const TOTAL: usize = 2000;
+    const KILL_AT: usize = 600;
+    let name = "ha-pipe";
+    let leader = cl.create_replicated(name).await?;
+    let publisher = cl.client.publisher_with(PublisherOptions {
+        queue_capacity: 128,
+        max_in_flight: 256,
+    })?;
+
+    // A task settles futures in send order, timing each: none may hang.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, drawbridge_client::AckFuture)>(TOTAL);
+    let settle = tokio::spawn(async move {
+        let mut acked = HashMap::new();
+        let mut failed: Vec<(String, Error)> = Vec::new();
+        while let Some((value, fut)) = rx.recv().await {
+            // The future enforces the ack timeout (5 s) itself; 15 s means it hung.
+            match tokio::time::timeout(Duration::from_secs(15), fut).await {
+                Ok(Ok(Some(ack))) => {
+                    acked.insert(value, ack.offset);
+                }
+                Ok(Ok(None)) => return Err(format!("{value}: no ack with policy ALL")),
+                Ok(Err(e)) => failed.push((value, e)),
+                Err(_) => return Err(format!("{value}: its future hung")),
+            }
+        }
+        Ok((acked, failed))
+    });
+
+    let started = Instant::now();
+    let mut send_errors = Vec::new();
+    for i in 0..TOTAL {
+        if i == KILL_AT {
+            cl.kill(leader);
+        }
+        let value = format!("p{i}");
+        let msg = PublishMessage::new(value.clone()).ack_policy(AckPolicy::All);
+        // `send` itself may fail (e.g. no metadata for the partition for a moment).
+        match tokio::time::timeout(Duration::from_secs(15), publisher.send(name, msg)).await {
+            Ok(Ok(fut)) => tx.send((value, fut)).await?,
+            Ok(Err(e)) => send_errors.push(format!("{value}: {e}")),
+            Err(_) => return Err(format!("{value}: send hung").into()),
+        }
+        if i % 50 == 0 {
+            // Spread the run over time so the kill lands mid-stream.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            return Err(format!("publishing took over 90 s, at {i}").into());
+        }
+    }
+    drop(tx);
+    let (acked, failed) = tokio::time::timeout(Duration::from_secs(60), settle)
+        .await??
+        .map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+    eprintln!(
+        "pipelined: {} acked, {} failed futures, {} failed sends in {:?}; failures: {:?}",
+        acked.len(),
+        failed.len(),
+        send_errors.len(),
+        started.elapsed(),
+        failed
+            .iter()
+            .take(3)
+            .map(|(v, e)| format!("{v}: {e}"))
+            .collect::<Vec<_>>()
+    );
+    // Failures are reported as retryable errors, not anything else.
+    for (value, e) in &failed {
+        assert!(e.is_retryable(), "{value}: not a retryable error: {e:?}");
+    }
+    assert!(
+        acked.len() > TOTAL / 2,
+        "too few acks after the failover: {}; logs:\n{}",
+        acked.len(),
+        cl.logs()
+    );
+    // Publishing works again after the failover.
+    let ack = publisher
+        .publish(
+            name,
+            PublishMessage::new("after").ack_policy(AckPolicy::All),
+        )
+        .await?
+        .ok_or("no ack")?;
+
+    // Read everything back from the new leader up to that last message.
+    let mut sub = cl
+        .client
+        .subscribe(
+            name,
+            SubscribeOptions {
+                start: StartAt::Earliest,
+                stop: StopAt::Offset(ack.offset),
+                ..SubscribeOptions::default()
+            },
+        )
+        .await?;
+    let read = read_to_end(&mut sub, TOTAL * 2, EACH).await?;
+    assert_eq!(read.len() as i64, ack.offset + 1);
+    check_log(&read, &acked).map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+    Ok(())
+}
