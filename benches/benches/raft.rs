@@ -2,12 +2,13 @@
 //!
 //! | bench | what | baseline |
 //! | --- | --- | --- |
-//! | `idle` | CPU time (`/proc/self/stat` utime+stime) and RSS (`/proc/self/statm`) of one node holding N idle single-replica partition groups, over a fixed window | the same node with no partition group, same window, same run |
+//! | `idle` | CPU time (`/proc/self/stat` utime+stime) and RSS (`/proc/self/statm`) of (a) one node holding N idle single-replica partition groups, (b) 3 in-process nodes holding N idle 3-replica groups; each in the default mode (node scheduler, coalesced heartbeats) and, full run only, with one RPC per heartbeat and with openraft's per-group tick (the former design) | the same node(s) with no partition group, same window, same run |
 //! | `replicated` | one partition group on 3 in-process nodes over loopback gRPC: proposals of pre-encoded record sets, each awaited until committed (ALL ack) | `drawbridge_storage::Log::append` + `GroupCommit::sync` of the same bodies, one at a time, in the same run |
 //!
 //! Run: `cargo bench -p drawbridge-benches --bench raft`. Smoke (CI):
-//! `cargo bench -p drawbridge-benches --bench raft -- --test` (20 groups, 1 s windows, a few
-//! hundred batches). Full run: 1,000 groups, 10 s windows, 2,000 batches of 64 x 100 B.
+//! `cargo bench -p drawbridge-benches --bench raft -- --test` (20 groups, 1 s windows, default mode
+//! only, a few hundred batches). Full run: 1,000 groups, 10 s windows, 2,000 batches of
+//! 64 x 100 B.
 //! `DRAWBRIDGE_BENCH_DIR` picks the directory for temp data (default: the system temp dir).
 
 use std::collections::BTreeMap;
@@ -75,54 +76,138 @@ async fn cpu_over(window: Duration) -> BenchResult<f64> {
     Ok((cpu_seconds()? - c0) / t0.elapsed().as_secs_f64())
 }
 
+/// How partition groups are timed and how heartbeats travel.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// openraft's per-group tick instead of the node scheduler.
+    tick: bool,
+    /// Heartbeats of all groups to one peer in one RPC.
+    coalesce: bool,
+    name: &'static str,
+}
+
+const SCHEDULER: Mode = Mode {
+    tick: false,
+    coalesce: true,
+    name: "node scheduler + coalesced heartbeats (default)",
+};
+const SCHEDULER_SINGLE_RPCS: Mode = Mode {
+    tick: false,
+    coalesce: false,
+    name: "node scheduler, one RPC per heartbeat",
+};
+const TICK: Mode = Mode {
+    tick: true,
+    coalesce: false,
+    name: "openraft per-group tick, one RPC per heartbeat (before)",
+};
+
 async fn start_node(id: u64, dir: &std::path::Path) -> BenchResult<RaftNode> {
+    start_node_with(id, dir, SCHEDULER).await
+}
+
+async fn start_node_with(id: u64, dir: &std::path::Path, mode: Mode) -> BenchResult<RaftNode> {
     let mut cfg = RaftConfig::new(id, "");
     cfg.partition = GroupTimings::partition_defaults();
+    cfg.partition_openraft_tick = mode.tick;
+    cfg.coalesce_heartbeats = mode.coalesce;
     Ok(RaftNode::start(cfg, dir, "127.0.0.1:0".parse()?).await?)
 }
 
-async fn idle(groups: i32, window: Duration) -> BenchResult<()> {
-    let tmp = tempfile::tempdir_in(base_dir())?;
-    let node = start_node(1, tmp.path()).await?;
-    let me: BTreeMap<u64, String> = [(1, node.local_addr().to_string())].into();
-    node.metadata().bootstrap(me.clone()).await?;
-    node.metadata()
+/// Starts `n` connected nodes with a bootstrapped metadata group.
+async fn start_cluster(n: u64, dir: &std::path::Path, mode: Mode) -> BenchResult<Vec<RaftNode>> {
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        nodes.push(start_node_with(id, &dir.join(format!("n{id}")), mode).await?);
+    }
+    let all = addresses(&nodes);
+    for node in &nodes {
+        for (id, addr) in &all {
+            node.set_peer(*id, addr)?;
+        }
+    }
+    nodes[0].metadata().bootstrap(all).await?;
+    nodes[0]
+        .metadata()
         .wait_for_leader(Duration::from_secs(10))
         .await?;
+    Ok(nodes)
+}
+
+fn addresses(nodes: &[RaftNode]) -> BTreeMap<u64, String> {
+    nodes
+        .iter()
+        .map(|n| (n.id(), n.local_addr().to_string()))
+        .collect()
+}
+
+/// One idle measurement: the process with the nodes alone, then with the groups.
+struct Idle {
+    cpu0: f64,
+    rss0: f64,
+    cpu1: f64,
+    rss1: f64,
+}
+
+/// Idle cost of `groups` partition groups with `replicas` replicas on as many in-process nodes.
+async fn idle(groups: i32, replicas: u64, window: Duration, mode: Mode) -> BenchResult<Idle> {
+    let tmp = tempfile::tempdir_in(base_dir())?;
+    let nodes = start_cluster(replicas, tmp.path(), mode).await?;
+    let all = addresses(&nodes);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = rss_kib()?;
     let cpu0 = cpu_over(window).await?;
-    let mut replicas = Vec::with_capacity(groups as usize);
+    let mut leaders = Vec::with_capacity(groups as usize);
     for chunk in (0..groups).collect::<Vec<i32>>().chunks(100) {
-        let futs = chunk
-            .iter()
-            .map(|i| node.create_partition_group(PartitionId::new("idle", *i), me.clone()));
+        let futs = chunk.iter().flat_map(|i| {
+            nodes
+                .iter()
+                .map(|n| n.create_partition_group(PartitionId::new("idle", *i), all.clone()))
+        });
+        let mut created = Vec::new();
         for r in futures::future::join_all(futs).await {
-            replicas.push(r?);
+            created.push(r?);
         }
+        // One replica per group is enough to wait on.
+        leaders.extend(created.into_iter().step_by(replicas as usize));
     }
-    for r in &replicas {
-        r.wait_for_leader(Duration::from_secs(30)).await?;
+    for r in &leaders {
+        r.wait_for_leader(Duration::from_secs(60)).await?;
     }
     // Let creation work (fsyncs, first entries) settle before measuring.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu1 = cpu_over(window).await?;
     let rss1 = rss_kib()?;
-    let n = f64::from(groups);
-    println!(
-        "idle: node alone {:.2}% of a core, {:.0} KiB RSS; with {groups} idle groups {:.2}% of a core, {:.0} KiB RSS",
-        cpu0 * 100.0,
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok(Idle {
+        cpu0,
         rss0,
-        cpu1 * 100.0,
-        rss1
+        cpu1,
+        rss1,
+    })
+}
+
+/// Prints one idle measurement: per node (process CPU / nodes) and per group replica.
+fn report_idle(what: &str, groups: i32, replicas: u64, m: &Idle) {
+    let nodes = replicas as f64;
+    let per_node = |cpu: f64| cpu * 100.0 / nodes;
+    let group_replicas = f64::from(groups) * nodes;
+    println!(
+        "idle {what}: per node: alone {:.2}% of a core; with {groups} groups x {replicas} replicas {:.2}% of a core (+{:.2}%); RSS +{:.1} KiB per group replica ({:.0} -> {:.0} KiB process)",
+        per_node(m.cpu0),
+        per_node(m.cpu1),
+        per_node(m.cpu1 - m.cpu0),
+        (m.rss1 - m.rss0) / group_replicas,
+        m.rss0,
+        m.rss1,
     );
     println!(
-        "idle: per group {:.4}% of a core, {:.1} KiB RSS (window {window:?})",
-        (cpu1 - cpu0) * 100.0 / n,
-        (rss1 - rss0) / n
+        "idle {what}: per group replica {:.5}% of a core; 10,000 group replicas per node would cost ~{:.1}% of a core",
+        (m.cpu1 - m.cpu0) * 100.0 / group_replicas,
+        (m.cpu1 - m.cpu0) * 100.0 / group_replicas * 10_000.0,
     );
-    node.shutdown().await;
-    Ok(())
 }
 
 fn batch_body(records: usize, size: usize) -> BenchResult<Bytes> {
@@ -232,7 +317,23 @@ fn main() -> BenchResult<()> {
         (1_000, Duration::from_secs(10), 2_000)
     };
     rt.block_on(async {
-        idle(groups, window).await?;
+        for replicas in [1u64, 3] {
+            let modes: &[Mode] = match (smoke(), replicas) {
+                (true, _) => &[SCHEDULER],
+                // Without peers there are no heartbeats to coalesce.
+                (false, 1) => &[SCHEDULER, TICK],
+                (false, _) => &[SCHEDULER, SCHEDULER_SINGLE_RPCS, TICK],
+            };
+            for mode in modes {
+                let what = format!("{replicas}-replica, {}", mode.name);
+                match idle(groups, replicas, window, *mode).await {
+                    Ok(m) => report_idle(&what, groups, replicas, &m),
+                    // A mode that cannot even settle is a result too; the smoke run must pass.
+                    Err(e) if !smoke() => println!("idle {what}: did not settle: {e}"),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let (records, size) = (64usize, 100usize);
         let body = batch_body(records, size)?;
         let durable = durable_baseline(&body, batches).await?;

@@ -1,13 +1,15 @@
 //! Raft timing and sizing settings, one set for partition groups and one for the metadata group.
 //!
 //! Why two sets: a node hosts one metadata group but up to thousands of partition groups. An idle
-//! openraft group wakes on every tick (`heartbeat_interval * 13 / 64`) and its leader sends one
-//! heartbeat per follower per `heartbeat_interval`, so partition groups use slow timers (heartbeat
-//! 1 s, election 3–6 s) and the single metadata group may use faster ones.
+//! openraft group with its own tick wakes every `heartbeat_interval * 13 / 64`, so partition
+//! groups run without it: the node's one scheduler task (`crate::scheduler`) sends their
+//! heartbeats and starts their elections. Partition groups use heartbeat 500 ms and elections
+//! 1.5–3 s; the single metadata group keeps openraft's tick and may use faster timers.
 //!
-//! Invariant checked by [`GroupTimings::to_openraft`]: `heartbeat_interval +
-//! heartbeat_min_interval + tick < election_timeout_min < election_timeout_max`, so a suppressed
-//! heartbeat can never let a healthy follower time out.
+//! Invariant checked when the openraft config is built: `heartbeat_interval +
+//! heartbeat_min_interval + timer step < election_timeout_min < election_timeout_max` (the step
+//! is openraft's tick for the metadata group, the scheduler's resolution for partition groups),
+//! so a suppressed heartbeat can never let a healthy follower time out.
 
 use std::sync::Arc;
 
@@ -43,20 +45,21 @@ pub struct GroupTimings {
 }
 
 impl GroupTimings {
-    /// Defaults for partition groups: slow timers for many idle groups.
+    /// Defaults for partition groups, tuned for many idle groups (issue 3): heartbeat 500 ms,
+    /// elections 1.5–3 s.
     ///
-    /// Heartbeat 1 s, elections 3–6 s. Measured with 500 groups x 3 replicas on one 2-core
-    /// machine (1,500 raft instances): at a 500 ms heartbeat (tick every ~100 ms, 2 heartbeats
-    /// per follower per second) the nodes ran out of CPU, heartbeat RPCs (TTL = heartbeat
-    /// interval) timed out and elections never settled; at 1 s every group elected once within
-    /// ~6 s and stayed stable. A dead leader is replaced within ~3–6 s (Liftbridge waits 15 s
+    /// Partition groups have no openraft tick; the node's scheduler drives them, so an idle
+    /// follower costs no timer wakeup at all and an idle leader two heartbeat triggers a
+    /// second. A follower starts a (pre-)vote `election_timeout_max` (openraft's leader lease,
+    /// during which voters refuse votes) plus up to `max - min` after the last heartbeat, so a
+    /// dead leader is replaced within about 3–4.5 s plus one vote round (Liftbridge waits 15 s
     /// by default, `replica.max.leader.timeout`).
     pub fn partition_defaults() -> Self {
         Self {
-            heartbeat_interval_ms: 1000,
-            heartbeat_min_interval_ms: 500,
-            election_timeout_min_ms: 3000,
-            election_timeout_max_ms: 6000,
+            heartbeat_interval_ms: 500,
+            heartbeat_min_interval_ms: 250,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
             api_channel_size: 1024,
             notification_channel_size: 1024,
             max_payload_entries: 256,
@@ -82,17 +85,36 @@ impl GroupTimings {
         }
     }
 
-    /// Builds and validates the openraft config for a group.
+    /// Builds and validates the openraft config for a group that runs openraft's own tick
+    /// (the metadata group).
     pub(crate) fn to_openraft(
         &self,
         cluster_name: &str,
     ) -> Result<Arc<openraft::Config>, RaftError> {
-        let tick = self.heartbeat_interval_ms * 13 / 64;
-        if self.heartbeat_interval_ms + self.heartbeat_min_interval_ms + tick
+        self.build(cluster_name, true)
+    }
+
+    /// Builds and validates the openraft config for a group driven by the node's scheduler
+    /// (partition groups): openraft's tick is off, so the group's tick task parks and never
+    /// wakes; heartbeats and elections come from `crate::scheduler`.
+    pub(crate) fn to_openraft_scheduled(
+        &self,
+        cluster_name: &str,
+    ) -> Result<Arc<openraft::Config>, RaftError> {
+        self.build(cluster_name, false)
+    }
+
+    fn build(&self, cluster_name: &str, tick: bool) -> Result<Arc<openraft::Config>, RaftError> {
+        let step = if tick {
+            self.heartbeat_interval_ms * 13 / 64
+        } else {
+            crate::scheduler::Timing::of(self).resolution.as_millis() as u64
+        };
+        if self.heartbeat_interval_ms + self.heartbeat_min_interval_ms + step
             >= self.election_timeout_min_ms
         {
             return Err(RaftError::Config(format!(
-                "heartbeat {} ms + min interval {} ms + tick {tick} ms must stay below election timeout min {} ms",
+                "heartbeat {} ms + min interval {} ms + timer step {step} ms must stay below election timeout min {} ms",
                 self.heartbeat_interval_ms, self.heartbeat_min_interval_ms, self.election_timeout_min_ms
             )));
         }
@@ -109,6 +131,7 @@ impl GroupTimings {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             enable_pre_vote: Some(true),
+            enable_tick: tick,
             ..Default::default()
         };
         c.validate()
@@ -134,6 +157,56 @@ pub struct RaftConfig {
     pub partition: GroupTimings,
     /// Timers of the metadata group.
     pub metadata: GroupTimings,
+    /// When partition logs are fsynced relative to acknowledgements (the metadata group and
+    /// the raft state journal always sync before acknowledging).
+    pub partition_log_sync: LogSyncPolicy,
+    /// Run partition groups on openraft's own per-group tick instead of the node's scheduler
+    /// (`crate::scheduler`). Off by default; kept so benchmarks can measure both in one run.
+    #[doc(hidden)]
+    #[serde(default)]
+    pub partition_openraft_tick: bool,
+    /// Send the heartbeats of all groups to one peer in one RPC (the transport's `coalesce`
+    /// module).
+    /// On by default; kept so benchmarks can measure both in one run.
+    #[doc(hidden)]
+    #[serde(default = "yes")]
+    pub coalesce_heartbeats: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// When a partition group's log is made durable, relative to the acknowledgement of an append.
+///
+/// The choice is a trade between latency and what a crash of the *machine* (power loss, kernel
+/// panic) may lose; a crash of the *process* loses nothing under any policy, because every
+/// append has reached the OS page cache (`pwritev`) before it is acknowledged.
+///
+/// - [`LogSyncPolicy::Always`] (the default): an append is acknowledged to raft (and so counts
+///   for LEADER acks, for the follower's replication answer and for commit) only after an
+///   `fdatasync` that started after it; the node's flusher group-commits the syncs of every
+///   group. Nothing acknowledged is lost when machines crash.
+/// - [`LogSyncPolicy::Interval`]: acknowledged once written to the page cache; every log written
+///   since the last round is fsynced every `interval_ms`. A machine crash may lose the last
+///   interval on that machine; losing an entry that was committed needs a majority of its
+///   replicas to crash within one interval.
+/// - [`LogSyncPolicy::Never`]: acknowledged once written to the page cache and never fsynced
+///   explicitly (the OS writes back dirty pages on its own schedule, and a clean close syncs).
+///
+/// Votes, commit points and purge records always sync before they are acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSyncPolicy {
+    /// fsync before acknowledging (group commit).
+    #[default]
+    Always,
+    /// Acknowledge after the write; fsync dirty logs every `interval_ms` (at least 1 ms).
+    Interval {
+        /// Period of the background sync round, ms.
+        interval_ms: u64,
+    },
+    /// Acknowledge after the write; leave syncing to the OS.
+    Never,
 }
 
 impl RaftConfig {
@@ -147,6 +220,9 @@ impl RaftConfig {
             rpc_timeout_ms: 2_000,
             partition: GroupTimings::partition_defaults(),
             metadata: GroupTimings::metadata_defaults(),
+            partition_log_sync: LogSyncPolicy::Always,
+            partition_openraft_tick: false,
+            coalesce_heartbeats: true,
         }
     }
 }
@@ -158,7 +234,11 @@ mod tests {
     #[test]
     fn defaults_validate() {
         assert!(GroupTimings::partition_defaults().to_openraft("t").is_ok());
-        assert!(GroupTimings::metadata_defaults().to_openraft("t").is_ok());
+        let scheduled = GroupTimings::partition_defaults().to_openraft_scheduled("t");
+        assert!(scheduled.is_ok_and(|c| !c.enable_tick));
+        assert!(GroupTimings::metadata_defaults()
+            .to_openraft("t")
+            .is_ok_and(|c| c.enable_tick));
     }
 
     #[test]

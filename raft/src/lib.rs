@@ -14,6 +14,7 @@
 //! | [`types`] | ids ([`GroupId`], [`PartitionId`], [`NodeId`]) and the two openraft type configs |
 //! | `log` | openraft log storage: generic store, the node's raft state journal (votes, commit points), file backend, group-commit flusher |
 //! | `transport` | proto service, shared per-peer channels (router), group registry |
+//! | `scheduler` | one task per node driving heartbeats and elections of every partition group (no per-group openraft tick) |
 //! | `codec`, `convert` | postcard encoding; openraft error mapping |
 //!
 //! ## Public API for the server (no openraft type appears in it)
@@ -28,6 +29,8 @@
 //!     .propose(records, count) -> Proposal { appended_locally() (LEADER), committed() (ALL) }
 //!     .append(records, count, timeout) -> Offsets
 //!     .is_leader() / .leader() / .term() / .high_watermark() / .watch_high_watermark()
+//!     .watch_leadership() -> LeadershipWatch { current(), changed() -> Leadership }
+//!     .in_sync_replicas(&mut IsrTracker, max_lag)   // leader only, from raft progress
 //!     .compact(timeout)   // snapshot + purge (retention)
 //! node.partition(id) / node.remove_partition_group(id, delete) / node.shutdown()
 //! ```
@@ -40,11 +43,13 @@ mod log;
 pub mod metadata;
 pub mod node;
 pub mod partition;
+mod scheduler;
 mod transport;
 pub mod types;
 mod wait;
 
 pub use config::GroupTimings;
+pub use config::LogSyncPolicy;
 pub use config::RaftConfig;
 pub use error::RaftError;
 pub use metadata::MetadataCommand;
@@ -53,9 +58,13 @@ pub use metadata::MetadataResponse;
 pub use metadata::MetadataState;
 pub use metadata::MetadataView;
 pub use node::RaftNode;
+pub use partition::IsrTracker;
+pub use partition::Leadership;
+pub use partition::LeadershipWatch;
 pub use partition::Offsets;
 pub use partition::PartitionReplica;
 pub use partition::Proposal;
+pub use partition::ReplicationProgress;
 pub use types::GroupId;
 pub use types::NodeId;
 pub use types::PartitionId;

@@ -12,6 +12,9 @@
 //!   second instance of a group).
 //! - The node's id and its directories are stable across restarts; restarting with the same
 //!   data dir recovers vote, log and commit point of every group it re-creates.
+//! - Every hosted partition group is registered with the node's scheduler (heartbeats and
+//!   elections; partition groups have no openraft tick) from creation until removal or
+//!   shutdown.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -44,6 +47,9 @@ use crate::partition::group::AckPlumbing;
 use crate::partition::PartitionGroup;
 use crate::partition::PartitionReplica;
 use crate::partition::PartitionStateMachine;
+use crate::scheduler::GroupClock;
+use crate::scheduler::Scheduler;
+use crate::scheduler::Timing;
 use crate::transport::service::TransportService;
 use crate::transport::GroupRegistry;
 use crate::transport::NetworkFactory;
@@ -70,6 +76,8 @@ struct Inner {
     flusher: Flusher,
     metadata: MetadataHandle,
     partition_config: Arc<openraft::Config>,
+    /// Drives heartbeats and elections of every partition group (they have no openraft tick).
+    scheduler: Scheduler,
     server: Mutex<Server>,
 }
 
@@ -146,7 +154,13 @@ impl RaftNode {
         listen: SocketAddr,
     ) -> Result<Self, RaftError> {
         let meta_cfg = config.metadata.to_openraft(&config.cluster_name)?;
-        let partition_config = config.partition.to_openraft(&config.cluster_name)?;
+        let partition_config = if config.partition_openraft_tick {
+            config.partition.to_openraft(&config.cluster_name)?
+        } else {
+            config
+                .partition
+                .to_openraft_scheduled(&config.cluster_name)?
+        };
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| RaftError::Transport(format!("bind {listen}: {e}")))?;
@@ -157,7 +171,7 @@ impl RaftNode {
             config.advertise_addr = local_addr.to_string();
         }
         let registry = Arc::new(GroupRegistry::default());
-        let router = Router::default();
+        let router = Router::new(config.coalesce_heartbeats);
         fs::create_dir_all(data_dir)?;
         let flusher = Flusher::start(&data_dir.join(JOURNAL_FILE))?;
 
@@ -199,6 +213,7 @@ impl RaftNode {
                 warn!(error = %e, "raft transport server ended with an error");
             }
         });
+        let scheduler = Scheduler::start(config.node_id, Timing::of(&config.partition));
         info!(node = config.node_id, addr = %local_addr, "raft node started");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -210,6 +225,7 @@ impl RaftNode {
                 flusher,
                 metadata,
                 partition_config,
+                scheduler,
                 server: Mutex::new(Server {
                     shutdown: Some(tx),
                     task: Some(task),
@@ -288,12 +304,13 @@ impl RaftNode {
         let key = state_key(&gid)?;
         let flusher = self.inner.flusher.clone();
         let hooks = acks.hooks();
+        let sync = self.inner.config.partition_log_sync;
         let (store, sm) = blocking(move || {
             fs::create_dir_all(&dir)?;
             let log = drawbridge_storage::Log::open(dir.join("log"), partition_log_config())
                 .map_err(|e| e.into_io())?;
             let backend = Arc::new(StorageLog::new(log.clone()));
-            let store = LogStore::open(backend, key, flusher, hooks)?;
+            let store = LogStore::open_with_sync(backend, key, flusher, hooks, sync)?;
             let sm = PartitionStateMachine::open(&dir.join("snapshot"), log)?;
             Ok((store, sm))
         })
@@ -329,16 +346,25 @@ impl RaftNode {
                 Err(e) => return Err(RaftError::Membership(e.to_string())),
             }
         }
+        let clock = Arc::new(GroupClock::new());
         let group = Arc::new(PartitionGroup {
             id: id.clone(),
             node_id: self.id(),
             raft,
             sm,
             acks,
+            clock: clock.clone(),
         });
-        if !self.inner.registry.insert_partition(id, group.clone()) {
+        if !self
+            .inner
+            .registry
+            .insert_partition(id.clone(), group.clone())
+        {
             let _ = group.raft.shutdown().await;
             return Err(RaftError::GroupExists(gid));
+        }
+        if !self.inner.config.partition_openraft_tick {
+            self.inner.scheduler.register(id, group.raft.clone(), clock);
         }
         Ok(PartitionReplica { group })
     }
@@ -368,6 +394,7 @@ impl RaftNode {
             .registry
             .remove_partition(id)
             .ok_or_else(|| RaftError::GroupNotFound(gid.clone()))?;
+        self.inner.scheduler.unregister(id);
         if let Err(e) = group.raft.shutdown().await {
             warn!(partition = %id, error = %e, "partition raft shutdown failed");
         }
@@ -394,6 +421,7 @@ impl RaftNode {
         if let Some(tx) = tx {
             let _ = tx.send(());
         }
+        self.inner.scheduler.stop();
         // Groups stop concurrently: one at a time, 500 groups took about a minute.
         let groups = self.inner.registry.drain_partitions();
         let stops = groups.iter().map(|g| g.raft.shutdown());

@@ -45,7 +45,7 @@ fn scratch() -> std::io::Result<DirGuard> {
 }
 
 struct MetaBuilder;
-struct PartitionBuilder;
+struct PartitionBuilder(crate::config::LogSyncPolicy);
 
 type MetaStore = LogStore<MetaTypes, FileLog<MetaTypes>>;
 type PartStore = LogStore<PartitionTypes, StorageLog>;
@@ -76,8 +76,14 @@ impl StoreBuilder<PartitionTypes, PartStore, PartitionStateMachine, DirGuard> fo
                 .map_err(|e| io(e.into_io()))?;
         let backend = Arc::new(StorageLog::new(log.clone()));
         let flusher = Flusher::start(&g.0.join("journal")).map_err(io)?;
-        let store = LogStore::open(backend, b"g".to_vec(), flusher, AckPlumbing::new(1).hooks())
-            .map_err(io)?;
+        let store = LogStore::open_with_sync(
+            backend,
+            b"g".to_vec(),
+            flusher,
+            AckPlumbing::new(1).hooks(),
+            self.0,
+        )
+        .map_err(io)?;
         let sm = PartitionStateMachine::open(&g.0.join("snapshot"), log).map_err(io)?;
         Ok((g, store, sm))
     }
@@ -92,7 +98,15 @@ pub async fn run_metadata_store_suite() -> Result<(), String> {
 
 /// Runs openraft's log-storage conformance suite against the partition group's store.
 pub async fn run_partition_store_suite() -> Result<(), String> {
-    Suite::test_all(PartitionBuilder)
+    run_partition_store_suite_with(crate::config::LogSyncPolicy::Always).await
+}
+
+/// [`run_partition_store_suite`] with a given sync policy (the lazy policies change only when
+/// an append's callback fires, so the store must pass the same suite).
+pub async fn run_partition_store_suite_with(
+    sync: crate::config::LogSyncPolicy,
+) -> Result<(), String> {
+    Suite::test_all(PartitionBuilder(sync))
         .await
         .map_err(|e| e.to_string())
 }

@@ -6,26 +6,30 @@
 //! 2. the data directory and this server's identity ([`crate::identity`]);
 //! 3. the raft node on the raft address (Drawbridge's `--raft-listen`, default: the client
 //!    listen host and client port + 1);
-//! 4. the cluster responders on NATS (survey answers, forwarded admin calls), then cluster
-//!    formation ([`crate::cluster::form`]): recover existing state; or bootstrap alone with
-//!    `--raft-bootstrap-seed`; or with every `--raft-bootstrap-peers` id once all answered the
-//!    survey; or, without those flags, bootstrap alone when NATS is our own embedded broker or
-//!    when no cluster answers on NATS, else join the cluster found;
-//! 5. the partition reconciler, the broker survey loop; then a bounded wait until the hosted
-//!    partitions this node leads are recording again (so a restarted server opens its API
-//!    ready to accept publishes);
+//! 4. the metrics endpoint when `metrics.listen` is set ([`crate::metrics`]; `/readyz` says
+//!    503 until the steps below are done), the cluster responders on NATS (survey answers,
+//!    forwarded admin calls), then cluster formation ([`crate::cluster::form`]): recover
+//!    existing state; or bootstrap alone with `--raft-bootstrap-seed`; or with every
+//!    `--raft-bootstrap-peers` id once all answered the survey; or, without those flags,
+//!    bootstrap alone when NATS is our own embedded broker or when no cluster answers on NATS,
+//!    else join the cluster found;
+//! 5. the partition reconciler, the ISR monitor, the broker survey loop; then a bounded wait
+//!    until the hosted partitions this node leads are recording again (so a restarted server
+//!    opens its API ready to accept publishes);
 //! 6. the gRPC server (`proto.API` and `grpc.health.v1.Health`, one port), health SERVING.
 //!
 //! Shutdown ([`Running::shutdown`]): health NOT_SERVING, the shutdown flag (every background
 //! loop and subscription ends), the gRPC server (bounded drain), partition ingest, raft, NATS,
-//! the embedded broker — in that order, each bounded.
+//! the embedded broker — in that order, each bounded. Partition leaderships are not handed off
+//! first: drawbridge-raft exposes no leader transfer yet, so the followers elect a new leader
+//! after the election timeout (the stopped node no longer heartbeats).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drawbridge_proto::api::api_server::ApiServer;
-use drawbridge_raft::{RaftConfig, RaftNode};
+use drawbridge_raft::{LogSyncPolicy, RaftConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -34,7 +38,7 @@ use tracing::{info, warn};
 
 use crate::api::ApiService;
 use crate::cluster;
-use crate::config::{Config, HostPort};
+use crate::config::{Config, HostPort, StorageConfig, SyncPolicy};
 use crate::context::{Ctx, Node};
 use crate::embedded_nats::{EmbeddedNats, EmbeddedNatsConfig};
 use crate::error::{Result, ServerError};
@@ -75,6 +79,20 @@ async fn resolve(addr: &str) -> Result<SocketAddr> {
 
 fn hostport(h: &HostPort) -> String {
     h.to_string()
+}
+
+/// `storage.sync.policy` / `storage.sync.interval` as the raft layer's partition log policy
+/// (see `drawbridge_raft::LogSyncPolicy` for the trade each makes).
+fn partition_log_sync(storage: &StorageConfig) -> LogSyncPolicy {
+    match storage.sync_policy {
+        SyncPolicy::Always => LogSyncPolicy::Always,
+        SyncPolicy::Interval => LogSyncPolicy::Interval {
+            interval_ms: u64::try_from(storage.sync_interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        },
+        SyncPolicy::Never => LogSyncPolicy::Never,
+    }
 }
 
 /// Starts a server (see the module docs for the order).
@@ -127,14 +145,10 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         None => raft_bind.to_string(),
     };
     let mut raft_config = RaftConfig::new(node_id, raft_advertise.clone());
-    // Partition failover budget: a new leader within 10 s of a crash. A follower refuses votes
-    // while the dead leader's lease runs (derived from the election timeout), then waits one
-    // election timeout; the raft crate's partition defaults (election 1.5–3 s) measured ~10 s,
-    // so partitions use faster timers, at the cost of more idle heartbeats.
-    raft_config.partition.heartbeat_interval_ms = 250;
-    raft_config.partition.heartbeat_min_interval_ms = 100;
-    raft_config.partition.election_timeout_min_ms = 1000;
-    raft_config.partition.election_timeout_max_ms = 2000;
+    // Partition groups run on the raft crate's defaults (heartbeat 500 ms, elections 1.5–3 s,
+    // driven by the node's scheduler): a follower elects 3–4.5 s after the last heartbeat of a
+    // crashed leader (the leader lease, then a randomized part), inside the 10 s budget.
+    raft_config.partition_log_sync = partition_log_sync(&config.storage);
     let raft = RaftNode::start(raft_config, &config.data_dir.join("raft"), raft_bind).await?;
     let raft_addr = if raft_bind.port() == 0 {
         raft.local_addr().to_string()
@@ -154,7 +168,21 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         directory: Default::default(),
         partitions: Partitions::default(),
         shutdown: shutdown_rx,
+        stats: Default::default(),
     });
+    if let Some(listen) = &ctx.config.metrics.listen {
+        let host = if listen.host.is_empty() {
+            "127.0.0.1".to_owned()
+        } else {
+            listen.host.clone()
+        };
+        let addr = resolve(&hostport(&HostPort {
+            host,
+            port: listen.port,
+        }))
+        .await?;
+        crate::metrics::serve(ctx.clone(), addr).await?;
+    }
     cluster::serve_info(ctx.clone()).await?;
     cluster::serve_propagate(ctx.clone()).await?;
     ctx.nats
@@ -163,6 +191,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         .map_err(|e| ServerError::Nats(e.to_string()))?;
     cluster::form(&ctx, embedded_only).await?;
     partitions::spawn_reconciler(ctx.clone());
+    crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
     if !partitions::wait_ready(&ctx, Duration::from_secs(15)).await {
         warn!("not every hosted partition is ready yet; serving anyway");

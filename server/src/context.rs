@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::cluster::Directory;
 use crate::config::{Config, HostPort};
 use crate::partitions::Partitions;
+use crate::stats::NodeStats;
 
 /// Shared handle on the running server.
 pub type Ctx = Arc<Node>;
@@ -41,6 +42,9 @@ pub struct Node {
     pub partitions: Partitions,
     /// Flips to `true` when the server stops.
     pub shutdown: watch::Receiver<bool>,
+    /// Node-wide counters and latency histograms (bumped by the API and the leadership
+    /// watches, read by [`crate::metrics`]).
+    pub stats: NodeStats,
 }
 
 impl Node {

@@ -23,6 +23,7 @@
 //! - The loop ends when told to stop (leadership lost, stream deleted, shutdown) or when a
 //!   proposal fails; the NATS subscription is dropped (unsubscribed) when it ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +38,7 @@ use crate::acks::{self, PendingAck};
 use crate::context::Ctx;
 use crate::envelope;
 use crate::error::{Result, ServerError};
+use crate::stats::PartitionStats;
 
 /// How long a proposal may take to reach the local log / to commit before ingest gives up.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +58,8 @@ pub struct IngestParams {
     pub group: String,
     /// Optimistic concurrency control on this stream.
     pub occ: bool,
+    /// The replica's counters (messages and bytes in, reception times).
+    pub stats: Arc<PartitionStats>,
 }
 
 struct Committing {
@@ -145,6 +149,8 @@ pub async fn run(
         }
 
         let mut builder = RecordBatchBuilder::new();
+        // Records and value bytes of this batch, first and last reception time (metrics).
+        let (mut bytes_in, mut first_ns, mut last_ns) = (0u64, 0i64, 0i64);
         let mut leader_acks: Vec<(PendingAck, u64)> = Vec::new();
         let mut all_acks: Vec<(PendingAck, u64)> = Vec::new();
         let base = next;
@@ -215,6 +221,11 @@ pub async fn run(
                 .map(|(k, v)| (k.as_str(), v.as_ref()))
                 .collect();
             builder.push(reception_ns, key.as_deref(), &hdrs, &value);
+            bytes_in += value.len() as u64;
+            if first_ns == 0 {
+                first_ns = reception_ns;
+            }
+            last_ns = reception_ns;
             if let Some(pa) = pending {
                 match pa.policy {
                     AckPolicy::Leader => leader_acks.push((pa, next)),
@@ -239,6 +250,8 @@ pub async fn run(
         if let Err(e) = proposal.appended_locally(APPEND_TIMEOUT).await {
             break Err(e.into());
         }
+        p.stats
+            .received(u64::from(count), bytes_in, first_ns, last_ns);
         for (pa, offset) in &leader_acks {
             let off = i64::try_from(*offset).unwrap_or(i64::MAX);
             acks::send(

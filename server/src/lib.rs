@@ -13,6 +13,9 @@
 //! - [`api`]: the `proto.API` gRPC service, one file per group of RPCs.
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest.
+//! - [`isr`]: in-sync replicas from raft progress on partition leaders, recorded in metadata.
+//! - [`metrics`]: the HTTP endpoint on `metrics.listen`: `/metrics`, `/healthz`, `/readyz`;
+//!   [`stats`]: the atomic counters and histograms it renders.
 //! - [`ingest`]: NATS → batched raft proposals on a partition leader; [`acks`]: acks.
 //! - [`partition_log`]: a partition's readable log: the raft log itself.
 //! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
@@ -30,9 +33,12 @@ pub mod envelope;
 pub mod error;
 pub mod identity;
 pub mod ingest;
+pub mod isr;
+pub mod metrics;
 pub mod names;
 pub mod nats_conn;
 pub mod partition_log;
 pub mod partitions;
 pub mod placement;
+pub mod stats;
 pub mod status;

@@ -3,7 +3,8 @@
 //! Command line: Liftbridge's flags ([`drawbridge_server::config::Flags`]) plus Drawbridge's
 //! `--raft-listen HOST:PORT` / `--raft-advertise HOST:PORT` (the raft transport address; default
 //! the client listen host and client port + 1). Exit status: 0 after a clean shutdown, 1 when
-//! the configuration is invalid or start-up fails.
+//! the configuration is invalid, start-up fails, the shutdown overruns its bound or a second
+//! SIGINT/SIGTERM cuts it short.
 
 use clap::Parser;
 use drawbridge_server::app::{self, Extra};
@@ -50,6 +51,10 @@ fn init_logging(config: &Config) {
         LogFormat::Text => builder.init(),
     }
 }
+
+/// Longest a clean shutdown may take before the process gives up on it (its steps are bounded
+/// individually, see `app`; this bounds their sum). Exit code 0 only after a clean shutdown.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -117,7 +122,19 @@ fn main() -> std::process::ExitCode {
             }
         };
         wait_for_signal().await;
-        running.shutdown().await;
-        std::process::ExitCode::SUCCESS
+        tracing::info!("signal received; stopping (a second signal exits at once)");
+        tokio::select! {
+            r = tokio::time::timeout(SHUTDOWN_BOUND, running.shutdown()) => match r {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(_) => {
+                    tracing::error!(bound = ?SHUTDOWN_BOUND, "shutdown did not finish in time");
+                    std::process::ExitCode::FAILURE
+                }
+            },
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: exiting without finishing the shutdown");
+                std::process::ExitCode::FAILURE
+            }
+        }
     })
 }

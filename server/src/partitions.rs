@@ -7,9 +7,13 @@
 //!   deleted); [`reconcile`] converges to that after every metadata change and retries every
 //!   second what could not be done yet (e.g. a peer's address is not known).
 //! - Ingest runs for a partition only while this node leads its raft group; it is stopped (and
-//!   its NATS subscription dropped) within one leadership check period of losing it.
+//!   its NATS subscription dropped) as soon as the group's leadership watch reports the loss.
+//!   Nothing polls: each hosted partition has one task parked on its leadership watch (which
+//!   openraft changes only on vote, state, leader or membership changes), on its ingest task,
+//!   and — only while it waits for something the metadata must show — on the metadata watch.
 //! - A leader records itself in the metadata (`SetPartitionLeader` with its raft term), so every
 //!   node can answer FetchMetadata; stale records (older terms) are ignored by the state machine.
+//!   A failed record is retried after [`RECORD_RETRY`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drawbridge_raft::metadata::state::{MetadataState, StreamMeta};
-use drawbridge_raft::{MetadataCommand, NodeId, PartitionId, PartitionReplica};
+use drawbridge_raft::{IsrTracker, MetadataCommand, NodeId, PartitionId, PartitionReplica};
 use drawbridge_storage::Log;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -29,9 +33,10 @@ use crate::error::Result;
 use crate::ingest::{self, IngestParams};
 use crate::names;
 use crate::partition_log;
+use crate::stats::PartitionStats;
 
-/// How often a hosted partition checks whether this node leads it.
-const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
+/// How long a leader waits before recording itself in the metadata again after a failure.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
 
 /// Per-stream config key: optimistic concurrency control.
 pub const KEY_OCC: &str = "optimistic.concurrency.control";
@@ -45,7 +50,26 @@ pub struct Local {
     pub log: Log,
     /// Whether ingest currently runs here (this node leads and has caught up).
     pub ingesting: AtomicBool,
+    /// ISR history while this node leads ([`Local::in_sync`]); read by the ISR monitor and the
+    /// metadata RPCs.
+    isr: Mutex<IsrTracker>,
+    /// Messages and bytes in (ingest) and out (subscriptions), reception times; read by the
+    /// metrics and the metadata RPCs.
+    pub stats: Arc<PartitionStats>,
     stop: watch::Sender<bool>,
+}
+
+impl Local {
+    /// The in-sync replicas and the raft term they were computed in, when this node leads the
+    /// partition (`None` otherwise). See `drawbridge_raft::partition::isr` for the rule.
+    pub fn in_sync(&self, max_lag: Duration) -> Option<(u64, Vec<NodeId>)> {
+        let p = self.replica.replication_progress()?;
+        let isr = self
+            .isr
+            .lock()
+            .observe(&p, std::time::Instant::now(), max_lag);
+        Some((p.term, isr))
+    }
 }
 
 /// The hosted partitions, by id.
@@ -62,6 +86,15 @@ impl Partitions {
 
     fn ids(&self) -> Vec<PartitionId> {
         self.inner.read().keys().cloned().collect()
+    }
+
+    /// Every hosted replica.
+    pub fn all(&self) -> Vec<(PartitionId, Arc<Local>)> {
+        self.inner
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Whether ingest still runs for any partition.
@@ -177,6 +210,8 @@ async fn add(ctx: &Ctx, state: &MetadataState, id: PartitionId, replicas: &[Node
         replica,
         log,
         ingesting: AtomicBool::new(false),
+        isr: Mutex::new(IsrTracker::new()),
+        stats: Arc::default(),
         stop,
     });
     ctx.partitions
@@ -200,7 +235,7 @@ async fn remove(ctx: &Ctx, id: &PartitionId) {
     }
 }
 
-fn ingest_params(ctx: &Ctx, id: &PartitionId) -> Option<IngestParams> {
+fn ingest_params(ctx: &Ctx, id: &PartitionId, local: &Local) -> Option<IngestParams> {
     let state = ctx.raft.metadata().state().state;
     let s = state.streams.get(&id.stream)?;
     Some(IngestParams {
@@ -209,82 +244,166 @@ fn ingest_params(ctx: &Ctx, id: &PartitionId) -> Option<IngestParams> {
         subject: names::partition_subject(&s.subject, id.partition),
         group: s.group.clone(),
         occ: occ_of(s),
+        stats: local.stats.clone(),
     })
 }
 
+/// A running ingest task of a partition this node leads.
+struct Ingest {
+    stop: watch::Sender<bool>,
+    /// Flips to `true` once ingest is subscribed and recording.
+    ready: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    /// The task's handle has been awaited to completion (it must not be polled again).
+    done: bool,
+}
+
+impl Ingest {
+    async fn stop(self, local: &Local) {
+        self.stop.send_replace(true);
+        if !self.done {
+            let _ = self.task.await;
+        }
+        local.ingesting.store(false, Ordering::Release);
+    }
+
+    /// Resolves when ingest becomes ready (if it is not yet) or its task ends.
+    async fn event(&mut self) {
+        if *self.ready.borrow() {
+            let _ = (&mut self.task).await;
+            self.done = true;
+            return;
+        }
+        tokio::select! {
+            r = self.ready.changed() => if r.is_err() {
+                let _ = (&mut self.task).await;
+                self.done = true;
+            },
+            _ = &mut self.task => self.done = true,
+        }
+    }
+}
+
+fn start_ingest(ctx: &Ctx, id: &PartitionId, local: &Arc<Local>) -> Option<Ingest> {
+    let params = ingest_params(ctx, id, local)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(false);
+    let (c, rep, flag) = (ctx.clone(), local.replica.clone(), local.clone());
+    let task = tokio::spawn(async move {
+        let on_ready = || {
+            flag.ingesting.store(true, Ordering::Release);
+            ready_tx.send_replace(true);
+        };
+        if let Err(e) = ingest::run(c, rep, params, stop_rx, on_ready).await {
+            debug!(error = %e, "ingest ended");
+        }
+        flag.ingesting.store(false, Ordering::Release);
+    });
+    Some(Ingest {
+        stop,
+        ready,
+        task,
+        done: false,
+    })
+}
+
+/// Sleeps until `at`, forever when `None`.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the metadata records this node as the partition's leader in `term` (or later).
+fn leader_recorded(ctx: &Ctx, id: &PartitionId, term: u64) -> bool {
+    let state = ctx.raft.metadata().state().state;
+    state
+        .streams
+        .get(&id.stream)
+        .and_then(|s| s.partitions.get(&id.partition))
+        .is_some_and(|p| p.leader == Some(ctx.node_id) && p.leader_epoch >= term)
+}
+
+/// Follows one partition's leadership until `stop` (see the module docs): starts ingest when
+/// this node becomes leader, records the leadership once ingest is ready, stops ingest when
+/// leadership is lost. Event-driven; the only timer is the retry of a failed record.
 async fn leadership_loop(
     ctx: Ctx,
     id: PartitionId,
     local: Arc<Local>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ingest: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> = None;
-    let mut recorded_term: Option<u64> = None;
+    let mut leadership = local.replica.watch_leadership();
+    let mut meta = ctx.raft.metadata().watch();
+    let mut ingest: Option<Ingest> = None;
     let mut next_record_try = tokio::time::Instant::now();
+    // The last (leader, term) seen, to count elections (metrics).
+    let mut seen_leader: Option<(NodeId, u64)> = None;
     loop {
-        let leading = local.replica.is_leader() && !ctx.stopping();
-        if let Some((_, h)) = &ingest {
-            if h.is_finished() || !leading {
-                if let Some((s, h)) = ingest.take() {
-                    s.send_replace(true);
-                    let _ = h.await;
-                }
-                local.ingesting.store(false, Ordering::Release);
+        let l = leadership.current();
+        if let Some(leader) = l.leader {
+            if seen_leader != Some((leader, l.term)) {
+                seen_leader = Some((leader, l.term));
+                ctx.stats
+                    .leader_elections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        drop(meta.borrow_and_update());
+        let leading = l.is_local && !ctx.stopping();
+        let finished = ingest
+            .as_ref()
+            .is_some_and(|i| i.done || i.task.is_finished());
+        if finished || !leading {
+            if let Some(i) = ingest.take() {
+                i.stop(&local).await;
             }
         }
         if leading && ingest.is_none() {
-            if let Some(params) = ingest_params(&ctx, &id) {
-                let (s, r) = watch::channel(false);
-                let (c, rep, flag) = (ctx.clone(), local.replica.clone(), local.clone());
-                let h = tokio::spawn(async move {
-                    let ready = || flag.ingesting.store(true, Ordering::Release);
-                    if let Err(e) = ingest::run(c, rep, params, r, ready).await {
-                        debug!(error = %e, "ingest ended");
-                    }
-                    flag.ingesting.store(false, Ordering::Release);
-                });
-                ingest = Some((s, h));
-            }
+            ingest = start_ingest(&ctx, &id, &local);
         }
-        if leading && local.ingesting.load(Ordering::Acquire) {
-            let term = local.replica.term();
-            let state = ctx.raft.metadata().state().state;
-            let recorded = state
-                .streams
-                .get(&id.stream)
-                .and_then(|s| s.partitions.get(&id.partition))
-                .is_some_and(|p| p.leader == Some(ctx.node_id) && p.leader_epoch >= term);
-            if recorded {
-                recorded_term = Some(term);
-            } else if recorded_term != Some(term) && tokio::time::Instant::now() >= next_record_try
-            {
+        // Wait on the metadata only for what it must still show: the stream (to start ingest)
+        // or our leadership record.
+        let mut wait_meta = leading && ingest.is_none();
+        let mut retry_at = None;
+        if leading && local.ingesting.load(Ordering::Acquire) && !leader_recorded(&ctx, &id, l.term)
+        {
+            wait_meta = true;
+            if tokio::time::Instant::now() >= next_record_try {
                 let op = Propagated::Command(MetadataCommand::SetPartitionLeader {
                     stream: id.stream.clone(),
                     partition: id.partition,
                     leader: ctx.node_id,
-                    leader_epoch: term,
+                    leader_epoch: l.term,
                 });
                 let c = ctx.clone();
-                next_record_try = tokio::time::Instant::now() + Duration::from_secs(1);
+                next_record_try = tokio::time::Instant::now() + RECORD_RETRY;
                 tokio::spawn(async move {
                     if let Err(e) = forward(&c, op).await {
                         debug!(error = %e, "recording partition leader failed; will retry");
                     }
                 });
             }
-        } else if !leading {
-            recorded_term = None;
+            retry_at = Some(next_record_try);
         }
+        let ingest_event = async {
+            match ingest.as_mut() {
+                Some(i) => i.event().await,
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = crate::context::until_true(&mut stop) => break,
-            _ = tokio::time::sleep(LEADERSHIP_CHECK) => {}
+            r = leadership.changed() => if r.is_err() { break },
+            r = meta.changed(), if wait_meta => if r.is_err() { break },
+            _ = ingest_event => {}
+            _ = sleep_until_opt(retry_at) => {}
         }
     }
-    if let Some((s, h)) = ingest.take() {
-        s.send_replace(true);
-        let _ = h.await;
+    if let Some(i) = ingest.take() {
+        i.stop(&local).await;
     }
-    local.ingesting.store(false, Ordering::Release);
 }
 
 /// Waits (bounded) until every partition the metadata assigns to this node is hosted and, where
@@ -292,14 +411,7 @@ async fn leadership_loop(
 pub async fn wait_ready(ctx: &Ctx, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let state = ctx.raft.metadata().state().state;
-        let ready = desired(&state, ctx.node_id).keys().all(|id| {
-            ctx.partitions.get(id).is_some_and(|l| {
-                let leads = l.replica.leader() == Some(ctx.node_id);
-                !leads || l.ingesting.load(Ordering::Acquire)
-            })
-        });
-        if ready {
+        if all_ready(ctx) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -307,4 +419,21 @@ pub async fn wait_ready(ctx: &Ctx, timeout: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether every partition the metadata assigns to this node is hosted and, where this node
+/// leads it, recording (what [`wait_ready`] waits for; `/readyz` reports it). A partition whose
+/// only replica is this node must have elected it first; a replicated partition without a
+/// known leader does not hold readiness up (its peers may be down).
+pub fn all_ready(ctx: &Ctx) -> bool {
+    let state = ctx.raft.metadata().state().state;
+    desired(&state, ctx.node_id).iter().all(|(id, replicas)| {
+        ctx.partitions
+            .get(id)
+            .is_some_and(|l| match l.replica.leader() {
+                Some(leader) if leader == ctx.node_id => l.ingesting.load(Ordering::Acquire),
+                Some(_) => true,
+                None => replicas.len() > 1,
+            })
+    })
 }

@@ -20,13 +20,23 @@
 //!   key wins on replay.
 //! - A failed journal write or sync fails every state-record job of the round; a failed log
 //!   sync fails the jobs of that log only.
+//!
+//! Lazy logs (partition groups under [`LogSyncPolicy::Interval`](crate::LogSyncPolicy)) are not
+//! synced on the ack path: the store acknowledges after the write and only
+//! [`Flusher::mark_dirty`]s the log. The same thread syncs every log marked since its last lazy
+//! round once the oldest mark is `interval` old (the shortest interval any caller asked for),
+//! and once more when the last handle is dropped. Lazy syncs have no callbacks and are counted
+//! apart ([`FlusherStats::lazy_syncs`]), so `log_syncs` counts ack-path syncs only.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tracing::warn;
@@ -50,6 +60,8 @@ enum Work {
     Sync(Arc<dyn SyncTarget>),
     /// Append (key, value) to the state journal and sync it (`None`: tombstone).
     Record(Vec<u8>, Option<Vec<u8>>),
+    /// Nothing to do: wakes the thread so it re-reads the lazy deadline.
+    Wake,
 }
 
 struct Job {
@@ -68,6 +80,36 @@ pub(crate) struct FlusherStats {
     pub(crate) journal_syncs: u64,
     /// State records written.
     pub(crate) records: u64,
+    /// Background fsyncs of lazily synced logs (not on any ack path).
+    pub(crate) lazy_syncs: u64,
+}
+
+/// Logs written under an interval policy since the last lazy round.
+#[derive(Default)]
+struct Lazy {
+    /// Distinct dirty logs (by pointer), in first-marked order.
+    dirty: Vec<Arc<dyn SyncTarget>>,
+    keys: HashSet<usize>,
+    /// When the oldest unsynced mark was made (`None`: nothing dirty).
+    since: Option<Instant>,
+    /// Shortest interval any caller asked for.
+    interval: Option<Duration>,
+}
+
+impl Lazy {
+    /// When the next lazy round is due.
+    fn deadline(&self) -> Option<Instant> {
+        match (self.since, self.interval) {
+            (Some(s), Some(i)) => Some(s + i),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self) -> Vec<Arc<dyn SyncTarget>> {
+        self.keys.clear();
+        self.since = None;
+        std::mem::take(&mut self.dirty)
+    }
 }
 
 /// Handle to the node's flusher thread. Cloning shares the thread; it exits when every handle
@@ -78,6 +120,8 @@ pub(crate) struct Flusher {
     /// The journal's live state as of the last completed round (what a re-opened group reads).
     live: Arc<Mutex<LiveMap>>,
     stats: Arc<Mutex<FlusherStats>>,
+    /// Logs awaiting a lazy (interval) sync; read by the thread.
+    lazy: Arc<Mutex<Lazy>>,
 }
 
 impl std::fmt::Debug for Flusher {
@@ -94,12 +138,47 @@ impl Flusher {
         let journal = Journal::open(journal_path)?;
         let live = Arc::new(Mutex::new(journal.live().clone()));
         let stats = Arc::new(Mutex::new(FlusherStats::default()));
+        let lazy = Arc::new(Mutex::new(Lazy::default()));
         let (tx, rx) = mpsc::channel::<Job>();
-        let (l, s) = (live.clone(), stats.clone());
+        let (l, s, z) = (live.clone(), stats.clone(), lazy.clone());
         thread::Builder::new()
             .name("raft-flusher".into())
-            .spawn(move || run(rx, journal, &l, &s))?;
-        Ok(Self { tx, live, stats })
+            .spawn(move || run(rx, journal, &l, &s, &z))?;
+        Ok(Self {
+            tx,
+            live,
+            stats,
+            lazy,
+        })
+    }
+
+    /// Marks `target` as written but not synced: it is fsynced by a lazy round at most
+    /// `interval` after the oldest unsynced mark (no callback; see the module docs).
+    pub(crate) fn mark_dirty(&self, target: Arc<dyn SyncTarget>, interval: Duration) {
+        let interval = interval.max(Duration::from_millis(1));
+        let wake = {
+            let mut z = self.lazy.lock();
+            let key = Arc::as_ptr(&target) as *const () as usize;
+            if z.keys.insert(key) {
+                z.dirty.push(target);
+            }
+            let shorter = z.interval.is_none_or(|i| interval < i);
+            if shorter {
+                z.interval = Some(interval);
+            }
+            let first = z.since.is_none();
+            if first {
+                z.since = Some(Instant::now());
+            }
+            first || shorter
+        };
+        if wake {
+            // A failed send means the thread is gone (shutdown): nothing left to sync for.
+            let _ = self.tx.send(Job {
+                work: Work::Wake,
+                done: None,
+            });
+        }
     }
 
     /// The latest state stored under `key` (as of the last completed round).
@@ -206,93 +285,145 @@ fn sync_parallel(targets: &[Arc<dyn SyncTarget>], journal: Option<&File>) -> Vec
         .collect()
 }
 
+/// Syncs every lazily written log whose round is due (all of them when `force`).
+fn lazy_round(lazy: &Mutex<Lazy>, stats: &Mutex<FlusherStats>, force: bool) {
+    let targets = {
+        let mut z = lazy.lock();
+        match z.deadline() {
+            Some(d) if force || Instant::now() >= d => z.take(),
+            _ => return,
+        }
+    };
+    let results = sync_parallel(&targets, None);
+    stats.lock().lazy_syncs += targets.len() as u64;
+    for r in results {
+        if let Err(e) = r {
+            warn!(error = %e, "lazy raft log sync failed");
+        }
+    }
+}
+
 fn run(
     rx: mpsc::Receiver<Job>,
     mut journal: Journal,
     live: &Mutex<LiveMap>,
     stats: &Mutex<FlusherStats>,
+    lazy: &Mutex<Lazy>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+    loop {
+        let deadline = lazy.lock().deadline();
+        let first = match deadline {
+            None => match rx.recv() {
+                Ok(j) => Some(j),
+                Err(_) => break,
+            },
+            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                Ok(j) => Some(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        if let Some(first) = first {
+            round(first, &rx, &mut journal, live, stats);
         }
-        // Distinct log targets, in first-seen order, and the round's state records.
-        let mut targets: Vec<Arc<dyn SyncTarget>> = Vec::new();
-        let mut keys: Vec<*const ()> = Vec::new();
-        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for job in &mut batch {
-            match &mut job.work {
-                Work::Sync(t) => {
-                    let key = Arc::as_ptr(t) as *const ();
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                        targets.push(t.clone());
-                    }
+        lazy_round(lazy, stats, false);
+    }
+    lazy_round(lazy, stats, true);
+}
+
+/// One group-commit round: `first` and every job queued behind it.
+fn round(
+    first: Job,
+    rx: &mpsc::Receiver<Job>,
+    journal: &mut Journal,
+    live: &Mutex<LiveMap>,
+    stats: &Mutex<FlusherStats>,
+) {
+    let mut batch = vec![first];
+    while let Ok(more) = rx.try_recv() {
+        batch.push(more);
+    }
+    batch.retain(|j| !matches!(j.work, Work::Wake) || j.done.is_some());
+    if batch.is_empty() {
+        return;
+    }
+    // Distinct log targets, in first-seen order, and the round's state records.
+    let mut targets: Vec<Arc<dyn SyncTarget>> = Vec::new();
+    let mut keys: Vec<*const ()> = Vec::new();
+    let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    for job in &mut batch {
+        match &mut job.work {
+            Work::Sync(t) => {
+                let key = Arc::as_ptr(t) as *const ();
+                if !keys.contains(&key) {
+                    keys.push(key);
+                    targets.push(t.clone());
                 }
-                Work::Record(k, v) => records.push((std::mem::take(k), v.take())),
             }
+            Work::Record(k, v) => records.push((std::mem::take(k), v.take())),
+            Work::Wake => {}
         }
-        let mut journal_result: io::Result<()> = Ok(());
-        let mut journal_file = None;
-        if !records.is_empty() {
-            journal_result = journal
-                .append(&records)
-                .and_then(|()| journal.sync_handle())
-                .map(|f| journal_file = Some(f));
+    }
+    let mut journal_result: io::Result<()> = Ok(());
+    let mut journal_file = None;
+    if !records.is_empty() {
+        journal_result = journal
+            .append(&records)
+            .and_then(|()| journal.sync_handle())
+            .map(|f| journal_file = Some(f));
+    }
+    let mut results = sync_parallel(&targets, journal_file.as_ref());
+    if journal_file.is_some() {
+        if let Some(Err(e)) = results.pop() {
+            journal_result = Err(e);
         }
-        let mut results = sync_parallel(&targets, journal_file.as_ref());
-        if journal_file.is_some() {
-            if let Some(Err(e)) = results.pop() {
-                journal_result = Err(e);
-            }
-        }
-        if let Err(e) = &journal_result {
-            warn!(error = %e, "raft state journal write failed");
-        } else if !records.is_empty() {
-            let mut l = live.lock();
-            for (k, v) in records.iter() {
-                match v {
-                    Some(v) => l.insert(k.clone(), v.clone()),
-                    None => l.remove(k),
-                };
-            }
-        }
-        {
-            let mut s = stats.lock();
-            s.rounds += 1;
-            s.log_syncs += targets.len() as u64;
-            s.journal_syncs += u64::from(journal_file.is_some());
-            s.records += records.len() as u64;
-        }
-        for (i, r) in results.iter().enumerate() {
-            if let Err(e) = r {
-                warn!(error = %e, target = i, "raft log sync failed");
-            }
-        }
-        for job in batch {
-            let r = match &job.work {
-                Work::Sync(t) => {
-                    let key = Arc::as_ptr(t) as *const ();
-                    match keys.iter().position(|k| *k == key).map(|i| &results[i]) {
-                        Some(Ok(())) => Ok(()),
-                        Some(Err(e)) => Err(clone_err(e)),
-                        None => Err(io::Error::other("flusher lost a sync result")),
-                    }
-                }
-                Work::Record(..) => match &journal_result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(clone_err(e)),
-                },
+    }
+    if let Err(e) = &journal_result {
+        warn!(error = %e, "raft state journal write failed");
+    } else if !records.is_empty() {
+        let mut l = live.lock();
+        for (k, v) in records.iter() {
+            match v {
+                Some(v) => l.insert(k.clone(), v.clone()),
+                None => l.remove(k),
             };
-            if let Some(done) = job.done {
-                done(r);
-            }
         }
-        if journal_result.is_ok() {
-            if let Err(e) = journal.maybe_compact() {
-                warn!(error = %e, "raft state journal compaction failed");
+    }
+    {
+        let mut s = stats.lock();
+        s.rounds += 1;
+        s.log_syncs += targets.len() as u64;
+        s.journal_syncs += u64::from(journal_file.is_some());
+        s.records += records.len() as u64;
+    }
+    for (i, r) in results.iter().enumerate() {
+        if let Err(e) = r {
+            warn!(error = %e, target = i, "raft log sync failed");
+        }
+    }
+    for job in batch {
+        let r = match &job.work {
+            Work::Sync(t) => {
+                let key = Arc::as_ptr(t) as *const ();
+                match keys.iter().position(|k| *k == key).map(|i| &results[i]) {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(clone_err(e)),
+                    None => Err(io::Error::other("flusher lost a sync result")),
+                }
             }
+            Work::Record(..) => match &journal_result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(clone_err(e)),
+            },
+            Work::Wake => Ok(()),
+        };
+        if let Some(done) = job.done {
+            done(r);
+        }
+    }
+    if journal_result.is_ok() {
+        if let Err(e) = journal.maybe_compact() {
+            warn!(error = %e, "raft state journal compaction failed");
         }
     }
 }
@@ -342,6 +473,38 @@ mod tests {
         assert_eq!(j.live().get(&vec![2u8]), Some(&vec![47u8]));
         assert!(!j.live().contains_key(&vec![1u8]));
         assert_eq!(j.live().get(&b"last".to_vec()), Some(&b"v".to_vec()));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn lazy_marks_are_synced_by_interval_rounds_not_on_the_ack_path() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = Flusher::start(&dir.path().join("journal"))?;
+        let a = Arc::new(Counting(AtomicUsize::new(0)));
+        let b = Arc::new(Counting(AtomicUsize::new(0)));
+        for _ in 0..20 {
+            f.mark_dirty(a.clone(), Duration::from_millis(30));
+            f.mark_dirty(b.clone(), Duration::from_millis(30));
+        }
+        // Nothing is synced before the interval ran out.
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while f.stats().lazy_syncs < 2 {
+            assert!(Instant::now() < deadline, "no lazy round within 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // One round synced each dirty log once; nothing went through the ack path.
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert_eq!(f.stats().log_syncs, 0);
+        // A mark after the round is synced at the latest when the last handle goes.
+        f.mark_dirty(a.clone(), Duration::from_secs(3600));
+        drop(f);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.0.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "no final lazy sync within 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(())
     }
 }

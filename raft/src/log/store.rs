@@ -2,9 +2,13 @@
 //! group's record in the node's raft state journal.
 //!
 //! Invariants:
-//! - `append` returns once the entries are readable; its callback fires from the node's flusher
-//!   thread after an fsync of the backend that started after the append (durable before the
-//!   callback, as openraft requires).
+//! - `append` returns once the entries are readable. Under [`LogSyncPolicy::Always`] (the
+//!   default, and the only policy the metadata group uses) its callback fires from the node's
+//!   flusher thread after an fsync of the backend that started after the append (durable before
+//!   the callback, as openraft requires). Under the lazy policies (`Interval`, `Never`) the
+//!   callback fires as soon as the entries are written to the OS page cache, and the flusher
+//!   syncs the backend later (every interval) or never: a *process* crash loses nothing, a
+//!   *machine* crash may lose an acknowledged suffix (the documented trade).
 //! - Vote, committed and last-purged ids are persisted as one record (the group's whole
 //!   [`MetaState`]) in the node's journal through the same flusher. Records are built from the
 //!   latest *submitted* state and queued under one lock, so the journal's last record of the
@@ -17,6 +21,9 @@
 //! - `save_committed` is a lower bound on disk: it is queued (not awaited) at most every
 //!   [`COMMITTED_PERSIST_INTERVAL`]; after a crash the group re-applies from an older commit
 //!   point and learns the newer one from the leader. The in-memory value is exact.
+//! - `read_committed` never reports a commit point past the log's end (or its purge point): a
+//!   machine crash may leave the journal's committed record ahead of log entries that were not
+//!   yet synced, and openraft must not try to apply entries that are gone.
 
 use std::fmt::Debug;
 use std::io;
@@ -42,6 +49,7 @@ use super::flusher::Flusher;
 use super::flusher::SyncTarget;
 use super::meta_file::MetaState;
 use crate::codec;
+use crate::config::LogSyncPolicy;
 
 /// How often, at most, `save_committed` rewrites the meta file.
 pub(crate) const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_millis(100);
@@ -82,6 +90,8 @@ struct Shared<C: RaftTypeConfig, B> {
     flusher: Flusher,
     /// Optional observers of appends and of local durability (LEADER acks).
     hooks: StoreHooks<C>,
+    /// When appends are synced relative to their callback.
+    sync: LogSyncPolicy,
 }
 
 /// The raft log store of one group. Cheap to clone; clones share state (the clone is also the
@@ -129,6 +139,17 @@ where
         flusher: Flusher,
         hooks: StoreHooks<C>,
     ) -> io::Result<Self> {
+        Self::open_with_sync(backend, key, flusher, hooks, LogSyncPolicy::Always)
+    }
+
+    /// [`LogStore::open`] with an explicit sync policy for appends (see the module docs).
+    pub(crate) fn open_with_sync(
+        backend: Arc<B>,
+        key: Vec<u8>,
+        flusher: Flusher,
+        hooks: StoreHooks<C>,
+        sync: LogSyncPolicy,
+    ) -> io::Result<Self> {
         let meta: MetaState<VoteOf<C>, LogIdOf<C>> = match flusher.load(&key) {
             Some(bytes) => codec::decode_io("raft group state", &bytes)?,
             None => MetaState {
@@ -149,6 +170,7 @@ where
                 committed_written_at: Mutex::new(None),
                 flusher,
                 hooks,
+                sync,
             }),
         })
     }
@@ -275,7 +297,24 @@ where
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.shared.meta.lock().committed.clone())
+        let (committed, purged) = {
+            let m = self.shared.meta.lock();
+            (m.committed.clone(), m.last_purged.clone())
+        };
+        let Some(c) = committed else {
+            return Ok(None);
+        };
+        // Clamp to the log's end (see the module docs).
+        let end = match (self.shared.backend.last_log_id()?, purged) {
+            (Some(l), Some(p)) if p.index > l.index => Some(p),
+            (Some(l), _) => Some(l),
+            (None, p) => p,
+        };
+        Ok(match end {
+            Some(e) if e.index < c.index => Some(e),
+            Some(_) => Some(c),
+            None => None,
+        })
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
@@ -291,6 +330,24 @@ where
         self.shared.backend.append(entries)?;
         let hook = self.shared.hooks.on_flushed.clone();
         let target: Arc<dyn SyncTarget> = self.shared.backend.clone();
+        let lazy_interval = match self.shared.sync {
+            LogSyncPolicy::Always => None,
+            LogSyncPolicy::Interval { interval_ms } => {
+                Some(Some(Duration::from_millis(interval_ms)))
+            }
+            LogSyncPolicy::Never => Some(None),
+        };
+        if let Some(interval) = lazy_interval {
+            // Lazy: acknowledged once in the page cache (the backend wrote it on return).
+            if let Some(interval) = interval {
+                self.shared.flusher.mark_dirty(target, interval);
+            }
+            if let (Some(hook), Some(last)) = (hook, &last) {
+                hook(last);
+            }
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
         self.shared.flusher.submit(
             target,
             Box::new(move |r| {

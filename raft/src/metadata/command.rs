@@ -120,6 +120,21 @@ pub enum MetadataCommand {
         /// Offset.
         offset: i64,
     },
+    /// Records a partition's in-sync replicas, as computed by its leader from raft replication
+    /// progress. Ignored unless `leader`/`leader_epoch` are the recorded leader and epoch (a
+    /// deposed leader's late write cannot overwrite its successor's view).
+    SetPartitionIsr {
+        /// Stream name.
+        stream: String,
+        /// Partition number.
+        partition: i32,
+        /// The leader that computed the set.
+        leader: NodeId,
+        /// Its partition raft term.
+        leader_epoch: u64,
+        /// The in-sync replicas (the leader among them).
+        isr: Vec<NodeId>,
+    },
 }
 
 impl fmt::Display for MetadataCommand {

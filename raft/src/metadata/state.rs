@@ -5,6 +5,9 @@
 //! - Stream names are unique; every stream has >= 1 partition; every partition has >= 1 replica.
 //! - A partition's `leader_epoch` never decreases: a `SetPartitionLeader` with an older epoch is
 //!   ignored (a deposed leader's late write cannot overwrite its successor).
+//! - A partition's `isr` is a subset of its replicas; once a leader is recorded it contains
+//!   the leader. It starts as every replica and is replaced only by `SetPartitionIsr` from the
+//!   recorded leader in its recorded epoch.
 //! - A consumer group exists iff it has members; its epoch increases on every membership or
 //!   coordinator change.
 
@@ -32,6 +35,8 @@ pub struct PartitionMeta {
     pub paused: bool,
     /// Readonly: publishes are refused.
     pub readonly: bool,
+    /// In-sync replicas as last recorded by the leader (every replica at creation).
+    pub isr: Vec<NodeId>,
 }
 
 /// A stream.
@@ -127,6 +132,7 @@ impl MetadataState {
                             leader_epoch: 0,
                             paused: false,
                             readonly: false,
+                            isr: r.clone(),
                         },
                     );
                 }
@@ -161,6 +167,30 @@ impl MetadataState {
                     if *leader_epoch >= p.leader_epoch {
                         p.leader = Some(*leader);
                         p.leader_epoch = *leader_epoch;
+                        if !p.isr.contains(leader) && p.replicas.contains(leader) {
+                            p.isr.push(*leader);
+                        }
+                    }
+                    applied()
+                }
+            },
+            C::SetPartitionIsr {
+                stream,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => match self.partition_mut(stream, *partition) {
+                Err(r) => rejected(r),
+                Ok(p) => {
+                    if p.leader == Some(*leader) && p.leader_epoch == *leader_epoch {
+                        let next: Vec<NodeId> = p
+                            .replicas
+                            .iter()
+                            .filter(|r| isr.contains(r) || *r == leader)
+                            .copied()
+                            .collect();
+                        p.isr = next;
                     }
                     applied()
                 }
@@ -399,6 +429,55 @@ mod tests {
         s.apply(&set(1, 4));
         let p = &s.streams["a"].partitions[&0];
         assert_eq!((p.leader, p.leader_epoch), (Some(2), 5));
+    }
+
+    #[test]
+    fn isr_is_set_only_by_the_recorded_leader_in_its_epoch() {
+        let mut s = MetadataState::default();
+        s.apply(&create("a", vec![vec![1, 2, 3]]));
+        assert_eq!(s.streams["a"].partitions[&0].isr, vec![1, 2, 3]);
+        let isr = |leader, leader_epoch, isr: Vec<u64>| MetadataCommand::SetPartitionIsr {
+            stream: "a".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr,
+        };
+        // No leader recorded yet: ignored.
+        assert_eq!(s.apply(&isr(2, 5, vec![2])), applied());
+        assert_eq!(s.streams["a"].partitions[&0].isr, vec![1, 2, 3]);
+        s.apply(&MetadataCommand::SetPartitionLeader {
+            stream: "a".into(),
+            partition: 0,
+            leader: 2,
+            leader_epoch: 5,
+        });
+        // The leader is always kept; non-replicas are dropped; replica order is kept.
+        s.apply(&isr(2, 5, vec![3, 9]));
+        assert_eq!(s.streams["a"].partitions[&0].isr, vec![2, 3]);
+        // A stale epoch or another node is ignored.
+        s.apply(&isr(2, 4, vec![2]));
+        s.apply(&isr(1, 5, vec![1]));
+        assert_eq!(s.streams["a"].partitions[&0].isr, vec![2, 3]);
+        // A new leader outside the recorded set joins it.
+        s.apply(&isr(2, 5, vec![2]));
+        s.apply(&MetadataCommand::SetPartitionLeader {
+            stream: "a".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 6,
+        });
+        assert_eq!(s.streams["a"].partitions[&0].isr, vec![2, 1]);
+        assert!(matches!(
+            s.apply(&MetadataCommand::SetPartitionIsr {
+                stream: "b".into(),
+                partition: 0,
+                leader: 1,
+                leader_epoch: 6,
+                isr: vec![1],
+            }),
+            MetadataResponse::Rejected(Rejection::StreamNotFound(_))
+        ));
     }
 
     #[test]

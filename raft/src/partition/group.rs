@@ -25,6 +25,7 @@ use super::state_machine::PartitionStateMachine;
 use crate::log::store::AppendHook;
 use crate::log::store::FlushHook;
 use crate::log::store::StoreHooks;
+use crate::scheduler::GroupClock;
 use crate::types::NodeId;
 use crate::types::PartitionId;
 use crate::types::PartitionRaft;
@@ -110,6 +111,9 @@ pub(crate) struct PartitionGroup {
     pub(crate) raft: PartitionRaft,
     pub(crate) sm: PartitionStateMachine,
     pub(crate) acks: Arc<AckPlumbing>,
+    /// Last contact from the group's leader: stamped by the transport, read by the node's
+    /// [`Scheduler`](crate::scheduler::Scheduler) to decide when to elect.
+    pub(crate) clock: Arc<GroupClock>,
 }
 
 impl std::fmt::Debug for PartitionGroup {

@@ -5,13 +5,19 @@
 //! - [`state_machine`]: applied log id, membership, offset assignment and the high watermark.
 //! - [`group`]: a running group (raft + state machine + LEADER-ack plumbing).
 //! - [`replica`]: [`PartitionReplica`], the handle the server uses.
+//! - [`isr`]: in-sync replicas derived from raft replication progress on the leader.
 
 pub(crate) mod group;
+pub mod isr;
 pub mod replica;
 pub(crate) mod state_machine;
 pub mod types;
 
 pub(crate) use group::PartitionGroup;
+pub use isr::IsrTracker;
+pub use isr::ReplicationProgress;
+pub use replica::Leadership;
+pub use replica::LeadershipWatch;
 pub use replica::PartitionReplica;
 pub use replica::Proposal;
 pub(crate) use state_machine::PartitionStateMachine;

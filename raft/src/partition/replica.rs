@@ -6,16 +6,32 @@
 //! - **ALL**: [`Proposal::committed`] (or [`PartitionReplica::append`]) resolves once a majority
 //!   has the batch on disk and it is applied; it returns the batch's offsets.
 //! - Subscribers wait on [`PartitionReplica::watch_high_watermark`].
+//!
+//! Leadership, without polling: [`PartitionReplica::watch_leadership`] reads openraft's server
+//! metrics channel, which changes only on vote, server state, leader or membership changes (not
+//! on every append or heartbeat), so a parked watcher per partition costs nothing between
+//! elections and no extra task runs per group.
+//!
+//! ISR: [`PartitionReplica::replication_progress`] (leader only) exposes openraft's
+//! per-follower matched index and acknowledgement times; [`PartitionReplica::in_sync_replicas`]
+//! applies the rule of [`super::isr`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::alias::WatchReceiverOf;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::metrics::RaftServerMetrics;
+use openraft::Instant as _;
 use openraft::ServerState;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
 use super::group::PartitionGroup;
+use super::isr::FollowerProgress;
+use super::isr::IsrTracker;
+use super::isr::ReplicationProgress;
 use super::types::Offsets;
 use super::types::PartitionRequest;
 use super::types::PartitionResponse;
@@ -24,7 +40,72 @@ use crate::error::RaftError;
 use crate::types::GroupId;
 use crate::types::NodeId;
 use crate::types::PartitionId;
+use crate::types::PartitionTypes;
 use crate::wait;
+
+/// Who leads a partition group, as this replica knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    /// The leader this node knows of (`None` during an election).
+    pub leader: Option<NodeId>,
+    /// The raft term (the partition's leader epoch).
+    pub term: u64,
+    /// Whether this node is the established leader (what [`PartitionReplica::is_leader`] says).
+    pub is_local: bool,
+}
+
+type ServerMetricsRx = WatchReceiverOf<PartitionTypes, RaftServerMetrics<PartitionTypes>>;
+
+/// Watches a group's [`Leadership`] (see the module docs). Each clone has its own cursor.
+#[derive(Clone)]
+pub struct LeadershipWatch {
+    rx: ServerMetricsRx,
+    node_id: NodeId,
+    group: GroupId,
+    seen: Leadership,
+}
+
+impl std::fmt::Debug for LeadershipWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeadershipWatch")
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+fn leadership_of(m: &RaftServerMetrics<PartitionTypes>, node_id: NodeId) -> Leadership {
+    Leadership {
+        leader: m.current_leader,
+        term: m.vote.leader_id.term,
+        is_local: m.state == ServerState::Leader && m.current_leader == Some(node_id),
+    }
+}
+
+impl LeadershipWatch {
+    /// The leadership now (also marks it seen).
+    pub fn current(&mut self) -> Leadership {
+        let l = leadership_of(&self.rx.borrow_watched(), self.node_id);
+        self.seen = l;
+        l
+    }
+
+    /// Waits until the leadership differs from the last one returned (by this method or
+    /// [`LeadershipWatch::current`]) and returns it. Membership-only changes do not wake the
+    /// caller. Fails once the group has stopped.
+    pub async fn changed(&mut self) -> Result<Leadership, RaftError> {
+        loop {
+            let l = leadership_of(&self.rx.borrow_watched(), self.node_id);
+            if l != self.seen {
+                self.seen = l;
+                return Ok(l);
+            }
+            self.rx.changed().await.map_err(|_| RaftError::Stopped {
+                group: self.group.clone(),
+                reason: "partition group stopped".into(),
+            })?;
+        }
+    }
+}
 
 /// Handle on one partition group. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -191,6 +272,67 @@ impl PartitionReplica {
     /// The current raft term (the partition's leader epoch).
     pub fn term(&self) -> u64 {
         wait::metrics(&self.group.raft).current_term
+    }
+
+    /// A watch of this group's leader and term (see the module docs).
+    pub fn watch_leadership(&self) -> LeadershipWatch {
+        let rx = self.group.raft.server_metrics();
+        let seen = leadership_of(&rx.borrow_watched(), self.group.node_id);
+        LeadershipWatch {
+            rx,
+            node_id: self.group.node_id,
+            group: self.group_id(),
+            seen,
+        }
+    }
+
+    /// Replication progress of every follower, when this node leads the group (`None`
+    /// otherwise, or before the leader has replication state).
+    pub fn replication_progress(&self) -> Option<ReplicationProgress> {
+        let server = self.group.raft.server_metrics();
+        let leadership = leadership_of(&server.borrow_watched(), self.group.node_id);
+        if !leadership.is_local {
+            return None;
+        }
+        let data = self.group.raft.data_metrics();
+        let d = data.borrow_watched();
+        let replication = d.replication.as_ref()?;
+        let heartbeat = d.heartbeat.as_ref();
+        let me = self.group.node_id;
+        let followers = replication
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, matched)| {
+                let ack_age = heartbeat
+                    .and_then(|h| h.get(id))
+                    .and_then(|t| t.as_ref())
+                    .map(|t| t.elapsed());
+                (
+                    *id,
+                    FollowerProgress {
+                        matched_index: matched.as_ref().map(|l| l.index),
+                        ack_age,
+                    },
+                )
+            })
+            .collect();
+        Some(ReplicationProgress {
+            leader: me,
+            term: leadership.term,
+            last_log_index: d.last_log.as_ref().map_or(0, |l| l.index),
+            followers,
+        })
+    }
+
+    /// The in-sync replicas by the rule of [`super::isr`] with `tracker`'s history, when this
+    /// node leads the group (`None` otherwise). Call at least every `max_lag / 4`.
+    pub fn in_sync_replicas(
+        &self,
+        tracker: &mut IsrTracker,
+        max_lag: Duration,
+    ) -> Option<Vec<NodeId>> {
+        let p = self.replication_progress()?;
+        Some(tracker.observe(&p, std::time::Instant::now(), max_lag))
     }
 
     /// Waits until some node leads the group; returns it.

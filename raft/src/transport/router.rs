@@ -5,6 +5,8 @@
 //! - Channels connect lazily and reconnect by themselves; a dead peer costs a failed RPC, which
 //!   openraft answers with backoff.
 //! - Every RPC is bounded by openraft's hard TTL for it.
+//! - With coalescing on (the default), an append-entries without entries goes through the
+//!   peer's heartbeat batcher (`super::coalesce`); every other RPC is its own gRPC call.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,9 +34,13 @@ use openraft_multi::GroupRouter;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use super::coalesce;
+use super::coalesce::Beat;
 use super::group_kind::GroupKind;
 use super::wire;
 use crate::codec;
@@ -84,12 +90,16 @@ impl SendError {
 struct Peers {
     /// Peer id -> (address, client on the peer's shared channel).
     clients: HashMap<NodeId, (String, Client)>,
+    /// Peer id -> its heartbeat batcher (started on first use, dropped with the client).
+    beats: HashMap<NodeId, mpsc::UnboundedSender<Beat>>,
 }
 
 /// The shared router (see the module docs). Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Router {
     peers: Arc<Mutex<Peers>>,
+    /// Send append-entries without entries through the per-peer batcher (`super::coalesce`).
+    coalesce: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -101,6 +111,14 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
+    /// A router with no peers; `coalesce` batches heartbeats per peer.
+    pub(crate) fn new(coalesce: bool) -> Self {
+        Self {
+            peers: Arc::default(),
+            coalesce,
+        }
+    }
+
     /// Records (or updates) the address of a peer.
     pub(crate) fn set_peer(&self, id: NodeId, addr: &str) -> Result<(), SendError> {
         let mut peers = self.peers.lock();
@@ -125,12 +143,66 @@ impl Router {
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         peers.clients.insert(id, (addr.to_string(), client));
+        peers.beats.remove(&id);
         Ok(())
     }
 
     /// Forgets a peer (its channel closes when in-flight RPCs finish).
     pub(crate) fn remove_peer(&self, id: NodeId) {
-        self.peers.lock().clients.remove(&id);
+        let mut peers = self.peers.lock();
+        peers.clients.remove(&id);
+        peers.beats.remove(&id);
+    }
+
+    /// The heartbeat batcher of a peer, started on first use (needs a tokio runtime).
+    fn batcher(&self, id: NodeId) -> Result<mpsc::UnboundedSender<Beat>, SendError> {
+        let mut peers = self.peers.lock();
+        if let Some(tx) = peers.beats.get(&id).filter(|tx| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        let client = peers
+            .clients
+            .get(&id)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| SendError::Unreachable(format!("no address for node {id}")))?;
+        let tx = coalesce::spawn_batcher(client, id);
+        peers.beats.insert(id, tx.clone());
+        Ok(tx)
+    }
+
+    /// Sends an append-entries without entries through the peer's heartbeat batcher.
+    async fn call_coalesced<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        group: &GroupId,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, SendError> {
+        let payload = codec::encode(req).map_err(|e| SendError::Network(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let beat = Beat {
+            group: group.clone(),
+            payload,
+            ttl,
+            reply: tx,
+        };
+        self.batcher(target)?.send(beat).map_err(|_| {
+            SendError::Unreachable(format!("heartbeat batcher of node {target} stopped"))
+        })?;
+        let reply = match tokio::time::timeout(ttl, rx).await {
+            Err(_) => {
+                return Err(SendError::Unreachable(format!(
+                    "heartbeat to node {target} timed out"
+                )))
+            }
+            Ok(Err(_)) => {
+                return Err(SendError::Unreachable(format!(
+                    "heartbeat batch to node {target} dropped"
+                )))
+            }
+            Ok(Ok(r)) => r?,
+        };
+        decode_reply(target, group, reply)
     }
 
     fn client(&self, id: NodeId) -> Result<Client, SendError> {
@@ -179,18 +251,27 @@ impl Router {
             }
             Ok(Ok(r)) => r.into_inner(),
         };
-        match reply.result {
-            Some(pb::raft_reply::Result::Payload(bytes)) => {
-                codec::decode("raft reply", &bytes).map_err(|e| SendError::Network(e.to_string()))
-            }
-            Some(pb::raft_reply::Result::Failure(f)) => Err(SendError::Unreachable(format!(
-                "node {target} group {group}: {} ({})",
-                f.message, f.code
-            ))),
-            None => Err(SendError::Network(format!(
-                "empty reply from node {target}"
-            ))),
+        decode_reply(target, group, reply)
+    }
+}
+
+/// The openraft response in a reply, or the reply's failure as an error.
+fn decode_reply<Resp: DeserializeOwned>(
+    target: NodeId,
+    group: &GroupId,
+    reply: pb::RaftReply,
+) -> Result<Resp, SendError> {
+    match reply.result {
+        Some(pb::raft_reply::Result::Payload(bytes)) => {
+            codec::decode("raft reply", &bytes).map_err(|e| SendError::Network(e.to_string()))
         }
+        Some(pb::raft_reply::Result::Failure(f)) => Err(SendError::Unreachable(format!(
+            "node {target} group {group}: {} ({})",
+            f.message, f.code
+        ))),
+        None => Err(SendError::Network(format!(
+            "empty reply from node {target}"
+        ))),
     }
 }
 
@@ -204,9 +285,13 @@ impl<C: GroupKind> GroupRouter<C, GroupId> for Router {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call(target, &group_id, Rpc::Append, &rpc, option.hard_ttl())
-            .await
-            .map_err(SendError::into_rpc)
+        let ttl = option.hard_ttl();
+        let r = if self.coalesce && rpc.entries.is_empty() {
+            self.call_coalesced(target, &group_id, &rpc, ttl).await
+        } else {
+            self.call(target, &group_id, Rpc::Append, &rpc, ttl).await
+        };
+        r.map_err(SendError::into_rpc)
     }
 
     async fn vote(

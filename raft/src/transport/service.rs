@@ -4,7 +4,15 @@
 //! - An unknown group, a stopped group or an undecodable payload is answered with a typed
 //!   `RaftFailure`, never a panic and never a gRPC transport error (so the sender can tell
 //!   "the peer is up but lacks the group" from "the peer is down").
+//! - A request without a group on `AppendEntries` is a batch of coalesced heartbeats
+//!   (`super::coalesce`); each is handled as if it had come alone.
+//! - A partition group's last-contact clock (which its election timer reads, see
+//!   `crate::scheduler`) is stamped only for the group's current leader or a candidate it
+//!   voted for: when an append-entries or snapshot arrives under a committed vote not older
+//!   than the local one, when the group accepted one (the reply carries no higher vote), and
+//!   when it granted a vote.
 
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 use drawbridge_proto::raft as pb;
@@ -12,17 +20,23 @@ use drawbridge_proto::raft::raft_failure::Code;
 use drawbridge_proto::raft::raft_transport_server::RaftTransport;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::VoteOf;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::storage::RaftStateMachine;
 use openraft::storage::Snapshot;
+use openraft::vote::RaftVote;
 use openraft::Raft;
 use serde::Serialize;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::coalesce::answer_within;
+use super::coalesce::BeatBatch;
+use super::coalesce::BeatReply;
 use super::group_kind::GroupKind;
 use super::registry::GroupRegistry;
 use super::wire;
@@ -62,17 +76,58 @@ impl TransportService {
     }
 
     async fn dispatch_inline(&self, req: pb::RaftRequest, rpc: Rpc) -> pb::RaftReply {
+        if req.group.is_none() && matches!(rpc, Rpc::Append) {
+            return self.dispatch_beats(&req.payload).await;
+        }
         let group = match wire::group_from_pb(req.group) {
             Ok(g) => g,
             Err(e) => return wire::failure(Code::BadRequest, e.to_string()),
         };
+        self.dispatch_group(group, rpc, &req.payload).await
+    }
+
+    /// A coalesced batch of heartbeats (see `super::coalesce`): every group's request is handled
+    /// concurrently and answered in order.
+    async fn dispatch_beats(&self, payload: &[u8]) -> pb::RaftReply {
+        let (limit_ms, batch) = match codec::decode::<BeatBatch>("coalesced heartbeats", payload) {
+            Ok(b) => b,
+            Err(e) => return wire::failure(Code::BadRequest, e.to_string()),
+        };
+        let within = answer_within(limit_ms);
+        let replies = batch.into_iter().map(|(group, p)| async move {
+            let one = self.dispatch_group(group, Rpc::Append, &p);
+            match tokio::time::timeout(within, one).await {
+                Ok(r) => r,
+                Err(_) => wire::failure(Code::Unknown, format!("no answer within {within:?}")),
+            }
+        });
+        let list: Vec<BeatReply> = futures::future::join_all(replies)
+            .await
+            .into_iter()
+            .map(BeatReply::from_pb)
+            .collect();
+        match codec::encode(&list) {
+            Ok(bytes) => wire::success(bytes),
+            Err(e) => wire::failure(Code::Unknown, e.to_string()),
+        }
+    }
+
+    async fn dispatch_group(&self, group: GroupId, rpc: Rpc, payload: &[u8]) -> pb::RaftReply {
         match &group {
             GroupId::Metadata => match self.registry.metadata() {
-                Some(raft) => handle(&raft, rpc, &req.payload).await,
+                Some(raft) => handle(&raft, rpc, payload, || {}).await.0,
                 None => wire::failure(Code::GroupNotFound, format!("group {group} not hosted")),
             },
             GroupId::Partition(p) => match self.registry.partition(p) {
-                Some(g) => handle(g.raft(), rpc, &req.payload).await,
+                Some(g) => {
+                    let clock = g.clock.clone();
+                    let touch = move || clock.touch();
+                    let (reply, contact) = handle(g.raft(), rpc, payload, touch).await;
+                    if contact {
+                        g.clock.touch();
+                    }
+                    reply
+                }
                 None => wire::failure(Code::GroupNotFound, format!("group {group} not hosted")),
             },
         }
@@ -89,38 +144,81 @@ fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> pb::RaftReply {
     }
 }
 
-async fn handle<C, SM>(raft: &Raft<C, SM>, rpc: Rpc, payload: &[u8]) -> pb::RaftReply
+/// Whether a message sent under `vote` comes from the group's current (or a newer) leader:
+/// the vote is committed and not older than the local one. Checked on arrival, so that a slow
+/// local log flush does not delay the contact stamp (openraft renews its own leader lease on
+/// arrival too).
+fn from_leader<C, SM>(raft: &Raft<C, SM>, vote: &VoteOf<C>) -> bool
+where
+    C: GroupKind,
+    SM: RaftStateMachine<C>,
+{
+    let local = raft.server_metrics().borrow_watched().vote.clone();
+    vote.is_committed()
+        && matches!(
+            RaftVote::partial_cmp(vote, &local),
+            Some(Ordering::Greater | Ordering::Equal)
+        )
+}
+
+/// Handles one request. `on_contact` runs when a message from the group's current leader
+/// arrives; the returned flag says whether the request was contact from the leader (an
+/// accepted append-entries or snapshot) or a granted vote. Both restart the election timer.
+async fn handle<C, SM>(
+    raft: &Raft<C, SM>,
+    rpc: Rpc,
+    payload: &[u8],
+    on_contact: impl Fn(),
+) -> (pb::RaftReply, bool)
 where
     C: GroupKind,
     SM: RaftStateMachine<C, SnapshotData = C::Snapshot>,
 {
-    let bad = |e: crate::error::RaftError| wire::failure(Code::BadRequest, e.to_string());
+    let bad = |e: crate::error::RaftError| (wire::failure(Code::BadRequest, e.to_string()), false);
     match rpc {
         Rpc::Append => match codec::decode::<AppendEntriesRequest<C>>("append entries", payload) {
-            Ok(req) => reply(raft.append_entries(req).await),
+            Ok(req) => {
+                if from_leader(raft, &req.vote) {
+                    on_contact();
+                }
+                let r = raft.append_entries(req).await;
+                let contact =
+                    matches!(&r, Ok(resp) if !matches!(resp, AppendEntriesResponse::HigherVote(_)));
+                (reply(r), contact)
+            }
             Err(e) => bad(e),
         },
         Rpc::Vote => match codec::decode::<VoteRequest<C>>("vote", payload) {
-            Ok(req) => reply(raft.vote(req).await),
+            Ok(req) => {
+                let r = raft.vote(req).await;
+                let granted = matches!(&r, Ok(resp) if resp.vote_granted);
+                (reply(r), granted)
+            }
             Err(e) => bad(e),
         },
         Rpc::PreVote => match codec::decode::<VoteRequest<C>>("pre-vote", payload) {
-            Ok(req) => reply(raft.pre_vote(req).await),
+            Ok(req) => (reply(raft.pre_vote(req).await), false),
             Err(e) => bad(e),
         },
         Rpc::Snapshot => {
             match codec::decode::<(VoteOf<C>, SnapshotMetaOf<C>, C::Snapshot)>("snapshot", payload)
             {
-                Ok((vote, meta, snapshot)) => reply(
-                    raft.install_full_snapshot(vote, Snapshot { meta, snapshot })
-                        .await,
-                ),
+                Ok((vote, meta, snapshot)) => {
+                    if from_leader(raft, &vote) {
+                        on_contact();
+                    }
+                    let r = raft
+                        .install_full_snapshot(vote.clone(), Snapshot { meta, snapshot })
+                        .await;
+                    let contact = matches!(&r, Ok(resp) if resp.vote == vote);
+                    (reply(r), contact)
+                }
                 Err(e) => bad(e),
             }
         }
         Rpc::TransferLeader => {
             match codec::decode::<TransferLeaderRequest<C>>("transfer leader", payload) {
-                Ok(req) => reply(raft.handle_transfer_leader(req).await),
+                Ok(req) => (reply(raft.handle_transfer_leader(req).await), false),
                 Err(e) => bad(e),
             }
         }

@@ -2,6 +2,7 @@
 //! ports, temp dirs). Every wait is bounded.
 
 mod harness;
+mod lazy_sync;
 mod metadata_cluster;
 mod partition_cluster;
 mod storage_suite;

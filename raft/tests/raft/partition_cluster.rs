@@ -231,9 +231,76 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_partition_leader_elects_a_new_one_within_ten_seconds() {
+    // Default partition timings: followers see the leader go silent, wait out its lease
+    // (election timeout max, 3 s) plus a randomized part, and elect (the node scheduler's
+    // follower path). The server's failover budget is 10 s.
+    let mut c = Cluster::start(3, GroupTimings::partition_defaults()).await;
+    let p = PartitionId::new("failover", 0);
+    let replicas = c.create_partition(&p).await;
+    let leader = partition_leader(&replicas, T).await;
+    let o = leader.append(batch(1, 4), 4, T).await.expect("append");
+    assert_eq!(o.base_offset, 0);
+    let old = leader.group_node();
+    let old_term = leader.term();
+    let survivors: Vec<PartitionReplica> = replicas
+        .iter()
+        .filter(|r| r.group_node() != old)
+        .cloned()
+        .collect();
+    for r in &survivors {
+        eventually("follower applied", T, || r.next_offset() == 4).await;
+    }
+    drop(leader);
+    drop(replicas);
+    let killed = Instant::now();
+    c.stop(old).await;
+    let new_leader = partition_leader(&survivors, Duration::from_secs(10)).await;
+    let took = killed.elapsed();
+    eprintln!(
+        "new partition leader n{} after {took:?}",
+        new_leader.group_node()
+    );
+    assert!(new_leader.term() > old_term);
+    // Nothing committed is lost, and the new leader takes writes.
+    let o = new_leader
+        .append(batch(2, 1), 1, T)
+        .await
+        .expect("append on new leader");
+    assert_eq!(o.base_offset, 4);
+    c.shutdown().await;
+}
+
+/// One line per replica of a group: who it thinks leads, its term and log position.
+fn describe(g: &[PartitionReplica]) -> String {
+    let s: Vec<String> = g
+        .iter()
+        .map(|r| {
+            format!(
+                "n{} leader={:?} term={} last={:?} applied={}",
+                r.group_node(),
+                r.leader(),
+                r.term(),
+                r.last_log_index(),
+                r.applied_index()
+            )
+        })
+        .collect();
+    format!("{}: {}", g[0].id(), s.join("; "))
+}
+
+/// Groups among `all` that do not have exactly one replica that is leader.
+fn leaderless(all: &[Vec<PartitionReplica>]) -> Vec<&Vec<PartitionReplica>> {
+    all.iter()
+        .filter(|g| g.iter().filter(|r| r.is_leader()).count() != 1)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_idle_groups_on_three_nodes_all_elect_leaders_and_stay_stable() {
-    // 500 groups x 3 replicas on one machine (2 cores), default partition timings. Overridable
-    // for experiments with DB_IDLE_GROUPS.
+    // 500 groups x 3 replicas on one machine (2 cores), default partition timings (heartbeat
+    // 500 ms, elections 1.5-3 s, driven by each node's scheduler). Overridable for
+    // experiments with DB_IDLE_GROUPS and DB_IDLE_HB (heartbeat ms; elections 3-6 x that).
     let groups: i32 = std::env::var("DB_IDLE_GROUPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -261,76 +328,75 @@ async fn many_idle_groups_on_three_nodes_all_elect_leaders_and_stay_stable() {
         });
         all.extend(futures::future::join_all(futs).await);
     }
-    let created = started.elapsed();
-    eprintln!("created {groups} groups x 3 replicas in {created:?}");
-    let led = |all: &Vec<Vec<PartitionReplica>>| {
-        all.iter()
-            .filter(|g| g.iter().filter(|r| r.is_leader()).count() == 1)
-            .count()
-    };
+    eprintln!(
+        "created {groups} groups x 3 replicas in {:?}",
+        started.elapsed()
+    );
     let terms = |all: &Vec<Vec<PartitionReplica>>| -> u64 {
         all.iter()
             .map(|g| g.iter().map(|r| r.term()).max().unwrap_or(0))
             .sum()
     };
-    // Target: all led within ~30 s (about 6 s on a quiet 2-core machine). The bound is 60 s
-    // because this machine is shared with other builds (load average 7-10 seen) and an
-    // oversubscribed debug build delays heartbeats past their 1 s TTL.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A quiet 2-core machine elects them all within ~5 s of creation (one election timeout
+    // plus a vote round). The bound is generous because the machine is shared with builds;
+    // the loop is bounded in count and time, and a failure names the leaderless groups.
+    const ELECT_WITHIN: Duration = Duration::from_secs(90);
+    const POLL: Duration = Duration::from_millis(500);
+    let deadline = Instant::now() + ELECT_WITHIN;
+    let max_polls = ELECT_WITHIN.as_millis() / POLL.as_millis() + 1;
+    let mut polls = 0;
     loop {
-        let n = led(&all);
-        eprintln!(
-            "{n}/{groups} groups have one leader after {:?}; sum of terms {}; node 1 io {:?}",
-            started.elapsed(),
-            terms(&all),
-            c.node(1).io_stats()
-        );
-        if n == all.len() {
+        let missing = leaderless(&all);
+        if polls % 10 == 0 || missing.is_empty() {
+            eprintln!(
+                "{}/{groups} groups have one leader after {:?}; sum of terms {}",
+                all.len() - missing.len(),
+                started.elapsed(),
+                terms(&all),
+            );
+        }
+        if missing.is_empty() {
             break;
         }
-        if Instant::now() + Duration::from_millis(600) >= deadline {
-            for g in all
-                .iter()
-                .filter(|g| g.iter().filter(|r| r.is_leader()).count() != 1)
-            {
-                let s: Vec<String> = g
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "n{} leader={:?} term={} last={:?} applied={}",
-                            r.group_node(),
-                            r.leader(),
-                            r.term(),
-                            r.last_log_index(),
-                            r.applied_index()
-                        )
-                    })
-                    .collect();
-                eprintln!("leaderless {}: {s:?}", g[0].id());
-            }
+        polls += 1;
+        if Instant::now() >= deadline || polls > max_polls {
+            let sample: Vec<String> = missing.iter().take(10).map(|g| describe(g)).collect();
+            panic!(
+                "{} of {groups} groups have no single leader {ELECT_WITHIN:?} after creation \
+                 (sum of terms {}); first {}:\n{}",
+                missing.len(),
+                terms(&all),
+                sample.len(),
+                sample.join("\n")
+            );
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {n}/{groups} groups elected a leader within 60 s of creation"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(POLL).await;
     }
     let elected = started.elapsed();
     // Stability: over several election timeouts (max 3 s) no group loses its leader and no
     // term moves (a term change means an election ran).
-    let terms_before = terms(&all);
+    let terms_before: Vec<u64> = all.iter().map(|g| g[0].term()).collect();
     let leaders_before: Vec<Option<u64>> = all.iter().map(|g| g[0].leader()).collect();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let terms_after = terms(&all);
-    let leaders_after: Vec<Option<u64>> = all.iter().map(|g| g[0].leader()).collect();
+    let moved: Vec<String> = all
+        .iter()
+        .zip(terms_before.iter().zip(&leaders_before))
+        .filter(|(g, (t, l))| g[0].term() != **t || g[0].leader() != **l)
+        .map(|(g, (t, l))| format!("{} (was term {t} leader {l:?})", describe(g)))
+        .collect();
     for id in 1..=3 {
         eprintln!("node {id} io: {:?}", c.node(id).io_stats());
     }
     eprintln!(
-        "all {groups} groups led after {elected:?}; terms {terms_before} -> {terms_after} over 8 s"
+        "all {groups} groups led after {elected:?}; {} changed leader or term over 8 s",
+        moved.len()
     );
-    assert_eq!(led(&all), all.len(), "a group lost its leader while idle");
-    assert_eq!(terms_before, terms_after, "elections ran while idle");
-    assert_eq!(leaders_before, leaders_after, "leadership moved while idle");
+    assert!(
+        leaderless(&all).is_empty() && moved.is_empty(),
+        "{} groups lost their leader and {} changed leader or term while idle; first: {:?}",
+        leaderless(&all).len(),
+        moved.len(),
+        moved.iter().take(10).collect::<Vec<_>>()
+    );
     c.shutdown().await;
 }

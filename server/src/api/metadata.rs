@@ -8,8 +8,15 @@
 //!   `UNKNOWN_STREAM`, not as an error; an empty request lists every stream.
 //! - `highWatermark` / `newestOffset` are this server's local view (-1 when it has none); only
 //!   FetchPartitionMetadata on the leader is authoritative.
-//! - `isr` lists the replicas that are currently reachable (raft keeps every live replica in
-//!   step, so there is no separate shrinking ISR).
+//! - `isr` is the partition leader's view, computed from raft replication progress (a follower
+//!   is in sync when it acknowledged and caught up within `clustering.replica.max.lag.time`,
+//!   see [`crate::isr`]): live on the leader, as the leader last recorded it in the metadata
+//!   elsewhere. It is informational (raft commits on a majority of all replicas, so it never
+//!   gates writes).
+//! - `messagesReceivedTimestamps` are the first and latest reception times (leader clock, ns)
+//!   of messages this server's replica took in as partition leader since it was opened here
+//!   (0 = never); authoritative on the leader, like the offsets. Pause and readonly timestamps
+//!   stay unset until pausing and readonly exist.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -17,7 +24,7 @@ use std::time::Duration;
 use drawbridge_proto::api::{
     consumer_group_metadata, stream_metadata, Broker, ConsumerGroupMetadata, FetchMetadataRequest,
     FetchMetadataResponse, FetchPartitionMetadataRequest, FetchPartitionMetadataResponse,
-    PartitionMetadata, StreamMetadata,
+    PartitionEventTimestamps, PartitionMetadata, StreamMetadata,
 };
 use drawbridge_raft::metadata::state::{MetadataState, PartitionMeta, StreamMeta};
 use drawbridge_raft::{NodeId, PartitionId};
@@ -25,26 +32,40 @@ use drawbridge_raft::{NodeId, PartitionId};
 use crate::cluster::{self, ServerInfo};
 use crate::context::Ctx;
 use crate::error::{Result, ServerError};
+use crate::partitions::Local;
 
 fn to_i64(v: Option<u64>) -> i64 {
     v.and_then(|v| i64::try_from(v).ok()).unwrap_or(-1)
 }
 
+/// First and latest reception of a message by this replica as partition leader (ns, 0 = never):
+/// what the leader observes, kept in memory since the replica was opened here, as in Liftbridge.
+fn received_timestamps(local: Option<&Local>) -> PartitionEventTimestamps {
+    let (first, latest) = local.map_or((0, 0), |l| l.stats.received_timestamps());
+    PartitionEventTimestamps {
+        first_timestamp: first,
+        latest_timestamp: latest,
+    }
+}
+
 /// One partition as seen from this server.
 fn partition_metadata(ctx: &Ctx, stream: &str, id: i32, p: &PartitionMeta) -> PartitionMetadata {
-    let (hw, newest) = match ctx.partitions.get(&PartitionId::new(stream, id)) {
+    let local = ctx.partitions.get(&PartitionId::new(stream, id));
+    let (hw, newest) = match &local {
         Some(local) => (
             to_i64(local.log.high_watermark()),
             to_i64(local.log.newest_offset()),
         ),
         None => (-1, -1),
     };
-    let isr = p
-        .replicas
-        .iter()
-        .filter(|r| **r == ctx.node_id || ctx.directory.is_live(**r))
-        .map(|r| ctx.server_id_of(*r))
-        .collect();
+    let live = local
+        .as_ref()
+        .and_then(|l| l.in_sync(ctx.config.clustering.replica_max_lag_time));
+    let isr = match live {
+        Some((_, isr)) => isr,
+        None => p.isr.clone(),
+    };
+    let isr = isr.iter().map(|r| ctx.server_id_of(*r)).collect();
     PartitionMetadata {
         id,
         leader: p.leader.map(|l| ctx.server_id_of(l)).unwrap_or_default(),
@@ -54,7 +75,7 @@ fn partition_metadata(ctx: &Ctx, stream: &str, id: i32, p: &PartitionMeta) -> Pa
         newest_offset: newest,
         paused: p.paused,
         readonly: p.readonly,
-        messages_received_timestamps: None,
+        messages_received_timestamps: Some(received_timestamps(local.as_deref())),
         pause_timestamps: None,
         readonly_timestamps: None,
     }

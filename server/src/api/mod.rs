@@ -3,6 +3,7 @@
 //!   issues (pause, readonly, cursors, consumer groups), which answer `Unimplemented`;
 //! - [`metadata`]: FetchMetadata, FetchPartitionMetadata;
 //! - [`publish`]: Publish, PublishAsync, PublishToSubject (all re-publish onto NATS);
+//! - [`inflight`]: a PublishAsync session's unacknowledged messages, failed on leader change;
 //! - [`subscribe`]: the Subscribe RPC.
 //!
 //! Invariants: handlers validate before acting and answer with the spec's status codes (§5),
@@ -11,16 +12,30 @@
 //! anything but its own producer.
 
 pub mod admin;
+pub mod inflight;
 pub mod metadata;
 pub mod publish;
 pub mod subscribe;
 
 use drawbridge_proto::api::api_server::Api;
 use drawbridge_proto::api::*;
+use std::time::Instant;
+
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::Ctx;
+use crate::stats::Method;
+
+/// Records the latency of one request (method, final status) and passes its result on.
+fn timed<T>(ctx: &Ctx, method: Method, started: Instant, r: crate::error::Result<T>) -> Res<T> {
+    let code = match &r {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => crate::status::code_of(e),
+    };
+    ctx.stats.requests.observe(method, code, started.elapsed());
+    Ok(Response::new(r?))
+}
 
 /// The `proto.API` implementation.
 #[derive(Debug, Clone)]
@@ -65,9 +80,9 @@ impl Api for ApiService {
     type SubscribeStream = ReceiverStream<Result<Message, Status>>;
 
     async fn subscribe(&self, r: Request<SubscribeRequest>) -> Res<Self::SubscribeStream> {
-        Ok(Response::new(
-            subscribe::subscribe(&self.ctx, r.into_inner()).await?,
-        ))
+        let t = Instant::now();
+        let out = subscribe::subscribe(&self.ctx, r.into_inner()).await;
+        timed(&self.ctx, Method::Subscribe, t, out)
     }
 
     async fn fetch_metadata(&self, r: Request<FetchMetadataRequest>) -> Res<FetchMetadataResponse> {
@@ -88,9 +103,9 @@ impl Api for ApiService {
 
     async fn publish(&self, r: Request<PublishRequest>) -> Res<PublishResponse> {
         let deadline = publish::deadline_of(r.metadata());
-        Ok(Response::new(
-            publish::publish(&self.ctx, r.into_inner(), deadline).await?,
-        ))
+        let t = Instant::now();
+        let out = publish::publish(&self.ctx, r.into_inner(), deadline).await;
+        timed(&self.ctx, Method::Publish, t, out)
     }
 
     type PublishAsyncStream = ReceiverStream<Result<PublishResponse, Status>>;
@@ -109,9 +124,9 @@ impl Api for ApiService {
         r: Request<PublishToSubjectRequest>,
     ) -> Res<PublishToSubjectResponse> {
         let deadline = publish::deadline_of(r.metadata());
-        Ok(Response::new(
-            publish::publish_to_subject(&self.ctx, r.into_inner(), deadline).await?,
-        ))
+        let t = Instant::now();
+        let out = publish::publish_to_subject(&self.ctx, r.into_inner(), deadline).await;
+        timed(&self.ctx, Method::PublishToSubject, t, out)
     }
 
     async fn set_cursor(&self, _: Request<SetCursorRequest>) -> Res<SetCursorResponse> {

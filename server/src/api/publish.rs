@@ -9,8 +9,11 @@
 //! - PublishAsync uses one server-generated inbox per call, overwriting every request's inbox;
 //!   it answers successes only for LEADER/ALL, answers every rejected request with an
 //!   `asyncError` plus an empty Ack, and on half-close waits up to 5 s for outstanding acks.
+//! - Every LEADER/ALL message of a PublishAsync session is answered once: by its ack, or —
+//!   when its partition's leader changes (or the partition disappears) before the ack, e.g. the
+//!   leader died — by an `asyncError` (INTERNAL, the code Liftbridge uses for "no leader to
+//!   serve this", or NOT_FOUND) shortly after this node sees the change ([`super::inflight`]).
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,22 +21,32 @@ use drawbridge_proto::api::{
     ack, publish_async_error, Ack, AckPolicy, Message, PublishAsyncError, PublishRequest,
     PublishResponse, PublishToSubjectRequest, PublishToSubjectResponse,
 };
+use drawbridge_raft::metadata::state::MetadataState;
+use drawbridge_raft::PartitionId;
 use futures::StreamExt;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use tracing::debug;
 
+use super::inflight::{AckFate, Failed, InFlight, Leadership};
 use crate::context::{Ctx, Node};
 use crate::envelope;
 use crate::error::{Result, ServerError};
 use crate::identity::random_id;
 use crate::names;
 use crate::partitions::KEY_OCC;
+use crate::stats::Method;
 
 /// How long PublishAsync waits for outstanding acks after the client half-closes.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How often PublishAsync compares its in-flight messages with their partitions' leadership.
+const LEADER_CHECK: Duration = Duration::from_millis(100);
+/// How long a leadership change must persist before in-flight messages published under the
+/// old leadership are failed (a new leader that received them acks them well within it).
+const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(300);
 
 /// Parses the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
 pub fn deadline_of(md: &MetadataMap) -> Option<Duration> {
@@ -216,7 +229,9 @@ fn async_code(e: &ServerError) -> publish_async_error::Code {
         ServerError::InvalidArgument(_) => Code::BadRequest,
         ServerError::NotFound(_) => Code::NotFound,
         ServerError::FailedPrecondition(_) => Code::Readonly,
-        ServerError::Internal(_) => Code::Internal,
+        // The enum has no UNAVAILABLE; INTERNAL is Liftbridge's class for "no leader to serve
+        // this right now" (e.g. "no known metadata leader"), which clients retry.
+        ServerError::Internal(_) | ServerError::Unavailable(_) => Code::Internal,
         _ => Code::Unknown,
     }
 }
@@ -236,7 +251,48 @@ fn error_response(
     }
 }
 
-/// PublishAsync: a spawned reader of requests, a spawned reader of acks, one bounded output.
+/// The answer to an in-flight message given up on (see [`inflight`]).
+fn failed_response(f: Failed) -> PublishResponse {
+    let e = if f.partition_gone {
+        ServerError::NotFound(format!("No such partition {}", f.partition))
+    } else {
+        ServerError::Unavailable(format!(
+            "partition {} of stream {} changed leader before acknowledging the message; retry",
+            f.partition, f.stream
+        ))
+    };
+    error_response(f.correlation_id, async_code(&e), e.to_string())
+}
+
+/// The partition leadership recorded in the metadata: what a message is tracked under. A
+/// leader records itself only once its ingest is subscribed, so a message published under the
+/// record reaches the recorded leader (or is failed when leadership moves on).
+fn recorded_leadership(state: &MetadataState, stream: &str, partition: i32) -> Option<Leadership> {
+    let p = state.streams.get(stream)?.partitions.get(&partition)?;
+    Some((p.leader, p.leader_epoch))
+}
+
+/// A partition's leadership as freshly as this node knows it, what tracked messages are
+/// compared with: the metadata record, or the hosted replica's own view once its raft term has
+/// moved past the record (an election is under way or its winner has not recorded itself yet);
+/// `None` when the partition is gone.
+fn leadership_of(
+    ctx: &Node,
+    state: &MetadataState,
+    stream: &str,
+    partition: i32,
+) -> Option<Leadership> {
+    let recorded = recorded_leadership(state, stream, partition)?;
+    match ctx.partitions.get(&PartitionId::new(stream, partition)) {
+        Some(local) if local.replica.term() > recorded.1 => {
+            Some((local.replica.leader(), local.replica.term()))
+        }
+        _ => Some(recorded),
+    }
+}
+
+/// PublishAsync: a spawned reader of requests, a spawned reader of acks (which also fails the
+/// in-flight messages whose partition leader changed, see [`inflight`]), one bounded output.
 pub async fn publish_async(
     ctx: Ctx,
     mut requests: Streaming<PublishRequest>,
@@ -252,19 +308,22 @@ pub async fn publish_async(
         .await
         .map_err(|e| ServerError::Nats(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<Result<PublishResponse, Status>>(1024);
-    let outstanding = Arc::new(AtomicI64::new(0));
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
 
-    // Acks from the leaders → responses.
+    // Acks from the leaders → responses; leader changes → error responses.
     let ack_tx = tx.clone();
-    let out2 = outstanding.clone();
+    let flights = in_flight.clone();
+    let actx = ctx.clone();
     tokio::spawn(async move {
         // Set when the client half-closed: from then on, wait at most DRAIN_WAIT for the acks
         // still outstanding.
         let mut drain_until: Option<tokio::time::Instant> = None;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut check = tokio::time::interval(LEADER_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if drain_until.is_some() && out2.load(Ordering::Acquire) <= 0 {
+            if drain_until.is_some() && flights.lock().is_empty() {
                 return;
             }
             let m = tokio::select! {
@@ -274,6 +333,31 @@ pub async fn publish_async(
                     continue;
                 }
                 _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => return,
+                _ = check.tick() => {
+                    let failed = {
+                        let mut f = flights.lock();
+                        if f.is_empty() {
+                            continue;
+                        }
+                        let state = actx.raft.metadata().state().state;
+                        f.expire(std::time::Instant::now(), LEADER_CHANGE_GRACE, |s, p| {
+                            leadership_of(&actx, &state, s, p)
+                        })
+                    };
+                    if !failed.is_empty() {
+                        debug!(count = failed.len(), "PublishAsync: failing messages whose partition leader changed");
+                    }
+                    for f in failed {
+                        let code = if f.partition_gone { Code::NotFound } else { Code::Unavailable };
+                        actx.stats
+                            .requests
+                            .observe(Method::PublishAsync, code, f.published_at.elapsed());
+                        if ack_tx.send(Ok(failed_response(f))).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(m) = m else { return };
             let a = match envelope::decode_ack(&m.payload) {
@@ -283,8 +367,29 @@ pub async fn publish_async(
                     continue;
                 }
             };
-            out2.fetch_sub(1, Ordering::AcqRel);
-            let resp = match ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown) {
+            let fate = flights.lock().acked(&a.correlation_id, &a.stream);
+            let published_at = match fate {
+                AckFate::AlreadyFailed => {
+                    debug!(correlation_id = %a.correlation_id, "late ack of a message already failed dropped");
+                    continue;
+                }
+                AckFate::Tracked(at) => Some(at),
+                AckFate::Untracked => None,
+            };
+            let ack_error = ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown);
+            if let Some(at) = published_at {
+                let code = match ack_error {
+                    ack::Error::Ok => Code::Ok,
+                    ack::Error::TooLarge => Code::InvalidArgument,
+                    ack::Error::IncorrectOffset => Code::FailedPrecondition,
+                    ack::Error::Encryption => Code::Internal,
+                    ack::Error::Unknown => Code::Unknown,
+                };
+                actx.stats
+                    .requests
+                    .observe(Method::PublishAsync, code, at.elapsed());
+            }
+            let resp = match ack_error {
                 ack::Error::Ok => PublishResponse {
                     correlation_id: a.correlation_id.clone(),
                     ack: Some(a),
@@ -337,12 +442,19 @@ pub async fn publish_async(
             };
             let policy = AckPolicy::try_from(req.ack_policy).unwrap_or(AckPolicy::Leader);
             if policy != AckPolicy::None {
-                outstanding.fetch_add(1, Ordering::AcqRel);
+                let state = ctx.raft.metadata().state().state;
+                let leadership =
+                    recorded_leadership(&state, &req.stream, req.partition).unwrap_or((None, 0));
+                in_flight
+                    .lock()
+                    .track(&req.correlation_id, &req.stream, req.partition, leadership);
             }
             let body = envelope_of(&req, &subject, &inbox);
             if let Err(e) = ctx.nats.publish(subject, body).await {
                 if policy != AckPolicy::None {
-                    outstanding.fetch_sub(1, Ordering::AcqRel);
+                    in_flight
+                        .lock()
+                        .untrack(&req.correlation_id, &req.stream, req.partition);
                 }
                 let resp = error_response(
                     req.correlation_id.clone(),

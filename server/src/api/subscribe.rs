@@ -11,6 +11,9 @@
 //!   it. STOP_OFFSET / STOP_LATEST / STOP_TIMESTAMP end the call with ResourceExhausted after the
 //!   stop record; a stop before the start is InvalidArgument; STOP_LATEST on an empty partition
 //!   is ResourceExhausted.
+//! - `readISRReplica` is served by the leader or by a replica the partition's recorded ISR
+//!   names (stricter than Liftbridge, which does not check); any other server answers
+//!   FailedPrecondition, as for a non-leader, so clients refresh metadata and pick again.
 //! - The producer ends when the client leaves (send fails), the server stops, the stream is
 //!   deleted (NotFound), or — unless `readISRReplica` — this node stops leading the partition
 //!   (Unavailable, so the client re-resolves the leader and resumes).
@@ -127,6 +130,20 @@ fn positions(r: &SubscribeRequest, log: &Log) -> Result<(u64, Option<u64>)> {
     Ok((start, stop))
 }
 
+/// Whether a hosted replica may serve a subscription: the leader always; a follower only for
+/// `readISRReplica` and only while the partition's recorded ISR names it.
+fn may_serve(is_leader: bool, read_isr_replica: bool, in_isr: bool) -> Result<()> {
+    match (is_leader, read_isr_replica, in_isr) {
+        (true, _, _) | (false, true, true) => Ok(()),
+        (false, true, false) => Err(ServerError::FailedPrecondition(
+            "Server not in partition ISR".into(),
+        )),
+        (false, false, _) => Err(ServerError::FailedPrecondition(
+            "Server not partition leader".into(),
+        )),
+    }
+}
+
 /// Validates, positions and starts a subscription.
 pub async fn subscribe(
     ctx: &Ctx,
@@ -159,16 +176,16 @@ pub async fn subscribe(
     {
         return Err(ServerError::NotFound("No such partition".into()));
     }
+    let in_isr = state
+        .streams
+        .get(&r.stream)
+        .and_then(|s| s.partitions.get(&r.partition))
+        .is_some_and(|p| p.isr.contains(&ctx.node_id));
     let id = PartitionId::new(r.stream.clone(), r.partition);
     let local = ctx.partitions.get(&id);
-    let local = match local {
-        Some(l) if r.read_isr_replica || l.replica.is_leader() => l,
-        _ => {
-            return Err(ServerError::FailedPrecondition(
-                "Server not partition leader".into(),
-            ))
-        }
-    };
+    let local = local
+        .ok_or_else(|| ServerError::FailedPrecondition("Server not partition leader".into()))?;
+    may_serve(local.replica.is_leader(), r.read_isr_replica, in_isr)?;
     if r.resume {
         tracing::debug!("resume requested; partitions are never paused by this server yet");
     }
@@ -243,6 +260,7 @@ async fn produce(
         };
         for rec in records {
             let offset = rec.offset;
+            let value_len = rec.value.len() as u64;
             if stop.is_some_and(|s| offset > s) {
                 let _ = tx
                     .send(Err(ServerError::ResourceExhausted(
@@ -259,6 +277,7 @@ async fn produce(
             {
                 return;
             }
+            local.stats.sent(value_len);
             if stop == Some(offset) {
                 let _ = tx
                     .send(Err(ServerError::ResourceExhausted(
@@ -269,5 +288,26 @@ async fn produce(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_leader_or_an_isr_member_with_read_isr_replica_serves() {
+        assert!(may_serve(true, false, false).is_ok());
+        assert!(may_serve(true, true, false).is_ok());
+        assert!(may_serve(false, true, true).is_ok());
+        for (read_isr, in_isr) in [(false, true), (false, false), (true, false)] {
+            let e = may_serve(false, read_isr, in_isr).err();
+            assert!(
+                matches!(e, Some(ServerError::FailedPrecondition(_))),
+                "{read_isr} {in_isr}: {e:?}"
+            );
+        }
+        let msg = may_serve(false, true, false).err().map(|e| e.to_string());
+        assert_eq!(msg.as_deref(), Some("Server not in partition ISR"));
     }
 }

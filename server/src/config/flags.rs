@@ -15,6 +15,7 @@
 //! | `--level`, `-l` LEVEL | | `logging.level` |
 //! | `--raft-bootstrap-seed` | | `clustering.raft.bootstrap.seed` |
 //! | `--raft-bootstrap-peers` ID[,ID] | | `clustering.raft.bootstrap.peers` (repeatable) |
+//! | `--metrics-listen` HOST:PORT | | `metrics.listen` (Drawbridge; an empty host is 127.0.0.1) |
 //!
 //! Invariant: a flag that was not given produces no entry, so it never overrides the file or
 //! the environment; a given flag always wins over both. Values are checked by the same code
@@ -84,6 +85,10 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub raft_bootstrap_peers: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz over HTTP on HOST:PORT (Drawbridge; default: off;
+    /// an empty host binds 127.0.0.1).
+    #[arg(long = "metrics-listen", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 impl Flags {
@@ -152,6 +157,9 @@ impl Flags {
                 list(&self.raft_bootstrap_peers),
             );
         }
+        if let Some(v) = &self.metrics_listen {
+            push("metrics.listen", "--metrics-listen", text(v));
+        }
         out
     }
 }
@@ -193,6 +201,8 @@ mod tests {
             "--raft-bootstrap-seed",
             "--raft-bootstrap-peers",
             "a,b",
+            "--metrics-listen",
+            "127.0.0.1:9090",
         ]);
         let short = parse(&[
             "-c",
@@ -223,10 +233,12 @@ mod tests {
             "a",
             "--raft-bootstrap-peers",
             "b",
+            "--metrics-listen",
+            "127.0.0.1:9090",
         ]);
         assert_eq!(long, short);
         assert_eq!(long.nats_servers, vec!["nats://a:4222", "nats://b:4222"]);
-        assert_eq!(long.entries().len(), 12);
+        assert_eq!(long.entries().len(), 13);
     }
 
     #[test]
@@ -236,6 +248,15 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].key, "port");
         assert_eq!(e[0].source, Source::Flag("--port"));
+    }
+
+    #[test]
+    fn metrics_listen_sets_the_metrics_key() {
+        let e = parse(&["--metrics-listen", ":9464"]).entries();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, "metrics.listen");
+        assert_eq!(e[0].source, Source::Flag("--metrics-listen"));
+        assert_eq!(e[0].value, RawValue::Str(":9464".into()));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!
 //! | key | values | default | meaning |
 //! |---|---|---|---|
-//! | `storage.sync.policy` | `always`, `interval`, `never` | `always` | when partition logs are fsynced: before every ack (group commit), every `storage.sync.interval`, or never explicitly |
+//! | `storage.sync.policy` | `always`, `interval`, `never` | `always` | when partition logs are fsynced: before every ack (group commit), or — acknowledging once a write is in the page cache, so a machine crash may lose the last interval — every `storage.sync.interval`, or never explicitly (`drawbridge_raft::LogSyncPolicy`) |
 //! | `storage.sync.interval` | duration | `1s` | the period for `interval` |
 //! | `logging.format` | `text`, `json` | `text` | log line format |
 //! | `metrics.listen` | `host:port` | unset (off) | HTTP endpoint for `/metrics`, `/healthz`, `/readyz` |

@@ -532,11 +532,27 @@ async fn restart_keeps_acknowledged_messages() -> TestResult {
         r.get_mut().partition = i % 2;
         c.publish(r).await?;
     }
-    // Clean stop, restart on the same data.
+    // Clean stop (SIGTERM) with a subscription open: it is drained (ended with Unavailable, so
+    // the client resubscribes elsewhere), the process exits within the bound after its last
+    // shutdown step, and a restart on the same data keeps everything acknowledged.
+    let mut sub = subscribe(&mut c, sub_req("r", 0, StartPosition::Earliest)).await?;
+    read_n(&mut sub, 25, EACH).await?;
+    let stopping = std::time::Instant::now();
     assert!(
-        server.stop(Duration::from_secs(15)),
-        "server did not stop cleanly"
+        server.stop(Duration::from_secs(10)),
+        "server did not stop within 10 s:\n{}",
+        server.log_tail()
     );
+    eprintln!("SIGTERM to exit: {:?}", stopping.elapsed());
+    assert!(
+        server
+            .log_tail()
+            .lines()
+            .any(|l| l.contains("drawbridge_server::app") && l.trim_end().ends_with(" stopped")),
+        "no clean shutdown:\n{}",
+        server.log_tail()
+    );
+    assert_eq!(end_status(&mut sub, EACH).await, Some(Code::Unavailable));
     let mut server = DrawbridgeServer::start(&spec)?;
     let mut c = client(&server).await?;
     for i in 50..100 {
@@ -568,5 +584,209 @@ async fn restart_keeps_acknowledged_messages() -> TestResult {
         .await?
         .into_inner();
     assert_eq!(md.stream_metadata[0].partitions[&0].high_watermark, 49);
+    Ok(())
+}
+
+/// `storage.sync.policy: interval` (and `never`): messages are acknowledged once in the page
+/// cache; they publish, read back, and survive a SIGKILL of the process (not of the machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_sync_policies_publish_read_back_and_survive_a_process_kill() -> TestResult {
+    for (id, policy) in [
+        ("solo-lazy-interval", "interval"),
+        ("solo-lazy-never", "never"),
+    ] {
+        let nats_port = drawbridge_tests::ports::free_port()?;
+        let mut spec = ServerSpec::new(BIN, id, NatsMode::Embedded(nats_port))?;
+        let conf = spec.data_dir.with_file_name(format!("{id}.yaml"));
+        std::fs::write(
+            &conf,
+            format!("storage:\n  sync:\n    policy: {policy}\n    interval: 50ms\n"),
+        )?;
+        spec.args.push("--config".into());
+        spec.args.push(conf.display().to_string());
+        let mut server = DrawbridgeServer::start(&spec)?;
+        let mut c = client(&server).await?;
+        create(&mut c, "lazy", "lazy").await?;
+        const N: usize = 200;
+        for i in 0..N {
+            let policy = if i % 2 == 0 {
+                AckPolicy::All
+            } else {
+                AckPolicy::Leader
+            };
+            let ack = c
+                .publish(publish_req("lazy", format!("l{i}").as_bytes(), policy))
+                .await
+                .map_err(|e| format!("publish {i} ({policy:?}): {e}\n{}", server.log_tail()))?
+                .into_inner()
+                .ack
+                .ok_or("publish without an ack")?;
+            assert_eq!(ack.offset, i as i64, "{id}");
+        }
+        let mut sub = subscribe(&mut c, sub_req("lazy", 0, StartPosition::Earliest)).await?;
+        let got = read_n(&mut sub, N, EACH).await?;
+        assert!(got.iter().enumerate().all(|(i, m)| m.offset == i as i64));
+        assert_eq!(got[N - 1].value, Bytes::from(format!("l{}", N - 1)));
+        drop(sub);
+        // A process crash keeps everything acknowledged: the bytes are in the page cache.
+        server.kill();
+        let server = DrawbridgeServer::start(&spec)?;
+        let mut c = client(&server).await?;
+        // The restarted node may still be electing itself (bounded retry).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut sub = loop {
+            match subscribe(&mut c, sub_req("lazy", 0, StartPosition::Earliest)).await {
+                Ok(s) => break s,
+                Err(e)
+                    if e.code() == Code::FailedPrecondition
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => return Err(format!("{id}: {e}\n{}", server.log_tail()).into()),
+            }
+        };
+        let got = read_n(&mut sub, N, EACH).await?;
+        let have: Vec<String> = got
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+            .collect();
+        let want: Vec<String> = (0..N).map(|i| format!("l{i}")).collect();
+        assert_eq!(have, want, "{id} after SIGKILL");
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status code, body).
+async fn http(port: u16, request: &str) -> TestResult<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    conn.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(EACH, conn.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn get(port: u16, path: &str) -> TestResult<(u16, String)> {
+    http(port, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")).await
+}
+
+/// `metrics.listen`: `/healthz`, `/readyz` and Prometheus `/metrics` over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_over_http() -> TestResult {
+    let nats_port = drawbridge_tests::ports::free_port()?;
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    let mut spec = ServerSpec::new(BIN, "solo-metrics", NatsMode::Embedded(nats_port))?;
+    // The flag form of `metrics.listen` (the key is covered by the config tests).
+    spec.args.push("--metrics-listen".into());
+    spec.args.push(format!("127.0.0.1:{metrics_port}"));
+    let server = DrawbridgeServer::start(&spec)?;
+    assert_eq!(get(metrics_port, "/healthz").await?.0, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get(metrics_port, "/readyz").await?;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "not ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = client(&server).await?;
+    create(&mut c, "m\"x", "m").await?;
+    for i in 0..3 {
+        c.publish(publish_req(
+            "m\"x",
+            format!("v{i}").as_bytes(),
+            AckPolicy::All,
+        ))
+        .await?;
+    }
+    let mut sub = subscribe(&mut c, sub_req("m\"x", 0, StartPosition::Earliest)).await?;
+    let msgs = read_n(&mut sub, 3, EACH).await?;
+    // messagesReceivedTimestamps: first and latest reception on the leader.
+    let pm = c
+        .fetch_partition_metadata(FetchPartitionMetadataRequest {
+            stream: "m\"x".into(),
+            partition: 0,
+        })
+        .await?
+        .into_inner()
+        .metadata
+        .ok_or("no partition metadata")?;
+    let ts = pm
+        .messages_received_timestamps
+        .ok_or("no messagesReceivedTimestamps")?;
+    assert_eq!(ts.first_timestamp, msgs[0].timestamp, "{ts:?}");
+    assert_eq!(ts.latest_timestamp, msgs[2].timestamp, "{ts:?}");
+    let md = c
+        .fetch_metadata(FetchMetadataRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        md.stream_metadata[0].partitions[&0].messages_received_timestamps,
+        Some(ts)
+    );
+    let want = [
+        "drawbridge_partition_messages_in_total{stream=\"m\\\"x\",partition=\"0\"} 3",
+        "drawbridge_partition_bytes_in_total{stream=\"m\\\"x\",partition=\"0\"} 6",
+        "drawbridge_partition_messages_out_total{stream=\"m\\\"x\",partition=\"0\"} 3",
+        "drawbridge_partition_bytes_out_total{stream=\"m\\\"x\",partition=\"0\"} 6",
+        "drawbridge_request_duration_seconds_count{method=\"Publish\",status=\"OK\"} 3",
+        "drawbridge_request_duration_seconds_count{method=\"Subscribe\",status=\"OK\"} 1",
+        "drawbridge_request_duration_seconds_bucket{method=\"Publish\",status=\"OK\",le=\"+Inf\"} 3",
+        "# TYPE drawbridge_request_duration_seconds histogram",
+        "drawbridge_partition_high_watermark{stream=\"m\\\"x\",partition=\"0\"} 2",
+        "drawbridge_partition_log_end_offset{stream=\"m\\\"x\",partition=\"0\"} 3",
+        "drawbridge_partition_leader{stream=\"m\\\"x\",partition=\"0\"} 1",
+        "drawbridge_partitions_led 1",
+        "drawbridge_partitions_under_replicated 0",
+        "drawbridge_metadata_leader 1",
+        "drawbridge_nats_connected 1",
+        "# TYPE drawbridge_raft_log_fsyncs_total counter",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(metrics_port, "/metrics").await?;
+        assert_eq!(status, 200);
+        let missing: Vec<&&str> = want.iter().filter(|w| !body.contains(**w)).collect();
+        let positive = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        };
+        if missing.is_empty()
+            && positive("drawbridge_raft_leader_elections_total")
+            && positive("drawbridge_storage_disk_free_bytes")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing {missing:?} in:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(metrics_port, "/nope").await?.0, 404);
+    assert_eq!(
+        http(metrics_port, "DELETE /metrics HTTP/1.1\r\n\r\n")
+            .await?
+            .0,
+        405
+    );
+    assert_eq!(http(metrics_port, "\r\n\r\n").await?.0, 400);
+    // The server keeps serving after bad requests.
+    assert_eq!(get(metrics_port, "/healthz").await?.0, 200);
     Ok(())
 }
