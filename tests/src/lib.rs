@@ -1,5 +1,7 @@
 //! Shared harness for Drawbridge's cross-crate and multi-process tests.
 //!
+//! - [`checker`]: the fault suite's checker: was anything acknowledged lost, duplicated or
+//!   diverged? (issue 7)
 //! - [`bins`]: the `drawbridge-server` binary for tests of other packages (built on demand).
 //! - [`ports`]: free loopback ports for the processes a test starts.
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
@@ -10,6 +12,7 @@
 //! stopped when the test ends (even when it panics); every wait is bounded in time.
 
 pub mod bins;
+pub mod checker;
 pub mod nats;
 pub mod ports;
 pub mod process;

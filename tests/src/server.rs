@@ -214,6 +214,17 @@ impl DrawbridgeServer {
         self.process.kill();
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the process, by PID.
+    /// Returns false when there is no process.
+    pub fn signal(&self, signal: i32) -> bool {
+        self.process.signal(signal)
+    }
+
+    /// Whether the process has exited (crashed, or was killed).
+    pub fn has_exited(&mut self) -> bool {
+        self.process.has_exited()
+    }
+
     /// SIGTERM and wait (up to `grace`); returns whether it exited by itself.
     pub fn stop(&mut self, grace: Duration) -> bool {
         self.process.stop(grace).is_some()
