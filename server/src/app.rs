@@ -149,6 +149,11 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     // driven by the node's scheduler): a follower elects 3–4.5 s after the last heartbeat of a
     // crashed leader (the leader lease, then a randomized part), inside the 10 s budget.
     raft_config.partition_log_sync = partition_log_sync(&config.storage);
+    // Liftbridge's `clustering.raft.max.quorum.size`: 0 means every server votes.
+    raft_config.max_metadata_voters = match config.clustering.raft_max_quorum_size {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
     let raft = RaftNode::start(raft_config, &config.data_dir.join("raft"), raft_bind).await?;
     let raft_addr = if raft_bind.port() == 0 {
         raft.local_addr().to_string()

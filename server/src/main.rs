@@ -41,7 +41,9 @@ fn init_logging(config: &Config) {
     if !config.logging.raft {
         filter.push_str(",openraft=warn");
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DRAWBRIDGE_LOG")
+    // `RUST_LOG` (or `DRAWBRIDGE_LOG`) replaces the level with a full filter.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("DRAWBRIDGE_LOG"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -16,6 +16,7 @@
 //! | `--raft-bootstrap-seed` | | `clustering.raft.bootstrap.seed` |
 //! | `--raft-bootstrap-peers` ID[,ID] | | `clustering.raft.bootstrap.peers` (repeatable) |
 //! | `--metrics-listen` HOST:PORT | | `metrics.listen` (Drawbridge; an empty host is 127.0.0.1) |
+//! | `--log-format` text\|json | | `logging.format` (Drawbridge) |
 //!
 //! Invariant: a flag that was not given produces no entry, so it never overrides the file or
 //! the environment; a given flag always wins over both. Values are checked by the same code
@@ -89,6 +90,9 @@ pub struct Flags {
     /// an empty host binds 127.0.0.1).
     #[arg(long = "metrics-listen", value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// Log format [text|json] (Drawbridge; default: text).
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 impl Flags {
@@ -160,6 +164,9 @@ impl Flags {
         if let Some(v) = &self.metrics_listen {
             push("metrics.listen", "--metrics-listen", text(v));
         }
+        if let Some(v) = &self.log_format {
+            push("logging.format", "--log-format", text(v));
+        }
         out
     }
 }
@@ -203,6 +210,8 @@ mod tests {
             "a,b",
             "--metrics-listen",
             "127.0.0.1:9090",
+            "--log-format",
+            "json",
         ]);
         let short = parse(&[
             "-c",
@@ -235,10 +244,12 @@ mod tests {
             "b",
             "--metrics-listen",
             "127.0.0.1:9090",
+            "--log-format",
+            "json",
         ]);
         assert_eq!(long, short);
         assert_eq!(long.nats_servers, vec!["nats://a:4222", "nats://b:4222"]);
-        assert_eq!(long.entries().len(), 13);
+        assert_eq!(long.entries().len(), 14);
     }
 
     #[test]
@@ -248,6 +259,15 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].key, "port");
         assert_eq!(e[0].source, Source::Flag("--port"));
+    }
+
+    #[test]
+    fn log_format_sets_the_logging_format_key() {
+        let e = parse(&["--log-format", "json"]).entries();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, "logging.format");
+        assert_eq!(e[0].source, Source::Flag("--log-format"));
+        assert_eq!(e[0].value, RawValue::Str("json".into()));
     }
 
     #[test]

@@ -790,3 +790,24 @@ async fn metrics_health_and_readiness_over_http() -> TestResult {
     assert_eq!(get(metrics_port, "/healthz").await?.0, 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_by_flag() -> TestResult {
+    let nats_port = drawbridge_tests::ports::free_port()?;
+    let mut spec = ServerSpec::new(BIN, "solo-json-logs", NatsMode::Embedded(nats_port))?;
+    spec.args.extend(["--log-format".into(), "json".into()]);
+    let mut server = DrawbridgeServer::start(&spec)?;
+    let mut c = client(&server).await?;
+    create(&mut c, "logged", "logged").await?;
+    server.stop(Duration::from_secs(10));
+    let log = std::fs::read_to_string(spec.log_path())?;
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the server logged nothing");
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"),
+            "not a JSON log line: {line}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,781 @@
+//! Fault injection (issue 7, points 1, 2 and 4): nothing acknowledged is ever lost.
+//!
+//! Three `drawbridge-server` processes on a real `nats-server`, one stream with replication
+//! factor 3 and one partition. Two publishers send unique values (`c<client>-<counter>`)
+//! with ack ALL through pipelined [`Publisher`]s, retry a failed value a bounded number of
+//! times and record every attempt. Faults are injected one after another; afterwards every
+//! node is read from the earliest offset, through its own client port with
+//! `readISRReplica = true`, and [`drawbridge_tests::checker`] decides.
+//!
+//! - [`process_faults_lose_no_acknowledged_message`]: SIGKILL + restart of the partition
+//!   leader, of a follower, of the metadata leader (found through each node's `/metrics`,
+//!   gauge `drawbridge_metadata_leader`), then SIGSTOP of the partition leader past the
+//!   election timeout and SIGCONT.
+//! - [`storage_fault`] (four tests, one fault each, each on its own cluster): with a follower
+//!   stopped after acknowledged writes (SIGKILL, or SIGTERM for a clean close that leaves a
+//!   recovery point), its newest segment gets a torn tail, a flipped bit in the tail, a
+//!   truncated index or a deleted index; it must restart without panicking, catch up, and the
+//!   checker must pass on all nodes. The torn tail and the bit flip are `#[ignore]`d: they
+//!   fail against the current server (the replica never catches up / is never hosted again).
+//!
+//! On failure the servers' whole logs are copied to `<CARGO_TARGET_TMPDIR>/faults-logs/<pid>/`;
+//! `FAULTS_SERVER_LEVEL=debug` starts the servers with `--level debug`.
+//!
+//! The tests take turns (a lock), so a 2-core machine runs at most three servers at a time.
+//! Every loop is bounded in count and time; every process is stopped by PID when its guard
+//! drops.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drawbridge_client::{AckPolicy, Client, PublishMessage, Publisher, PublisherOptions};
+use drawbridge_client::{RetryPolicy, StreamOptions};
+use drawbridge_proto::api::{self, api_client::ApiClient};
+use drawbridge_tests::checker::{self, Attempt, History, ValueId};
+use drawbridge_tests::nats::NatsServer;
+use drawbridge_tests::ports::free_port;
+use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer, ServerSpec};
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One cluster at a time (held across awaits, hence tokio's mutex).
+static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Messages in flight per publisher.
+const WINDOW: usize = 16;
+/// Attempts per value before a publisher gives up on it.
+const MAX_ATTEMPTS: u32 = 5;
+/// New acknowledgements to wait for before and after each fault.
+const PER_PHASE: usize = 150;
+/// Longest wait for one phase's acknowledgements.
+const PHASE_WAIT: Duration = Duration::from_secs(40);
+/// How long the partition leader stays stopped: beyond the partition election timeout (at
+/// most 3 s with the default timing) and the metadata one.
+const PAUSE: Duration = Duration::from_secs(6);
+
+/// A started cluster: NATS, three servers (a stopped one is `None`), their specs (restart on
+/// the same data) and metrics ports, and a client of all.
+struct Cluster {
+    _nats: NatsServer,
+    specs: Vec<ServerSpec>,
+    servers: Vec<Option<DrawbridgeServer>>,
+    metrics: Vec<u16>,
+    client: Client,
+}
+
+impl Cluster {
+    /// Starts NATS and three servers with a metrics endpoint each; `None` when nats-server is
+    /// missing outside CI.
+    async fn start(test: &str) -> TestResult<Option<Cluster>> {
+        let Some(nats) = NatsServer::start_or_skip(test) else {
+            return Ok(None);
+        };
+        let bin = drawbridge_tests::bins::drawbridge_server()?;
+        let mut specs = cluster_specs(&bin, &nats.url(), 3)?;
+        let mut metrics = Vec::new();
+        for spec in &mut specs {
+            let port = free_port()?;
+            let conf = spec
+                .data_dir
+                .with_file_name(format!("{}-faults.yaml", spec.id));
+            std::fs::write(&conf, format!("metrics.listen: 127.0.0.1:{port}\n"))?;
+            spec.args
+                .extend(["--config".to_owned(), conf.display().to_string()]);
+            metrics.push(port);
+            // FAULTS_SERVER_LEVEL=debug reproduces a failure with the servers' debug logs.
+            if let Ok(level) = std::env::var("FAULTS_SERVER_LEVEL") {
+                spec.args.extend(["--level".to_owned(), level]);
+            }
+        }
+        let servers = cluster(&specs)?.into_iter().map(Some).collect();
+        let addrs: Vec<String> = specs
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let client = Client::builder(&addrs)
+            .connect_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(3))
+            .ack_timeout(Duration::from_secs(5))
+            .retry(RetryPolicy {
+                max_attempts: 8,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            })
+            .connect()
+            .await?;
+        Ok(Some(Cluster {
+            _nats: nats,
+            specs,
+            servers,
+            metrics,
+            client,
+        }))
+    }
+
+    /// Creates an RF-3 stream and waits (≤ 20 s) until its partition has a leader and three
+    /// in-sync replicas.
+    async fn create_replicated(&self, name: &str) -> TestResult {
+        let opts = StreamOptions {
+            replication_factor: 3,
+            ..StreamOptions::default()
+        };
+        self.client.create_stream(name, name, opts).await?;
+        self.wait_in_sync(name, Duration::from_secs(20)).await?;
+        Ok(())
+    }
+
+    /// Waits (≤ `wait`) until partition 0 has a leader and three in-sync replicas; returns
+    /// the leader's index.
+    async fn wait_in_sync(&self, name: &str, wait: Duration) -> TestResult<usize> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(md) = self.client.fetch_metadata().await {
+                let p = md.stream(name).and_then(|s| s.partitions.get(&0)).cloned();
+                if let Some(p) = p.filter(|p| p.isr.len() == 3) {
+                    if let Some(i) = p.leader.and_then(|l| self.index_of(&l)) {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name}: no leader with 3 in-sync replicas").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The index of the running server `id`.
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.spec.id == id))
+    }
+
+    /// The partition leader (≤ 20 s to find one that runs).
+    async fn partition_leader(&self, name: &str) -> TestResult<usize> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(md) = self.client.fetch_metadata().await {
+                let leader = md
+                    .stream(name)
+                    .and_then(|s| s.partitions.get(&0))
+                    .and_then(|p| p.leader.clone());
+                if let Some(i) = leader.and_then(|l| self.index_of(&l)) {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name}: no running partition leader").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The metadata leader, from the `drawbridge_metadata_leader` gauge of each running
+    /// node's `/metrics` (≤ 20 s).
+    fn metadata_leader(&self) -> TestResult<usize> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, port) in self.metrics.iter().enumerate() {
+                if self.servers[i].is_none() {
+                    continue;
+                }
+                if let Ok(text) = http_get(*port, "/metrics") {
+                    if text
+                        .lines()
+                        .any(|l| l.trim() == "drawbridge_metadata_leader 1")
+                    {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("no node reports drawbridge_metadata_leader 1".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL of server `i` (by PID).
+    fn kill(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            eprintln!("faults: SIGKILL {}", s.spec.id);
+            s.kill();
+        }
+    }
+
+    /// SIGTERM of server `i` (by PID), bounded.
+    fn terminate(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            eprintln!("faults: SIGTERM {}", s.spec.id);
+            let clean = tokio::task::block_in_place(|| s.stop(Duration::from_secs(10)));
+            if !clean {
+                eprintln!("faults: {} did not exit within 10 s of SIGTERM", s.spec.id);
+            }
+        }
+    }
+
+    /// Restarts server `i` on its data.
+    fn restart(&mut self, i: usize) -> TestResult {
+        eprintln!("faults: restarting {}", self.specs[i].id);
+        let spec = &self.specs[i];
+        // Waiting for the port blocks: keep the runtime's other worker free meanwhile.
+        self.servers[i] = Some(tokio::task::block_in_place(|| {
+            DrawbridgeServer::start(spec)
+        })?);
+        Ok(())
+    }
+
+    /// Fails if a server exited by itself or logged a panic.
+    fn assert_no_crash(&mut self) -> TestResult {
+        for spec in &self.specs {
+            let log = std::fs::read_to_string(spec.log_path()).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("panicked")) {
+                return Err(format!("{} panicked: {line}\n{}", spec.id, self.logs()).into());
+            }
+        }
+        for s in self.servers.iter_mut().flatten() {
+            if s.has_exited() {
+                return Err(format!("{} exited\n{}", s.spec.id, s.log_tail()).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The ends of every server's log, for failure messages; the whole logs are copied to
+    /// `<CARGO_TARGET_TMPDIR>/faults-logs/<pid>/` (the temp dirs go when the test ends).
+    fn logs(&self) -> String {
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("faults-logs")
+            .join(std::process::id().to_string());
+        let saved = std::fs::create_dir_all(&keep).is_ok()
+            && self
+                .specs
+                .iter()
+                .all(|s| std::fs::copy(s.log_path(), keep.join(format!("{}.log", s.id))).is_ok());
+        let tails = self
+            .servers
+            .iter()
+            .flatten()
+            .map(|s| format!("--- {} ---\n{}", s.spec.id, s.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        match saved {
+            true => format!("full logs in {}\n{tails}", keep.display()),
+            false => tails,
+        }
+    }
+}
+
+/// A bounded HTTP/1.1 GET on 127.0.0.1; returns the whole response.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    conn.take(1 << 20).read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Two publishers running in the background (see the module docs).
+struct Workload {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<History>>,
+}
+
+impl Workload {
+    /// Starts publishers with client ids `first_client` and `first_client + 1`.
+    fn start(client: &Client, stream: &str, first_client: u32) -> TestResult<Workload> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for id in [first_client, first_client + 1] {
+            let publisher = client.publisher_with(PublisherOptions {
+                queue_capacity: WINDOW * 2,
+                max_in_flight: WINDOW * 2,
+            })?;
+            tasks.push(tokio::spawn(publish_loop(
+                publisher,
+                stream.to_owned(),
+                id,
+                Arc::clone(&stop),
+                Arc::clone(&acked),
+            )));
+        }
+        Ok(Workload { stop, acked, tasks })
+    }
+
+    /// Acknowledged values so far.
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits (≤ [`PHASE_WAIT`]) until `more` values beyond those acked now were acked;
+    /// returns how many were.
+    async fn progress(&self, more: usize) -> usize {
+        let from = self.acked();
+        let deadline = Instant::now() + PHASE_WAIT;
+        while self.acked() < from + more && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.acked() - from
+    }
+
+    /// Stops the publishers and returns what they did.
+    async fn finish(self) -> TestResult<History> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut h = History::new();
+        for t in self.tasks {
+            let part = tokio::time::timeout(Duration::from_secs(60), t).await??;
+            h.merge_attempts(part);
+        }
+        Ok(h)
+    }
+}
+
+/// One publisher: windows of [`WINDOW`] values, each retried up to [`MAX_ATTEMPTS`] times,
+/// until told to stop (or 3 minutes, a bound that is never reached in a passing run).
+async fn publish_loop(
+    publisher: Publisher,
+    stream: String,
+    client: u32,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> History {
+    let mut h = History::new();
+    let mut retry: VecDeque<(ValueId, u32)> = VecDeque::new();
+    let mut counter = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let mut batch = Vec::with_capacity(WINDOW);
+        while batch.len() < WINDOW {
+            match retry.pop_front() {
+                Some(r) => batch.push(r),
+                None => {
+                    batch.push((ValueId::new(client, counter), 0));
+                    counter += 1;
+                }
+            }
+        }
+        let mut futures = Vec::with_capacity(WINDOW);
+        let mut failed = false;
+        for (value, tries) in batch {
+            let msg = PublishMessage::new(value.encode()).ack_policy(AckPolicy::All);
+            match tokio::time::timeout(Duration::from_secs(10), publisher.send(&stream, msg)).await
+            {
+                Ok(Ok(fut)) => futures.push((value, tries, fut)),
+                Ok(Err(_)) => {
+                    // Refused before it was queued: it cannot have been stored.
+                    h.record_attempt(value, Attempt::NotSent);
+                    failed = true;
+                    if tries + 1 < MAX_ATTEMPTS {
+                        retry.push_back((value, tries + 1));
+                    }
+                }
+                Err(_) => {
+                    h.record_attempt(value, Attempt::Unknown);
+                    failed = true;
+                    if tries + 1 < MAX_ATTEMPTS {
+                        retry.push_back((value, tries + 1));
+                    }
+                }
+            }
+        }
+        for (value, tries, fut) in futures {
+            // The future enforces the ack timeout (5 s) itself; 15 s is a backstop.
+            match tokio::time::timeout(Duration::from_secs(15), fut).await {
+                Ok(Ok(Some(ack))) => {
+                    h.record_attempt(
+                        value,
+                        Attempt::Acked {
+                            partition: 0,
+                            offset: ack.offset,
+                        },
+                    );
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    h.record_attempt(value, Attempt::Unknown);
+                    failed = true;
+                    if tries + 1 < MAX_ATTEMPTS {
+                        retry.push_back((value, tries + 1));
+                    }
+                }
+            }
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    h
+}
+
+/// Reads partition 0 of `stream` on the node at `port` from its earliest offset to its
+/// newest committed one (`STOP_LATEST`, `readISRReplica`), bounded.
+async fn read_node(port: u16, stream: &str) -> TestResult<Vec<(i64, Vec<u8>)>> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut api = ApiClient::new(channel);
+    let req = api::SubscribeRequest {
+        stream: stream.to_owned(),
+        partition: 0,
+        start_position: api::StartPosition::Earliest as i32,
+        stop_position: api::StopPosition::StopLatest as i32,
+        read_isr_replica: true,
+        ..Default::default()
+    };
+    let mut calls = match api.subscribe(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::ResourceExhausted => return Ok(Vec::new()),
+        Err(s) => return Err(format!("subscribe on port {port}: {s}").into()),
+    };
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, calls.message()).await {
+            Ok(Ok(Some(m))) if m == api::Message::default() => {}
+            Ok(Ok(Some(m))) => out.push((m.offset, m.value.to_vec())),
+            Ok(Ok(None)) => return Ok(out),
+            Ok(Err(s)) if s.code() == tonic::Code::ResourceExhausted => return Ok(out),
+            Ok(Err(s)) => {
+                return Err(format!("reading port {port} after {}: {s}", out.len()).into())
+            }
+            Err(_) => return Err(format!("reading port {port}: no end within 30 s").into()),
+        }
+    }
+}
+
+/// Waits (≤ 40 s) until every node serves the leader's high watermark, then records every
+/// node's read in `h`. Fails if a node does not catch up.
+async fn read_all_caught_up(cl: &Cluster, stream: &str, h: &mut History) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let hw = cl
+            .client
+            .fetch_partition_metadata(stream, 0)
+            .await
+            .map(|p| p.high_watermark)
+            .ok();
+        let mut reads = Vec::new();
+        for s in cl.servers.iter().flatten() {
+            reads.push((s.spec.id.clone(), read_node(s.spec.port, stream).await));
+        }
+        let caught_up = hw.is_some_and(|hw| {
+            reads.iter().all(|(_, r)| {
+                r.as_ref()
+                    .is_ok_and(|r| r.last().map_or(-1, |(o, _)| *o) >= hw)
+            })
+        });
+        if caught_up || Instant::now() >= deadline {
+            let mut summary = Vec::new();
+            for (node, read) in reads {
+                let read = read?;
+                summary.push(format!(
+                    "{node}: {} records, last {:?}",
+                    read.len(),
+                    read.last().map(|(o, _)| *o)
+                ));
+                h.record_read(&node, 0, read);
+            }
+            eprintln!(
+                "faults: leader high watermark {hw:?}; {}",
+                summary.join("; ")
+            );
+            if !caught_up {
+                eprintln!("faults: not every node caught up within 40 s");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits for `more` acks and prints how it went.
+async fn phase(w: &Workload, label: &str, more: usize) -> usize {
+    let started = Instant::now();
+    let got = w.progress(more).await;
+    eprintln!(
+        "faults: {label}: {got} acks in {:?} (total {})",
+        started.elapsed(),
+        w.acked()
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_faults_lose_no_acknowledged_message() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let Some(mut cl) = Cluster::start("process_faults_lose_no_acknowledged_message").await? else {
+        return Ok(());
+    };
+    let name = "faults-process";
+    cl.create_replicated(name).await?;
+    let w = Workload::start(&cl.client, name, 0)?;
+    let mut stalled = Vec::new();
+    phase(&w, "warm-up", PER_PHASE).await;
+
+    // (a) SIGKILL of the partition leader, restart.
+    let leader = cl.partition_leader(name).await?;
+    cl.kill(leader);
+    if phase(&w, "(a) partition leader down", PER_PHASE / 2).await == 0 {
+        stalled.push("(a) partition leader down");
+    }
+    cl.restart(leader)?;
+    phase(&w, "(a) after restart", PER_PHASE / 2).await;
+    let _ = cl.wait_in_sync(name, Duration::from_secs(20)).await;
+
+    // (b) SIGKILL of a follower, restart.
+    let leader = cl.partition_leader(name).await?;
+    let follower = (leader + 1) % cl.servers.len();
+    cl.kill(follower);
+    if phase(&w, "(b) follower down", PER_PHASE / 2).await == 0 {
+        stalled.push("(b) follower down");
+    }
+    cl.restart(follower)?;
+    phase(&w, "(b) after restart", PER_PHASE / 2).await;
+    let _ = cl.wait_in_sync(name, Duration::from_secs(20)).await;
+
+    // (c) SIGKILL of the metadata leader, restart.
+    let meta = tokio::task::block_in_place(|| cl.metadata_leader())?;
+    let pleader = cl.partition_leader(name).await?;
+    eprintln!(
+        "faults: metadata leader {}, partition leader {}",
+        cl.specs[meta].id, cl.specs[pleader].id
+    );
+    cl.kill(meta);
+    if phase(&w, "(c) metadata leader down", PER_PHASE / 2).await == 0 {
+        stalled.push("(c) metadata leader down");
+    }
+    cl.restart(meta)?;
+    phase(&w, "(c) after restart", PER_PHASE / 2).await;
+    let _ = cl.wait_in_sync(name, Duration::from_secs(20)).await;
+
+    // (d) SIGSTOP of the partition leader past the election timeout, SIGCONT.
+    let leader = cl.partition_leader(name).await?;
+    let paused = cl.servers[leader].as_ref().ok_or("leader not running")?;
+    eprintln!("faults: SIGSTOP {} for {PAUSE:?}", paused.spec.id);
+    if !paused.signal(libc::SIGSTOP) {
+        return Err("SIGSTOP failed".into());
+    }
+    let pause_started = Instant::now();
+    let before = w.acked();
+    let mut new_leader = None;
+    while pause_started.elapsed() < PAUSE {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(md) = cl.client.fetch_metadata().await {
+            new_leader = md
+                .stream(name)
+                .and_then(|s| s.partitions.get(&0))
+                .and_then(|p| p.leader.clone());
+        }
+    }
+    eprintln!(
+        "faults: (d) {} acks while {} was stopped for {:?}; metadata names {new_leader:?} \
+         as the partition leader",
+        w.acked() - before,
+        cl.specs[leader].id,
+        pause_started.elapsed()
+    );
+    let paused = cl.servers[leader].as_ref().ok_or("leader not running")?;
+    if !paused.signal(libc::SIGCONT) {
+        return Err("SIGCONT failed".into());
+    }
+    phase(&w, "(d) after SIGCONT", PER_PHASE / 2).await;
+
+    let mut h = w.finish().await?;
+    cl.assert_no_crash()?;
+    read_all_caught_up(&cl, name, &mut h).await?;
+    let report = checker::analyze(&h);
+    eprintln!(
+        "faults: process faults done in {:?}; stalled phases: {stalled:?}\n{report}",
+        started.elapsed()
+    );
+    if report.has_violations() {
+        return Err(format!("{report}\nlogs:\n{}", cl.logs()).into());
+    }
+    if report.acknowledged < PER_PHASE * 2 {
+        return Err(format!("too few acknowledgements: {}", report.counts()).into());
+    }
+    Ok(())
+}
+
+/// A storage fault applied to a stopped node's newest segment.
+#[derive(Debug, Clone, Copy)]
+enum StorageFault {
+    /// Cut the `.log` 13 bytes before the end of its data (inside the last batch).
+    TornTail,
+    /// Flip one bit 5 bytes before the end of the `.log`'s data (inside the last batch).
+    BitFlip,
+    /// Cut the `.index` to half its length, off an entry boundary.
+    TruncatedIndex,
+    /// Delete the `.index`.
+    DeletedIndex,
+}
+
+/// `<data>/raft/partitions/<hex(stream)>-0/log` (raft/src/node.rs `partition_dir`).
+fn segment_dir(data_dir: &Path, stream: &str) -> PathBuf {
+    let hex: String = stream.bytes().map(|b| format!("{b:02x}")).collect();
+    data_dir
+        .join("raft")
+        .join("partitions")
+        .join(format!("{hex}-0"))
+        .join("log")
+}
+
+/// The newest segment's `.log` (20-digit base offset names).
+fn newest_segment(dir: &Path) -> TestResult<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "log")
+                && p.file_stem().is_some_and(|s| {
+                    s.len() == 20 && s.to_string_lossy().bytes().all(|b| b.is_ascii_digit())
+                })
+        })
+        .collect();
+    logs.sort();
+    logs.pop()
+        .ok_or_else(|| format!("no segment in {}", dir.display()).into())
+}
+
+/// Applies `fault` to the newest segment under `dir`; returns what was done.
+fn apply(fault: StorageFault, dir: &Path) -> TestResult<String> {
+    let log = newest_segment(dir)?;
+    let index = log.with_extension("index");
+    let bytes = std::fs::read(&log)?;
+    // Data ends at the last non-zero byte (a tail may be preallocated zeros).
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    if end < 64 {
+        return Err(format!("{}: only {end} bytes of data", log.display()).into());
+    }
+    let file = |p: &Path| std::fs::OpenOptions::new().write(true).open(p);
+    Ok(match fault {
+        StorageFault::TornTail => {
+            let at = end - 13;
+            file(&log)?.set_len(at as u64)?;
+            format!("cut {} at {at} (data ended at {end})", log.display())
+        }
+        StorageFault::BitFlip => {
+            let at = end - 5;
+            let mut b = bytes;
+            b[at] ^= 0x10;
+            std::fs::write(&log, &b)?;
+            format!("flipped bit 4 of byte {at} of {}", log.display())
+        }
+        StorageFault::TruncatedIndex => {
+            let len = std::fs::metadata(&index)?.len();
+            let to = (len / 2).saturating_sub(3);
+            file(&index)?.set_len(to)?;
+            format!("cut {} from {len} to {to} bytes", index.display())
+        }
+        StorageFault::DeletedIndex => {
+            std::fs::remove_file(&index)?;
+            format!("deleted {}", index.display())
+        }
+    })
+}
+
+/// One storage-fault scenario on a fresh cluster: acknowledged writes on all three nodes,
+/// a follower stopped (SIGKILL, or SIGTERM for a clean close that leaves a recovery point),
+/// more writes while it is down, `fault` applied to its newest segment, a restart, a few
+/// writes more; then it must stay up, catch up, and the checker must pass on every node.
+async fn storage_fault(test: &str, fault: StorageFault, sigkill: bool) -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let Some(mut cl) = Cluster::start(test).await? else {
+        return Ok(());
+    };
+    let name = "faults-storage";
+    cl.create_replicated(name).await?;
+    let mut h = History::new();
+    let w = Workload::start(&cl.client, name, 0)?;
+    phase(&w, &format!("{fault:?}: before the stop"), PER_PHASE).await;
+    let leader = cl.partition_leader(name).await?;
+    let victim = (leader + 1) % cl.servers.len();
+    if sigkill {
+        cl.kill(victim);
+    } else {
+        cl.terminate(victim);
+    }
+    phase(&w, &format!("{fault:?}: node down"), PER_PHASE / 3).await;
+    h.merge_attempts(w.finish().await?);
+    let what = apply(fault, &segment_dir(&cl.specs[victim].data_dir, name))?;
+    eprintln!("faults: {fault:?} on {}: {what}", cl.specs[victim].id);
+    cl.restart(victim)?;
+    let w = Workload::start(&cl.client, name, 2)?;
+    phase(&w, &format!("{fault:?}: after the restart"), PER_PHASE / 3).await;
+    h.merge_attempts(w.finish().await?);
+    if let Err(e) = read_all_caught_up(&cl, name, &mut h).await {
+        return Err(format!("{fault:?}: {what}\n{e}\nlogs:\n{}", cl.logs()).into());
+    }
+    cl.assert_no_crash()?;
+    let report = checker::analyze(&h);
+    eprintln!(
+        "faults: {fault:?} (stopped by {}) done in {:?}\n{report}",
+        if sigkill { "SIGKILL" } else { "SIGTERM" },
+        started.elapsed()
+    );
+    if report.has_violations() {
+        return Err(format!("{fault:?}: {what}\n{report}\nlogs:\n{}", cl.logs()).into());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: a follower whose newest segment lost a torn tail (recovery truncates \
+            the last batch) never catches up after restart; see issue 7 report"]
+async fn torn_tail_on_a_killed_follower_loses_nothing() -> TestResult {
+    storage_fault(
+        "torn_tail_on_a_killed_follower_loses_nothing",
+        StorageFault::TornTail,
+        true,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: after a clean stop, a bit flipped in the tail of the newest segment \
+            keeps the partition from ever being hosted again on restart; see issue 7 report"]
+async fn bit_flip_on_a_stopped_follower_loses_nothing() -> TestResult {
+    storage_fault(
+        "bit_flip_on_a_stopped_follower_loses_nothing",
+        StorageFault::BitFlip,
+        false,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_index_on_a_killed_follower_loses_nothing() -> TestResult {
+    storage_fault(
+        "truncated_index_on_a_killed_follower_loses_nothing",
+        StorageFault::TruncatedIndex,
+        true,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_index_on_a_stopped_follower_loses_nothing() -> TestResult {
+    storage_fault(
+        "deleted_index_on_a_stopped_follower_loses_nothing",
+        StorageFault::DeletedIndex,
+        false,
+    )
+    .await
+}
