@@ -132,6 +132,16 @@ impl GroupTimings {
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             enable_pre_vote: Some(true),
             enable_tick: tick,
+            // Recovery cuts a torn or corrupt tail (storage and file-log recovery, and the
+            // CRC check of the partition entries re-applied at open, `node.rs`), so a
+            // restarted follower may hold fewer entries than its leader last saw it
+            // acknowledge, under an unchanged vote. Without this the leader keeps its old
+            // matching index for that follower: every probe from there conflicts at
+            // `searching_end` ("no need to update"; openraft only debug-asserts, and its debug
+            // assertions are off in our builds), so the follower never catches up and nothing
+            // is logged. With it the leader restarts that follower's replication from its real
+            // log end (a WARN on the leader); the quorum-accepted commit index never moves back.
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         c.validate()

@@ -311,7 +311,14 @@ impl RaftNode {
                 .map_err(|e| e.into_io())?;
             let backend = Arc::new(StorageLog::new(log.clone()));
             let store = LogStore::open_with_sync(backend, key, flusher, hooks, sync)?;
-            let sm = PartitionStateMachine::open(&dir.join("snapshot"), log)?;
+            let sm = PartitionStateMachine::open(&dir.join("snapshot"), log.clone())?;
+            // A batch that fails its CRC must be neither served, voted with, nor read by
+            // openraft (a read error stops the group): cut the log before the first one among
+            // the entries the group re-applies and replicates, the leader re-sends them. The
+            // store clamps its commit point to the new end; the leader backtracks because
+            // raft groups allow log reversion (`config.rs`).
+            log.truncate_at_first_corrupt(sm.restart_index())
+                .map_err(|e| e.into_io())?;
             Ok((store, sm))
         })
         .await?;

@@ -663,6 +663,104 @@ impl Log {
         }
     }
 
+    /// The raft index of the first stored batch at or after raft index `from` whose bytes fail
+    /// a check (frame CRC, records CRC, structure), or `None` if every such batch is sound.
+    /// Reads (and hashes) every batch from `from` to the end of the log: the caller bounds the
+    /// cost by choosing `from` (the raft layer passes its restart point, see
+    /// [`Log::truncate_at_first_corrupt`]).
+    pub fn first_corrupt_raft_index(&self, from: u64) -> Result<Option<u64>> {
+        let mut cursor = from;
+        loop {
+            let (view, pos) = {
+                let st = self.shared.state.read();
+                let first = st
+                    .segments
+                    .iter()
+                    .find_map(|s| s.first_raft)
+                    .map(|(_, i)| i);
+                let Some(last) = st.last_raft.map(|(_, i)| i) else {
+                    return Ok(None);
+                };
+                if let Some(f) = first {
+                    cursor = cursor.max(f);
+                }
+                if cursor > last {
+                    return Ok(None);
+                }
+                let Some(si) = st.segment_for_raft(cursor) else {
+                    return Ok(None);
+                };
+                let seg = &st.segments[si];
+                let opened = seg.view().and_then(|v| Ok((v, seg.raft_start(cursor)?)));
+                match opened {
+                    Ok(o) => o,
+                    Err(StorageError::Corrupt { .. }) => return Ok(Some(cursor)),
+                    Err(e) => return Err(e),
+                }
+            };
+            let target = cursor;
+            let found = view.find(
+                pos,
+                |b| b.header.raft_index >= target,
+                |b| b.header.raft_index > target,
+            );
+            let mut l = match found {
+                Ok(Some(l)) => l,
+                // The segment holds the index (its raft range says so) but no batch for it.
+                Ok(None) | Err(StorageError::Corrupt { .. }) => return Ok(Some(target)),
+                Err(e) => return Err(e),
+            };
+            loop {
+                let idx = l.batch.header.raft_index;
+                if view.verify(&l).is_err() {
+                    return Ok(Some(idx));
+                }
+                let Some(next_index) = idx.checked_add(1) else {
+                    return Ok(None);
+                };
+                cursor = next_index;
+                let next = l.end();
+                if next >= view.len {
+                    break;
+                }
+                l = match view.batch_at(next) {
+                    Ok(l) => l,
+                    Err(StorageError::Corrupt { .. }) => return Ok(Some(cursor)),
+                    Err(e) => return Err(e),
+                };
+            }
+        }
+    }
+
+    /// Finds the first batch at or after raft index `from` that fails a check
+    /// ([`Log::first_corrupt_raft_index`]) and deletes it and everything after it
+    /// ([`Log::truncate_after`]); returns its raft index (`None`: nothing was wrong, nothing
+    /// changed). Logged at WARN.
+    ///
+    /// Why it exists: after a clean close, recovery trusts the records CRCs below the
+    /// recovery point (they are checked on read), so a bit flipped there is only found when
+    /// raft reads the entry — and a raft log read error stops the group. Raft calls this at
+    /// open on the entries it is about to re-apply or replicate, so a corrupt batch is cut
+    /// (and re-replicated by the leader) instead of being served, voted with, or read.
+    ///
+    /// Correctness rules:
+    /// 1. Call it before raft reads the log state: it may remove committed entries, which is
+    ///    only sound on a replica that re-learns them from the leader (the raft layer clamps
+    ///    its commit point to the log end, and the leader re-sends what is missing).
+    /// 2. The high watermark is lowered if the cut falls below it (see `truncate_after`).
+    pub fn truncate_at_first_corrupt(&self, from: u64) -> Result<Option<u64>> {
+        let Some(bad) = self.first_corrupt_raft_index(from)? else {
+            return Ok(None);
+        };
+        tracing::warn!(
+            dir = %self.shared.dir.display(),
+            raft_index = bad,
+            "corrupt batch in the log; truncating the log before it (the leader re-sends it)"
+        );
+        self.truncate_after(bad.checked_sub(1))?;
+        Ok(Some(bad))
+    }
+
     /// Deletes every batch whose raft index is greater than `last` (`None`: every batch).
     /// Durable when it returns (the cut is zeroed and synced, later segments are unlinked
     /// and the directory synced).

@@ -374,3 +374,60 @@ mod rand_like {
         }
     }
 }
+
+/// A bit flipped in the active segment's tail after a clean close is not checked at open
+/// (the recovery point vouches for it) but is found by `truncate_at_first_corrupt`, which
+/// cuts the log before it; a flip in a sealed segment cuts there, later segments go.
+#[test]
+fn truncate_at_first_corrupt_cuts_before_a_flipped_batch() {
+    for which in ["active", "sealed"] {
+        let dir = tmp();
+        let (next, bases) = build(dir.path(), true);
+        let segs = files(dir.path(), "log");
+        let target = if which == "active" {
+            segs[segs.len() - 1].clone()
+        } else {
+            segs[1].clone()
+        };
+        let data = std::fs::read(&target).expect("read segment");
+        let end = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        assert!(end > 8, "{which}: segment holds data");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&target)
+            .expect("open");
+        f.write_all_at(&[data[end - 5] ^ 0x10], (end - 5) as u64)
+            .expect("flip");
+        let log = Log::open(dir.path(), small_config()).expect("open");
+        assert_eq!(log.next_offset(), next, "{which}: open does not look");
+        let (_, last) = log.last_raft_entry().expect("last");
+        // Nothing before the flipped batch is reported.
+        let bad = log
+            .first_corrupt_raft_index(0)
+            .expect("scan")
+            .expect("found the flip");
+        assert!(bad <= last, "{which}");
+        assert_eq!(log.first_corrupt_raft_index(bad + 1).expect("scan"), None);
+        assert_eq!(log.truncate_at_first_corrupt(0).expect("cut"), Some(bad));
+        assert_eq!(log.last_raft_entry().map(|(_, i)| i), Some(bad - 1));
+        assert_eq!(log.first_corrupt_raft_index(0).expect("rescan"), None);
+        assert_eq!(log.truncate_at_first_corrupt(0).expect("no-op"), None);
+        commit_all(&log);
+        let offs: Vec<u64> = log
+            .read(0, ReadLimits::records(100_000))
+            .expect("everything left reads")
+            .into_iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offs, (0..log.next_offset()).collect::<Vec<_>>(), "{which}");
+        if which == "sealed" {
+            assert!(log.next_offset() < bases[2]);
+        }
+        // The log continues at the cut.
+        append_data(&log, 2, bad, &[rec(1, None, "re-sent")]);
+        drop(log);
+        let log = Log::open(dir.path(), small_config()).expect("reopen");
+        assert_eq!(log.last_raft_entry().map(|(_, i)| i), Some(bad), "{which}");
+    }
+}

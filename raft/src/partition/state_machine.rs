@@ -100,6 +100,17 @@ impl PartitionStateMachine {
         })
     }
 
+    /// The first raft index the group re-applies after a restart: the one after the persisted
+    /// snapshot's last entry (0 without a snapshot). Entries from it on are read at open.
+    pub(crate) fn restart_index(&self) -> u64 {
+        self.inner
+            .lock()
+            .current
+            .as_ref()
+            .and_then(|(meta, _)| meta.last_log_id.as_ref())
+            .map_or(0, |l| l.index.saturating_add(1))
+    }
+
     /// The partition's storage log.
     pub(crate) fn log(&self) -> &Log {
         &self.log

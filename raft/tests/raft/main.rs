@@ -5,4 +5,5 @@ mod harness;
 mod lazy_sync;
 mod metadata_cluster;
 mod partition_cluster;
+mod storage_faults;
 mod storage_suite;
