@@ -18,6 +18,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::builder::TlsOptions;
 use crate::error::{Error, Result};
 
+/// HTTP/2 per-stream flow-control window of the client API (bytes).
+const H2_STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 per-connection flow-control window of the client API (bytes).
+const H2_CONNECTION_WINDOW: u32 = 4 << 20;
+
 /// The channels, by address.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -68,7 +73,11 @@ impl Pool {
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // HTTP/2 flow control: the default 64 KiB windows cap a pipelined stream at one
+            // window per round trip; let a few MiB be in flight.
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW);
         if let Some(interval) = self.keepalive {
             ep = ep
                 .http2_keep_alive_interval(interval)

@@ -1,27 +1,42 @@
 //! NATS ingest of one partition on its leader (spec §6–§8): subscribe to the partition subject,
 //! turn NATS messages into records, batch them into raft proposals, send acks.
 //!
-//! The loop, per batch:
-//! 1. take one message (waiting), then whatever else has already arrived, up to
-//!    `batch.max.messages` (and, only if `batch.max.time` > 0, wait up to that long to fill it);
-//! 2. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
-//!    Publish envelope or keep the whole payload raw, check the expected offset on streams with
-//!    optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and `reply`
-//!    headers, stamp the leader's time (ns);
-//! 3. propose the batch; wait until it is durable in the local log; send LEADER acks;
-//! 4. hand it to the committer task, which waits for the raft commit (raft has then applied the
-//!    batch and raised the partition log's high watermark, so it is readable) and sends ALL acks.
+//! Three tasks per partition, joined by bounded channels:
+//! - the **loop** (in [`run`]), per batch:
+//!   1. take one message (waiting), then whatever else has already arrived, up to
+//!      `batch.max.messages` (and, only if `batch.max.time` > 0, wait up to that long to fill it);
+//!   2. if the stream has optimistic concurrency control and a message of the batch names an
+//!      expected offset, drain: wait until every proposal in flight is durable and acked;
+//!   3. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
+//!      Publish envelope or keep the whole payload raw, check the expected offset on streams
+//!      with optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and
+//!      `reply` headers, stamp the leader's time (ns);
+//!   4. take an in-flight slot (at most [`MAX_IN_FLIGHT`] proposals), submit the batch with
+//!      [`PartitionReplica::propose_in_order`] and hand it to the acker; do not wait for it;
+//! - the **acker** (`ack_loop`) takes the proposals in submission order, waits until each is
+//!   durable in the local log, sends its LEADER acks, frees its slot and hands it on;
+//! - the **committer** (`commit_loop`) waits for each batch's raft commit in the same order
+//!   (raft has then applied the batch and raised the partition log's high watermark, so it is
+//!   readable) and sends ALL acks.
 //!
 //! Invariants:
-//! - Order: a batch is proposed only after the previous one is in the local raft log, and the
-//!   committer handles batches in proposal order, so offsets follow NATS arrival order and acks
-//!   of one policy go out in offset order.
-//! - Offsets: after taking over, the leader waits until it has applied its whole log; from then
-//!   on only its own proposals take offsets, so `next` (the offset the next record gets) is exact.
-//!   A committed batch whose offsets differ from the expected ones ends the ingest (it restarts
-//!   from raft's state if this node still leads).
+//! - Order: the loop submits batches one after the other with `propose_in_order`, so raft log
+//!   order = submission order = NATS arrival order; acker and committer handle batches in that
+//!   order, so acks of one policy go out in offset order.
+//! - Offsets: after taking over, the leader waits until it has applied its whole log; every
+//!   proposal is conditional on the term this ingest started in, so from then on only this
+//!   ingest's proposals take offsets, and `next` (the offset the next record gets, counting the
+//!   batches in flight) is exact while they succeed. Expected offsets are checked only with
+//!   nothing in flight (step 2), i.e. against offsets durable in the local log, as before
+//!   pipelining. A committed batch whose offsets differ from the expected ones ends the ingest
+//!   (it restarts from raft's state if this node still leads).
+//! - Acks: LEADER only after the batch is durable in the local log, ALL only after commit, none
+//!   for a failed proposal. The first failed proposal ends the ingest; the acker then sends no
+//!   more LEADER acks and waits (bounded) until every later proposal has been appended or has
+//!   failed, so a restarted ingest never races a stale proposal for offsets.
 //! - The loop ends when told to stop (leadership lost, stream deleted, shutdown) or when a
-//!   proposal fails; the NATS subscription is dropped (unsubscribed) when it ends.
+//!   proposal fails; the NATS subscription is dropped (unsubscribed) when it ends; [`run`]
+//!   returns after acker and committer have finished.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +46,7 @@ use drawbridge_proto::api::{ack, AckPolicy};
 use drawbridge_raft::{PartitionReplica, Proposal};
 use drawbridge_storage::RecordBatchBuilder;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::acks::{self, PendingAck};
@@ -44,6 +59,11 @@ use crate::stats::PartitionStats;
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Batches that may wait for commit at once (back-pressure on the NATS subscription).
 const COMMIT_QUEUE: usize = 64;
+/// Proposals submitted but not yet durable and LEADER-acked, at most. While one batch is being
+/// fsynced the next ones are already in the log, so one group-commit fdatasync covers several
+/// batches; the bound caps memory and what a leader change fails at once. 1 = the closed loop
+/// (propose, wait until durable, ack, next batch).
+const MAX_IN_FLIGHT: u32 = 16;
 
 /// What the ingest of one partition needs to know about its stream.
 #[derive(Debug, Clone)]
@@ -60,6 +80,21 @@ pub struct IngestParams {
     pub occ: bool,
     /// The replica's counters (messages and bytes in, reception times).
     pub stats: Arc<PartitionStats>,
+}
+
+/// A submitted batch on its way to the acker.
+struct InFlight {
+    proposal: Proposal,
+    base: u64,
+    count: u32,
+    /// Value bytes, first and last reception time (metrics, recorded once durable).
+    bytes_in: u64,
+    first_ns: i64,
+    last_ns: i64,
+    leader_acks: Vec<(PendingAck, u64)>,
+    all_acks: Vec<(PendingAck, u64)>,
+    /// The batch's in-flight slot, freed once its LEADER acks are out.
+    slot: OwnedSemaphorePermit,
 }
 
 struct Committing {
@@ -98,8 +133,20 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     on_ready: impl FnOnce(),
 ) -> Result<()> {
+    // The term this ingest leads in: every proposal is conditional on it (module docs).
+    let lead = replica.watch_leadership().current();
+    if !lead.is_local {
+        return Err(ServerError::FailedPrecondition(
+            "lost partition leadership".into(),
+        ));
+    }
+    let term = lead.term;
     let mut next = catch_up(&replica).await?;
-    let term = replica.term();
+    if replica.term() != term {
+        return Err(ServerError::FailedPrecondition(
+            "partition leadership changed during catch-up".into(),
+        ));
+    }
     let mut sub = if p.group.is_empty() {
         ctx.nats.subscribe(p.subject.clone()).await
     } else {
@@ -116,8 +163,14 @@ pub async fn run(
     on_ready();
     info!(stream = %p.stream, subject = %p.subject, next, term, "partition leader: ingest started");
 
-    let (tx, rx) = mpsc::channel::<Committing>(COMMIT_QUEUE);
-    let committer = tokio::spawn(commit_loop(ctx.clone(), p.clone(), rx));
+    let (commit_tx, commit_rx) = mpsc::channel::<Committing>(COMMIT_QUEUE);
+    let committer = tokio::spawn(commit_loop(ctx.clone(), p.clone(), commit_rx));
+    // Slots bound the channel's occupancy, so sends to the acker never wait.
+    let (job_tx, job_rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT as usize);
+    let mut acker = tokio::spawn(ack_loop(ctx.clone(), p.clone(), job_rx, commit_tx));
+    // Set once the loop has awaited the acker (a JoinHandle must not be polled again).
+    let mut acker_done = false;
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
     let max_bytes =
         usize::try_from(ctx.config.clustering.replication_max_bytes).unwrap_or(usize::MAX);
     let max_batch = ctx.config.batch_max_messages.max(1);
@@ -126,6 +179,7 @@ pub async fn run(
     let result = loop {
         let first = tokio::select! {
             _ = crate::context::until_true(&mut stop) => break Ok(()),
+            r = &mut acker => break acker_ended(&mut acker_done, r),
             m = sub.next() => match m {
                 Some(m) => m,
                 None => break Err(ServerError::Nats("subscription closed".into())),
@@ -147,6 +201,23 @@ pub async fn run(
                 }
             }
         }
+        let decoded: Vec<_> = msgs
+            .iter()
+            .map(|m| envelope::decode_publish(&m.payload).ok())
+            .collect();
+
+        // Expected offsets are checked against durable offsets only: drain first.
+        if p.occ && decoded.iter().flatten().any(|m| m.offset != -1) {
+            tokio::select! {
+                biased;
+                r = &mut acker => break acker_ended(&mut acker_done, r),
+                all = slots.acquire_many(MAX_IN_FLIGHT) => drop(all),
+            }
+            if acker.is_finished() {
+                let r = (&mut acker).await;
+                break acker_ended(&mut acker_done, r);
+            }
+        }
 
         let mut builder = RecordBatchBuilder::new();
         // Records and value bytes of this batch, first and last reception time (metrics).
@@ -154,7 +225,7 @@ pub async fn run(
         let mut leader_acks: Vec<(PendingAck, u64)> = Vec::new();
         let mut all_acks: Vec<(PendingAck, u64)> = Vec::new();
         let base = next;
-        for msg in msgs {
+        for (msg, decoded) in msgs.into_iter().zip(decoded) {
             let reception_ns = acks::now_ns();
             let subject = msg.subject.to_string();
             let reply = msg
@@ -162,7 +233,6 @@ pub async fn run(
                 .as_ref()
                 .map(|r| r.to_string())
                 .unwrap_or_default();
-            let decoded = envelope::decode_publish(&msg.payload).ok();
             let pending = decoded
                 .as_ref()
                 .filter(|m| !m.ack_inbox.is_empty())
@@ -246,31 +316,42 @@ pub async fn run(
             Ok(b) => b,
             Err(e) => break Err(e.into()),
         };
-        let mut proposal = replica.propose(body, count);
-        if let Err(e) = proposal.appended_locally(APPEND_TIMEOUT).await {
-            break Err(e.into());
-        }
-        p.stats
-            .received(u64::from(count), bytes_in, first_ns, last_ns);
-        for (pa, offset) in &leader_acks {
-            let off = i64::try_from(*offset).unwrap_or(i64::MAX);
-            acks::send(
-                &ctx.nats,
-                &acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
-            )
-            .await;
-        }
-        let job = Committing {
+        let slot = tokio::select! {
+            biased;
+            r = &mut acker => break acker_ended(&mut acker_done, r),
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break Err(ServerError::Internal("in-flight slots closed".into())),
+            },
+        };
+        let proposal = match replica.propose_in_order(body, count, term).await {
+            Ok(proposal) => proposal,
+            Err(e) => break Err(e.into()),
+        };
+        let job = InFlight {
             proposal,
             base,
+            count,
+            bytes_in,
+            first_ns,
+            last_ns,
+            leader_acks,
             all_acks,
+            slot,
         };
-        if tx.send(job).await.is_err() {
-            break Err(ServerError::Internal("committer stopped".into()));
+        if job_tx.send(job).await.is_err() {
+            let r = (&mut acker).await;
+            break acker_ended(&mut acker_done, r);
         }
     };
     drop(sub);
-    drop(tx);
+    // The acker drains what is in flight, then drops the committer's sender.
+    drop(job_tx);
+    if !acker_done {
+        if let Err(e) = flatten(acker.await) {
+            warn!(stream = %p.stream, subject = %p.subject, error = %e, "acker failed");
+        }
+    }
     match committer.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -280,6 +361,79 @@ pub async fn run(
     }
     info!(stream = %p.stream, subject = %p.subject, "ingest stopped");
     result
+}
+
+fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    r.map_err(|e| ServerError::Internal(format!("acker task failed: {e}")))?
+}
+
+/// The acker ended while the loop still runs (it only does so on a failure): records that it
+/// was awaited and returns why the loop must end.
+fn acker_ended(
+    done: &mut bool,
+    r: std::result::Result<Result<()>, tokio::task::JoinError>,
+) -> Result<()> {
+    *done = true;
+    match flatten(r) {
+        Ok(()) => Err(ServerError::Internal("acker stopped".into())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes submitted batches in order; sends each one's LEADER acks once it is durable in the
+/// local log, then hands it to the committer. On the first failure it sends no more acks, waits
+/// (bounded) for the rest to be appended or to fail, and returns the failure.
+async fn ack_loop(
+    ctx: Ctx,
+    p: IngestParams,
+    mut rx: mpsc::Receiver<InFlight>,
+    commit_tx: mpsc::Sender<Committing>,
+) -> Result<()> {
+    while let Some(mut job) = rx.recv().await {
+        if let Err(e) = job.proposal.appended_locally(APPEND_TIMEOUT).await {
+            rx.close();
+            let settle = async {
+                while let Some(mut rest) = rx.recv().await {
+                    let _ = rest.proposal.appended_locally(APPEND_TIMEOUT).await;
+                }
+            };
+            if tokio::time::timeout(APPEND_TIMEOUT, settle).await.is_err() {
+                warn!(stream = %p.stream, subject = %p.subject, "proposals still pending after a failure");
+            }
+            return Err(e.into());
+        }
+        p.stats.received(
+            u64::from(job.count),
+            job.bytes_in,
+            job.first_ns,
+            job.last_ns,
+        );
+        for (pa, offset) in &job.leader_acks {
+            let off = i64::try_from(*offset).unwrap_or(i64::MAX);
+            acks::send(
+                &ctx.nats,
+                &acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
+            )
+            .await;
+        }
+        let InFlight {
+            proposal,
+            base,
+            all_acks,
+            slot,
+            ..
+        } = job;
+        let next = Committing {
+            proposal,
+            base,
+            all_acks,
+        };
+        if commit_tx.send(next).await.is_err() {
+            return Err(ServerError::Internal("committer stopped".into()));
+        }
+        drop(slot);
+    }
+    Ok(())
 }
 
 /// Waits for each batch's commit in proposal order and sends its ALL acks. A committed batch

@@ -7,6 +7,20 @@
 //!   has the batch on disk and it is applied; it returns the batch's offsets.
 //! - Subscribers wait on [`PartitionReplica::watch_high_watermark`].
 //!
+//! Two ways to submit a batch:
+//! - [`PartitionReplica::propose`] hands the write to a task; two proposals made without
+//!   awaiting the first's [`Proposal::appended_locally`] may reach raft in either order. It
+//!   retries briefly while no leader is known.
+//! - [`PartitionReplica::propose_in_order`] returns once the write is in openraft's core queue
+//!   (`Raft::write(..).with_leader(term).responder(..)`, fire-and-forget with a responder).
+//!   Invariants: (1) calls awaited one after the other become log entries in call order (the
+//!   core queue is FIFO and the core appends each message's payloads in order); (2) a write is
+//!   appended only while this node leads in `term`, so a pipeline of writes under one term is
+//!   never interleaved with another leader's entries; (3) a write rejected after enqueue (not
+//!   leader, term changed, group stopped) fails its [`Proposal`] — both
+//!   [`Proposal::appended_locally`] and [`Proposal::committed`] — instead of leaving it
+//!   pending; (4) no retry, which could reorder.
+//!
 //! Leadership, without polling: [`PartitionReplica::watch_leadership`] reads openraft's server
 //! metrics channel, which changes only on vote, server state, leader or membership changes (not
 //! on every append or heartbeat), so a parked watcher per partition costs nothing between
@@ -22,6 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::impls::ProgressResponder;
 use openraft::metrics::RaftServerMetrics;
 use openraft::Instant as _;
 use openraft::ServerState;
@@ -121,6 +136,9 @@ pub struct Proposal {
     index: Option<u64>,
     durable: watch::Receiver<u64>,
     commit_rx: oneshot::Receiver<Result<Offsets, RaftError>>,
+    /// The outcome, when it arrived while [`Proposal::appended_locally`] waited for durability
+    /// (read by [`Proposal::committed`] instead of `commit_rx`).
+    outcome: Option<Result<Offsets, RaftError>>,
 }
 
 fn timeout_err(what: &str, t: Duration) -> RaftError {
@@ -144,25 +162,62 @@ impl Proposal {
                         i
                     }
                     // The tag was dropped: the proposal failed before append; report why.
+                    // `commit_rx` is then complete: `committed` must read `outcome` instead.
                     Err(_) => {
-                        return match (&mut self.commit_rx).await {
-                            Ok(Err(e)) => Err(e),
-                            _ => Err(RaftError::Rejected("proposal was not appended".into())),
-                        }
+                        let (e, copy) = match (&mut self.commit_rx).await {
+                            Ok(Err(e)) => {
+                                let copy = RaftError::Rejected(e.to_string());
+                                (e, Err(copy))
+                            }
+                            Ok(Ok(o)) => (
+                                RaftError::Rejected("proposal index was not reported".into()),
+                                Ok(o),
+                            ),
+                            Err(_) => {
+                                let e = RaftError::Rejected("proposal was not appended".into());
+                                (
+                                    e,
+                                    Err(RaftError::Rejected("proposal was not appended".into())),
+                                )
+                            }
+                        };
+                        self.outcome = Some(copy);
+                        return Err(e);
                     }
                 },
                 (None, None) => {
                     return Err(RaftError::Rejected("proposal was not appended".into()))
                 }
             };
-            self.durable
-                .wait_for(|d| *d >= index)
-                .await
-                .map_err(|_| RaftError::Stopped {
-                    group: self.group.clone(),
-                    reason: "log store closed".into(),
-                })?;
-            Ok(index)
+            // Wait for durability, but give up as soon as the proposal is known to have failed
+            // (e.g. the leader was deposed and the entry truncated).
+            loop {
+                tokio::select! {
+                    r = self.durable.wait_for(|d| *d >= index) => {
+                        r.map_err(|_| RaftError::Stopped {
+                            group: self.group.clone(),
+                            reason: "log store closed".into(),
+                        })?;
+                        return Ok(index);
+                    }
+                    r = &mut self.commit_rx, if self.outcome.is_none() => match r {
+                        // Committed: durable locally too; the flush hook is about to say so.
+                        Ok(Ok(o)) => self.outcome = Some(Ok(o)),
+                        Ok(Err(e)) => {
+                            self.outcome = Some(Err(RaftError::Rejected(e.to_string())));
+                            return Err(e);
+                        }
+                        Err(_) => {
+                            let e = RaftError::Stopped {
+                                group: self.group.clone(),
+                                reason: "proposal task ended".into(),
+                            };
+                            self.outcome = Some(Err(RaftError::Rejected(e.to_string())));
+                            return Err(e);
+                        }
+                    },
+                }
+            }
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -171,6 +226,9 @@ impl Proposal {
 
     /// Waits until the batch is committed and applied; returns its offsets.
     pub async fn committed(self, timeout: Duration) -> Result<Offsets, RaftError> {
+        if let Some(r) = self.outcome {
+            return r;
+        }
         match tokio::time::timeout(timeout, self.commit_rx).await {
             Err(_) => Err(timeout_err("commit", timeout)),
             Ok(Err(_)) => Err(RaftError::Stopped {
@@ -245,7 +303,76 @@ impl PartitionReplica {
             index: None,
             durable: self.group.acks.durable(),
             commit_rx,
+            outcome: None,
         }
+    }
+
+    /// Submits one batch in call order (see the module docs): returns once the write is queued
+    /// in openraft's core, before it is appended. `term` is the leadership term the caller
+    /// leads in ([`Leadership::term`]); the write is rejected if this node does not lead in
+    /// that term when raft takes it.
+    ///
+    /// Fails only if the group has stopped; every later failure goes to the [`Proposal`].
+    pub async fn propose_in_order(
+        &self,
+        records: Bytes,
+        record_count: u32,
+        term: u64,
+    ) -> Result<Proposal, RaftError> {
+        let (tag, index_rx) = self.group.acks.register();
+        let gid = self.group_id();
+        let req = PartitionRequest {
+            records,
+            record_count,
+            tag,
+            base_offset: None,
+        };
+        let (responder, resp_rx) = ProgressResponder::<PartitionTypes, _>::complete_only();
+        if let Err(e) = self
+            .group
+            .raft
+            .write(req)
+            .with_leader(term)
+            .responder(responder)
+            .await
+        {
+            self.group.acks.forget(tag);
+            return Err(convert::fatal(&gid, e));
+        }
+        // Relay the outcome; forgetting the tag on failure drops the index sender, which wakes a
+        // waiter of `appended_locally` (it then reads the error from `commit_rx`).
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let group = self.group.clone();
+        let gid2 = gid.clone();
+        tokio::spawn(async move {
+            let r = match resp_rx.await {
+                Ok(Ok(resp)) => match resp.data {
+                    PartitionResponse::Data(o) => Ok(o),
+                    PartitionResponse::Control => {
+                        Err(RaftError::Rejected("data entry applied as control".into()))
+                    }
+                },
+                Ok(Err(e)) => Err(convert::client_write_error(
+                    &gid2,
+                    openraft::error::RaftError::APIError(e),
+                )),
+                // The core dropped the responder (it stopped, or did not append the entry).
+                Err(_) => Err(RaftError::Stopped {
+                    group: gid2.clone(),
+                    reason: "raft dropped the proposal".into(),
+                }),
+            };
+            group.acks.forget(tag);
+            let _ = commit_tx.send(r);
+        });
+        Ok(Proposal {
+            group: gid,
+            index_rx: Some(index_rx),
+            index: None,
+            durable: self.group.acks.durable(),
+            commit_rx,
+            outcome: None,
+        })
     }
 
     /// Proposes a batch and waits for commit (ALL ack); returns its offsets.
@@ -405,5 +532,121 @@ impl PartitionReplica {
             .await
             .map_err(|e| convert::fatal(&gid, e))?;
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `propose_in_order` on a one-node group: call order = offset order without awaiting in
+    //! between, and a write rejected after enqueue fails its proposal instead of hanging.
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::config::GroupTimings;
+    use crate::PartitionId;
+    use crate::RaftConfig;
+    use crate::RaftNode;
+
+    const T: Duration = Duration::from_secs(10);
+
+    fn batch(i: u32) -> Bytes {
+        let r = drawbridge_storage::Record {
+            timestamp: i64::from(i),
+            key: None,
+            headers: Vec::new(),
+            value: Bytes::from(format!("in-order-{i}")),
+        };
+        drawbridge_storage::encode_records(&[r]).expect("encode records")
+    }
+
+    fn fast() -> GroupTimings {
+        GroupTimings {
+            heartbeat_interval_ms: 100,
+            heartbeat_min_interval_ms: 50,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            ..GroupTimings::partition_defaults()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn propose_in_order_keeps_call_order_and_fails_rejected_writes() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut config = RaftConfig::new(1, "");
+        config.metadata = fast();
+        config.partition = fast();
+        let node = RaftNode::start(config, tmp.path(), "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start node");
+        let addr = node.local_addr().to_string();
+        node.metadata()
+            .bootstrap(BTreeMap::from([(1, addr.clone())]))
+            .await
+            .expect("bootstrap");
+        node.metadata().wait_for_leader(T).await.expect("leader");
+        let replica = node
+            .create_partition_group(PartitionId::new("ino", 0), BTreeMap::from([(1, addr)]))
+            .await
+            .expect("create group");
+        replica.wait_for_leader(T).await.expect("partition leader");
+        let term = replica.watch_leadership().current().term;
+
+        // Many proposals in flight at once; offsets must follow call order.
+        let mut props = Vec::new();
+        for i in 0..200u32 {
+            let n = i % 3 + 1;
+            let body = drawbridge_storage::encode_records(
+                &(0..n)
+                    .map(|k| drawbridge_storage::Record {
+                        timestamp: i64::from(k),
+                        key: None,
+                        headers: Vec::new(),
+                        value: Bytes::from(format!("{i}-{k}")),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .expect("encode");
+            props.push((
+                n,
+                replica
+                    .propose_in_order(body, n, term)
+                    .await
+                    .expect("enqueue"),
+            ));
+        }
+        let mut next = 0u64;
+        let mut last_index = 0;
+        for (n, mut p) in props {
+            let index = p.appended_locally(T).await.expect("LEADER ack");
+            assert!(index > last_index, "raft indexes follow call order");
+            last_index = index;
+            let o = p.committed(T).await.expect("ALL ack");
+            assert_eq!((o.base_offset, o.record_count), (next, n));
+            next += u64::from(n);
+        }
+
+        // A write under another term is rejected after enqueue: both waits fail promptly.
+        let mut bad = replica
+            .propose_in_order(batch(1), 1, term + 1)
+            .await
+            .expect("enqueue");
+        let started = std::time::Instant::now();
+        assert!(bad.appended_locally(T).await.is_err());
+        assert!(bad.committed(T).await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "failed, not timed out"
+        );
+        // The group still takes writes in the right term, at the next offset.
+        let mut ok = replica
+            .propose_in_order(batch(2), 1, term)
+            .await
+            .expect("enqueue");
+        ok.appended_locally(T).await.expect("LEADER ack");
+        assert_eq!(ok.committed(T).await.expect("ALL ack").base_offset, next);
+        node.shutdown().await;
     }
 }
