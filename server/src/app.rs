@@ -203,7 +203,20 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     partitions::spawn_reconciler(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
-    if !partitions::wait_ready(&ctx, Duration::from_secs(15)).await {
+    // A restarted node replays its metadata log: until it has caught up, the partitions it
+    // hosts are unknown and "every hosted partition is ready" would hold vacuously, opening the
+    // API before ingest subscribes (a publish would then go unrecorded).
+    let ready_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    if let Err(e) = ctx
+        .raft
+        .metadata()
+        .wait_caught_up(Duration::from_secs(15))
+        .await
+    {
+        warn!(error = %e, "metadata not caught up yet; serving anyway");
+    }
+    let left = ready_deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !partitions::wait_ready(&ctx, left).await {
         warn!("not every hosted partition is ready yet; serving anyway");
     }
 

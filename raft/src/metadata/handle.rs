@@ -112,6 +112,25 @@ impl MetadataHandle {
         })
     }
 
+    /// Waits until this node knows a leader and has applied everything the cluster had
+    /// committed when it heard so (the leader's commit point), so [`MetadataHandle::state`] is
+    /// no longer the partial state of a node that is still replaying its log after a restart.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), RaftError> {
+        wait::until(
+            &self.raft,
+            &GroupId::Metadata,
+            "the metadata state to catch up",
+            timeout,
+            |m| {
+                m.current_leader.is_some()
+                    && m.cluster_committed
+                        .is_some_and(|c| m.last_applied.is_some_and(|a| a.index >= c.index))
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Current voters and learners of the metadata group.
     pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
         let m = wait::metrics(&self.raft);
