@@ -37,10 +37,12 @@ pub struct GroupTimings {
     pub max_payload_entries: u64,
     /// Entries a follower may lag before it is sent a snapshot instead of entries.
     pub replication_lag_threshold: u64,
-    /// Take a snapshot after this many applied entries (metadata group) — partition groups use
-    /// it as well, since their snapshot is metadata only and cheap.
+    /// Take a snapshot after this many applied entries; 0 = never on its own (partition groups:
+    /// their log is the partition's message log, so only retention, through
+    /// [`crate::PartitionReplica::enforce_retention`], may snapshot and purge it).
     pub snapshot_every_entries: u64,
-    /// Entries already covered by a snapshot that are kept in the log (for slow followers).
+    /// Entries already covered by a snapshot that openraft keeps when it purges after a
+    /// snapshot (for slow followers); `u64::MAX` = it never purges on its own.
     pub keep_entries_after_snapshot: u64,
 }
 
@@ -64,8 +66,10 @@ impl GroupTimings {
             notification_channel_size: 1024,
             max_payload_entries: 256,
             replication_lag_threshold: 100_000,
-            snapshot_every_entries: 100_000,
-            keep_entries_after_snapshot: 100_000,
+            // Never snapshot or purge on openraft's own schedule: that would delete messages
+            // regardless of the stream's retention (issue 8).
+            snapshot_every_entries: 0,
+            keep_entries_after_snapshot: u64::MAX,
         }
     }
 
@@ -128,7 +132,10 @@ impl GroupTimings {
             notification_channel_size: Some(self.notification_channel_size),
             max_payload_entries: self.max_payload_entries,
             replication_lag_threshold: self.replication_lag_threshold,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            snapshot_policy: match self.snapshot_every_entries {
+                0 => openraft::SnapshotPolicy::Never,
+                n => openraft::SnapshotPolicy::LogsSinceLast(n),
+            },
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             enable_pre_vote: Some(true),
             enable_tick: tick,

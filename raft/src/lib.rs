@@ -57,6 +57,7 @@ pub use metadata::MetadataHandle;
 pub use metadata::MetadataResponse;
 pub use metadata::MetadataState;
 pub use metadata::MetadataView;
+pub use node::PartitionLogSettings;
 pub use node::RaftNode;
 pub use partition::IsrTracker;
 pub use partition::Leadership;

@@ -130,11 +130,29 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Per-partition settings of its log that come from the stream's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionLogSettings {
+    /// Roll to a new segment past this many bytes (`None`: the storage default, 256 MiB).
+    pub segment_max_bytes: Option<u64>,
+    /// Roll a segment whose first record is older than this (`None`: never by age).
+    pub segment_max_age: Option<Duration>,
+}
+
 /// Storage settings of partition logs.
-pub(crate) fn partition_log_config() -> drawbridge_storage::LogConfig {
+pub(crate) fn partition_log_config(
+    settings: PartitionLogSettings,
+) -> drawbridge_storage::LogConfig {
+    let defaults = drawbridge_storage::LogConfig::default();
     drawbridge_storage::LogConfig {
         preallocate: false,
-        ..drawbridge_storage::LogConfig::default()
+        segment_max_bytes: settings
+            .segment_max_bytes
+            .map_or(defaults.segment_max_bytes, |b| {
+                b.clamp(4096, drawbridge_storage::MAX_SEGMENT_BYTES)
+            }),
+        segment_max_age: settings.segment_max_age,
+        ..defaults
     }
 }
 
@@ -289,6 +307,18 @@ impl RaftNode {
         id: PartitionId,
         replicas: BTreeMap<NodeId, String>,
     ) -> Result<PartitionReplica, RaftError> {
+        self.create_partition_group_with(id, replicas, PartitionLogSettings::default())
+            .await
+    }
+
+    /// [`RaftNode::create_partition_group`] with the stream's log settings (segment size and
+    /// age); they apply to segments rolled from now on.
+    pub async fn create_partition_group_with(
+        &self,
+        id: PartitionId,
+        replicas: BTreeMap<NodeId, String>,
+        settings: PartitionLogSettings,
+    ) -> Result<PartitionReplica, RaftError> {
         let gid = GroupId::Partition(id.clone());
         if !replicas.contains_key(&self.id()) {
             return Err(RaftError::Membership(format!(
@@ -307,8 +337,9 @@ impl RaftNode {
         let sync = self.inner.config.partition_log_sync;
         let (store, sm) = blocking(move || {
             fs::create_dir_all(&dir)?;
-            let log = drawbridge_storage::Log::open(dir.join("log"), partition_log_config())
-                .map_err(|e| e.into_io())?;
+            let log =
+                drawbridge_storage::Log::open(dir.join("log"), partition_log_config(settings))
+                    .map_err(|e| e.into_io())?;
             let backend = Arc::new(StorageLog::new(log.clone()));
             let store = LogStore::open_with_sync(backend, key, flusher, hooks, sync)?;
             let sm = PartitionStateMachine::open(&dir.join("snapshot"), log.clone())?;

@@ -71,9 +71,11 @@ impl StoreBuilder<PartitionTypes, PartStore, PartitionStateMachine, DirGuard> fo
     ) -> Result<(DirGuard, PartStore, PartitionStateMachine), StorageError<PartitionTypes>> {
         let io = |e: std::io::Error| StorageError::read(ErrorSource::from_error(&e));
         let g = scratch().map_err(io)?;
-        let log =
-            drawbridge_storage::Log::open(g.0.join("log"), crate::node::partition_log_config())
-                .map_err(|e| io(e.into_io()))?;
+        let log = drawbridge_storage::Log::open(
+            g.0.join("log"),
+            crate::node::partition_log_config(Default::default()),
+        )
+        .map_err(|e| io(e.into_io()))?;
         let backend = Arc::new(StorageLog::new(log.clone()));
         let flusher = Flusher::start(&g.0.join("journal")).map_err(io)?;
         let store = LogStore::open_with_sync(

@@ -40,5 +40,6 @@ pub mod nats_conn;
 pub mod partition_log;
 pub mod partitions;
 pub mod placement;
+pub mod retention;
 pub mod stats;
 pub mod status;

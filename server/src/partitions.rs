@@ -203,7 +203,11 @@ async fn add(ctx: &Ctx, state: &MetadataState, id: PartitionId, replicas: &[Node
             }
         }
     }
-    let replica = ctx.raft.create_partition_group(id.clone(), addrs).await?;
+    let settings = crate::retention::log_settings(ctx, state.streams.get(&id.stream));
+    let replica = ctx
+        .raft
+        .create_partition_group_with(id.clone(), addrs, settings)
+        .await?;
     let log = partition_log::open(&replica);
     let (stop, stop_rx) = watch::channel(false);
     let local = Arc::new(Local {
@@ -219,6 +223,12 @@ async fn add(ctx: &Ctx, state: &MetadataState, id: PartitionId, replicas: &[Node
         .write()
         .insert(id.clone(), local.clone());
     info!(partition = %id, "hosting partition replica");
+    crate::retention::spawn_cleaner(
+        ctx.clone(),
+        id.clone(),
+        local.replica.clone(),
+        stop_rx.clone(),
+    );
     tokio::spawn(leadership_loop(ctx.clone(), id, local, stop_rx));
     Ok(())
 }

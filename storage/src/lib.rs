@@ -123,7 +123,7 @@ mod varint;
 
 pub use batch::{decode_batch, BatchHeader, BatchKind, BatchMeta, DecodedBatch, BATCH_HEADER_LEN};
 pub use compaction::CompactionOutcome;
-pub use config::{LogConfig, RetentionPolicy, SyncPolicy};
+pub use config::{LogConfig, RetentionPolicy, SyncPolicy, MAX_SEGMENT_BYTES};
 pub use error::{DecodeError, Result, StorageError};
 pub use group_commit::GroupCommit;
 pub use log::{Appended, Log, PurgeOutcome, StoredBatch};

@@ -511,6 +511,56 @@ impl PartitionReplica {
         wait::metrics(&self.group.raft).last_log_index
     }
 
+    /// Applies a retention policy to this replica's log (any replica: each one enforces
+    /// retention on its own copy, as in Liftbridge): plans which whole sealed, committed
+    /// segments the policy deletes, takes a (metadata-only) snapshot covering them and asks
+    /// raft to purge through their last entry, which deletes them. Returns the plan; raft may
+    /// defer the purge while a follower still replicates those entries.
+    ///
+    /// Messages are only ever deleted here, by policy: partition groups never snapshot or
+    /// purge on openraft's own schedule (`GroupTimings::partition_defaults`).
+    pub async fn enforce_retention(
+        &self,
+        policy: &drawbridge_storage::RetentionPolicy,
+        now_ns: i64,
+        timeout: Duration,
+    ) -> Result<drawbridge_storage::RetentionPlan, RaftError> {
+        let plan = self.group.sm.log().retention_plan(policy, now_ns);
+        if let Some(index) = plan.purge_through_raft_index {
+            self.purge_through(index, timeout).await?;
+        }
+        Ok(plan)
+    }
+
+    /// Snapshots (if the last snapshot does not cover `index`) and asks raft to purge the log
+    /// through `index`, which must be applied.
+    async fn purge_through(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        let gid = self.group_id();
+        if self.group.sm.applied_index() < index {
+            return Err(RaftError::Rejected(format!(
+                "cannot purge through {index}: not applied yet"
+            )));
+        }
+        let covered = |m: &openraft::RaftMetrics<PartitionTypes>| {
+            m.snapshot.as_ref().is_some_and(|s| s.index >= index)
+        };
+        if !covered(&wait::metrics(&self.group.raft)) {
+            self.group
+                .raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| convert::fatal(&gid, e))?;
+            wait::until(&self.group.raft, &gid, "snapshot", timeout, covered).await?;
+        }
+        self.group
+            .raft
+            .trigger()
+            .purge_log(index)
+            .await
+            .map_err(|e| convert::fatal(&gid, e))
+    }
+
     /// Takes a snapshot now and purges the log up to it (retention). Returns the purged index.
     pub async fn compact(&self, timeout: Duration) -> Result<u64, RaftError> {
         let gid = self.group_id();
@@ -647,6 +697,80 @@ mod tests {
             .expect("enqueue");
         ok.appended_locally(T).await.expect("LEADER ack");
         assert_eq!(ok.committed(T).await.expect("ALL ack").base_offset, next);
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_deletes_only_what_the_policy_says() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut config = RaftConfig::new(1, "");
+        config.metadata = fast();
+        config.partition = fast();
+        let node = RaftNode::start(config, tmp.path(), "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start node");
+        let addr = node.local_addr().to_string();
+        node.metadata()
+            .bootstrap(BTreeMap::from([(1, addr.clone())]))
+            .await
+            .expect("bootstrap");
+        node.metadata().wait_for_leader(T).await.expect("leader");
+        let settings = crate::PartitionLogSettings {
+            segment_max_bytes: Some(4096),
+            segment_max_age: None,
+        };
+        let replica = node
+            .create_partition_group_with(
+                PartitionId::new("ret", 0),
+                BTreeMap::from([(1, addr)]),
+                settings,
+            )
+            .await
+            .expect("create group");
+        replica.wait_for_leader(T).await.expect("partition leader");
+        for i in 0..200u32 {
+            replica.append(batch(i), 1, T).await.expect("append");
+        }
+        let log = replica.log();
+        assert_eq!(log.earliest_offset(), 0);
+        // No policy limit: nothing goes, however many entries raft has applied.
+        let none = drawbridge_storage::RetentionPolicy::default();
+        let plan = replica
+            .enforce_retention(&none, 0, T)
+            .await
+            .expect("retention");
+        assert_eq!(plan.segments, 0);
+        assert_eq!(log.earliest_offset(), 0);
+
+        let keep_50 = drawbridge_storage::RetentionPolicy {
+            max_messages: Some(50),
+            ..Default::default()
+        };
+        let plan = replica
+            .enforce_retention(&keep_50, 0, T)
+            .await
+            .expect("retention");
+        assert!(
+            plan.segments > 0,
+            "small segments: some are beyond the newest 50"
+        );
+        // The purge runs in raft's core: wait (bounded) until the segments are gone.
+        let deadline = std::time::Instant::now() + T;
+        while log.earliest_offset() < plan.new_earliest_offset {
+            assert!(std::time::Instant::now() < deadline, "purge did not happen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let earliest = log.earliest_offset();
+        assert!(
+            earliest > 0 && earliest <= 150,
+            "kept at least the newest 50: {earliest}"
+        );
+        // The group keeps working at the next offset.
+        let o = replica
+            .append(batch(999), 1, T)
+            .await
+            .expect("append after purge");
+        assert_eq!(o.base_offset, 200);
         node.shutdown().await;
     }
 }

@@ -29,6 +29,7 @@ use drawbridge_storage::{Log, ReadLimits, RecordView, StorageError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::debug;
 
 use crate::context::Ctx;
 use crate::error::{Result, ServerError};
@@ -252,6 +253,13 @@ async fn produce(
                     .send(Err(ServerError::NotFound("Stream deleted".into()).into()))
                     .await;
                 return;
+            }
+            // Retention deleted the segment under this subscriber: go on from the oldest
+            // retained message (deleted messages are never served).
+            Some(Err(StorageError::OffsetOutOfRange { earliest, .. })) => {
+                debug!(partition = %id, earliest, "subscriber position deleted by retention");
+                reader = local.log.tail(earliest);
+                continue;
             }
             Some(Err(e)) => {
                 let _ = tx.send(Err(ServerError::from(e).into())).await;

@@ -6,6 +6,7 @@
 //! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
 //!   wildcards;
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
+//! - `retention`: retention and segment settings from the stream configuration;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
 //!
 //! Every wait is bounded; every process is stopped when its guard drops.
@@ -14,4 +15,5 @@ mod cluster;
 mod common;
 mod compose;
 mod nats;
+mod retention;
 mod single;
