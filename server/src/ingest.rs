@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::acks::{self, PendingAck};
 use crate::context::Ctx;
+use crate::dedup::{self, Dedup, Verdict};
 use crate::envelope;
 use crate::error::{Result, ServerError};
 use crate::stats::PartitionStats;
@@ -142,6 +143,13 @@ pub async fn run(
     }
     let term = lead.term;
     let mut next = catch_up(&replica).await?;
+    // Idempotent publish: what this partition already stores, from its newest messages.
+    let log = replica.log();
+    let mut dedup = match tokio::task::spawn_blocking(move || Dedup::rebuild(&log)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(ServerError::Internal(format!("dedup rebuild failed: {e}"))),
+    };
     if replica.term() != term {
         return Err(ServerError::FailedPrecondition(
             "partition leadership changed during catch-up".into(),
@@ -224,6 +232,9 @@ pub async fn run(
         let (mut bytes_in, mut first_ns, mut last_ns) = (0u64, 0i64, 0i64);
         let mut leader_acks: Vec<(PendingAck, u64)> = Vec::new();
         let mut all_acks: Vec<(PendingAck, u64)> = Vec::new();
+        // Acks of duplicates: the stored message's offset (if known), and the offset that must
+        // be committed before the ack goes out.
+        let mut dup_acks: Vec<(PendingAck, Option<u64>, Option<u64>)> = Vec::new();
         let base = next;
         for (msg, decoded) in msgs.into_iter().zip(decoded) {
             let reception_ns = acks::now_ns();
@@ -253,6 +264,20 @@ pub async fn run(
                     .await;
                 }
                 continue;
+            }
+            let ident = decoded
+                .as_ref()
+                .and_then(|m| dedup::identity(m.headers.iter().map(|(k, v)| (k.as_str(), v))));
+            if let Some((producer, seq)) = &ident {
+                if let Verdict::Duplicate(stored) = dedup.check(producer, *seq) {
+                    debug!(stream = %p.stream, seq, ?stored, "duplicate publish not appended");
+                    if let Some(pa) = pending {
+                        // Unknown offset: it is below `next`, so wait for all before it.
+                        let wait = stored.or(next.checked_sub(1));
+                        dup_acks.push((pa, stored, wait));
+                    }
+                    continue;
+                }
             }
             let (key, value, mut headers): (Option<Bytes>, Bytes, Vec<(String, Bytes)>) =
                 match decoded {
@@ -303,7 +328,13 @@ pub async fn run(
                     AckPolicy::None => {}
                 }
             }
+            if let Some((producer, seq)) = ident {
+                dedup.record(producer, seq, next);
+            }
             next += 1;
+        }
+        if !dup_acks.is_empty() {
+            ack_duplicates(ctx.clone(), p.clone(), &replica, dup_acks);
         }
         if builder.is_empty() {
             continue;
@@ -361,6 +392,35 @@ pub async fn run(
     }
     info!(stream = %p.stream, subject = %p.subject, "ingest stopped");
     result
+}
+
+/// Acknowledges duplicates of stored messages (see [`crate::dedup`]), each once the offset it
+/// waits for is committed; if that does not happen in time (the original's proposal failed),
+/// no ack is sent and the producer's retry is judged again.
+fn ack_duplicates(
+    ctx: Ctx,
+    p: IngestParams,
+    replica: &PartitionReplica,
+    dups: Vec<(PendingAck, Option<u64>, Option<u64>)>,
+) {
+    let mut hw = replica.watch_high_watermark();
+    tokio::spawn(async move {
+        for (pa, stored, wait) in dups {
+            if let Some(w) = wait {
+                let committed = hw.wait_for(|h| h.is_some_and(|h| h >= w));
+                match tokio::time::timeout(APPEND_TIMEOUT, committed).await {
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+            let off = stored.map_or(-1, |o| i64::try_from(o).unwrap_or(i64::MAX));
+            acks::send(
+                &ctx.nats,
+                &acks::build(&p.stream, &p.base_subject, &pa, off, ack::Error::Ok),
+            )
+            .await;
+        }
+    });
 }
 
 fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {

@@ -28,6 +28,7 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod dedup;
 pub mod embedded_nats;
 pub mod envelope;
 pub mod error;

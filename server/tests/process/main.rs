@@ -6,6 +6,7 @@
 //! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
 //!   wildcards;
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
+//! - `idempotent`: producer id and sequence headers, across a restart and a failover;
 //! - `retention`: retention and segment settings from the stream configuration;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
 //!
@@ -14,6 +15,7 @@
 mod cluster;
 mod common;
 mod compose;
+mod idempotent;
 mod nats;
 mod retention;
 mod single;
