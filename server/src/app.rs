@@ -196,6 +196,8 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         .map_err(|e| ServerError::Nats(e.to_string()))?;
     cluster::form(&ctx, embedded_only).await?;
     partitions::spawn_reconciler(ctx.clone());
+    crate::auto_pause::spawn(ctx.clone());
+    crate::activity::spawn(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
     if !partitions::wait_ready(&ctx, Duration::from_secs(15)).await {

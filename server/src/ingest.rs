@@ -4,12 +4,14 @@
 //! The loop, per batch:
 //! 1. take one message (waiting), then whatever else has already arrived, up to
 //!    `batch.max.messages` (and, only if `batch.max.time` > 0, wait up to that long to fill it);
-//! 2. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
+//! 2. if the partition is readonly, drop the batch; if it is paused, resume it first (a
+//!    committed `ResumePartition`; the batch is dropped if that fails);
+//! 3. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
 //!    Publish envelope or keep the whole payload raw, check the expected offset on streams with
 //!    optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and `reply`
 //!    headers, stamp the leader's time (ns);
-//! 3. propose the batch; wait until it is durable in the local log; send LEADER acks;
-//! 4. hand it to the committer task, which waits for the raft commit (raft has then applied the
+//! 4. propose the batch; wait until it is durable in the local log; send LEADER acks;
+//! 5. hand it to the committer task, which waits for the raft commit (raft has then applied the
 //!    batch and raised the partition log's high watermark, so it is readable) and sends ALL acks.
 //!
 //! Invariants:
@@ -50,6 +52,8 @@ const COMMIT_QUEUE: usize = 64;
 pub struct IngestParams {
     /// Stream name.
     pub stream: String,
+    /// Partition number.
+    pub partition: i32,
     /// Stream subject (partition 0's subject).
     pub base_subject: String,
     /// The subject this partition records.
@@ -116,6 +120,7 @@ pub async fn run(
     on_ready();
     info!(stream = %p.stream, subject = %p.subject, next, term, "partition leader: ingest started");
 
+    let meta = ctx.raft.metadata().watch();
     let (tx, rx) = mpsc::channel::<Committing>(COMMIT_QUEUE);
     let committer = tokio::spawn(commit_loop(ctx.clone(), p.clone(), rx));
     let max_bytes =
@@ -145,6 +150,28 @@ pub async fn run(
                     Ok(Some(m)) => msgs.push(m),
                     _ => break,
                 }
+            }
+        }
+
+        let (paused, readonly) = {
+            let view = meta.borrow();
+            view.state
+                .streams
+                .get(&p.stream)
+                .and_then(|s| s.partitions.get(&p.partition))
+                .map_or((false, false), |m| (m.paused, m.readonly))
+        };
+        if readonly {
+            debug!(stream = %p.stream, partition = p.partition, n = msgs.len(),
+                "partition is readonly: messages dropped");
+            continue;
+        }
+        if paused {
+            info!(stream = %p.stream, partition = p.partition, "published to while paused: resuming");
+            if let Err(e) = crate::api::pause::resume(&ctx, &p.stream, p.partition).await {
+                warn!(stream = %p.stream, partition = p.partition, error = %e,
+                    "resuming a paused partition failed: messages dropped");
+                continue;
             }
         }
 

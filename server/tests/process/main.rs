@@ -5,6 +5,7 @@
 //!   error paths, ingest details, restart durability;
 //! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
 //!   wildcards;
+//! - `pause`: PauseStream, SetStreamReadonly, auto-pause, reverse subscriptions, OCC;
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
 //!
@@ -14,4 +15,5 @@ mod cluster;
 mod common;
 mod compose;
 mod nats;
+mod pause;
 mod single;
