@@ -513,3 +513,68 @@ async fn activity_stream_reports_metadata_operations() -> TestResult {
     assert_eq!(ops[5], ActivityStreamOp::CreateStream as i32);
     Ok(())
 }
+
+/// Three servers on a real `nats-server`: a pause or readonly change made through any node is
+/// forwarded to the metadata leader and visible on every node; a publish through another node
+/// resumes the partition everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_readonly_are_replicated_to_every_node() -> TestResult {
+    use drawbridge_tests::nats::NatsServer;
+    use drawbridge_tests::server::{cluster, cluster_specs};
+    let Some(nats) = NatsServer::start_or_skip("pause_and_readonly_are_replicated") else {
+        return Ok(());
+    };
+    let specs = cluster_specs(std::path::Path::new(BIN), &nats.url(), 3)?;
+    let servers = cluster(&specs)?;
+    let mut clients = Vec::new();
+    for s in &servers {
+        clients.push(client(s).await?);
+    }
+    let mut req = create_req("cp", "cp");
+    req.replication_factor = 3;
+    clients[1].create_stream(req).await?;
+
+    clients[2]
+        .pause_stream(pause_req("cp", vec![], false))
+        .await?;
+    for c in clients.iter_mut() {
+        wait_paused(c, "cp", 0, true, EACH).await?;
+    }
+    // The publish may reach a node before it has seen the partition's leader: retry (bounded).
+    let deadline = tokio::time::Instant::now() + EACH;
+    loop {
+        match clients[0]
+            .publish(publish_req("cp", b"x", AckPolicy::All))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("publish retried: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for c in clients.iter_mut() {
+        wait_paused(c, "cp", 0, false, EACH).await?;
+    }
+
+    clients[1]
+        .set_stream_readonly(readonly_req("cp", vec![], true))
+        .await?;
+    for c in clients.iter_mut() {
+        let deadline = tokio::time::Instant::now() + EACH;
+        while !partition_md(c, "cp", 0).await?.readonly {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "readonly not visible"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let r = clients[2]
+        .publish(publish_req("cp", b"y", AckPolicy::All))
+        .await;
+    assert_eq!(r.err().map(|e| e.code()), Some(Code::FailedPrecondition));
+    Ok(())
+}
