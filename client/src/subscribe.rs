@@ -213,6 +213,21 @@ impl Client {
         }
         Ok(sub)
     }
+
+    /// Resumes a paused partition of `stream` (a no-op if it is not paused). Liftbridge has no
+    /// resume RPC: this opens a subscription with `resume` (the server resumes the partition
+    /// before it confirms) and closes it. A stream paused with `resume_all` resumes entirely.
+    pub async fn resume_partition(&self, stream: &str, partition: i32) -> Result<()> {
+        let options = SubscribeOptions {
+            partition,
+            start: StartAt::NewOnly,
+            resume: true,
+            ..SubscribeOptions::default()
+        };
+        let sub = self.subscribe(stream, options).await?;
+        drop(sub);
+        Ok(())
+    }
 }
 
 /// Result of opening a subscription.

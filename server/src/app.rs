@@ -201,6 +201,8 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         .map_err(|e| ServerError::Nats(e.to_string()))?;
     cluster::form(&ctx, embedded_only).await?;
     partitions::spawn_reconciler(ctx.clone());
+    crate::auto_pause::spawn(ctx.clone());
+    crate::activity::spawn(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
     // A restarted node replays its metadata log: until it has caught up, the partitions it

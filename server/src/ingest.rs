@@ -6,7 +6,9 @@
 //!   1. take one message (waiting), then whatever else has already arrived, up to
 //!      `batch.max.messages` (and, only if `batch.max.time` > 0, wait up to that long to fill it);
 //!   2. if the stream has optimistic concurrency control and a message of the batch names an
-//!      expected offset, drain: wait until every proposal in flight is durable and acked;
+//!      expected offset, drain: wait until every proposal in flight is durable and acked; if the
+//!      partition is readonly, drop the batch; if it is paused, resume it first (a committed
+//!      `ResumePartition`; the batch is dropped if that fails);
 //!   3. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
 //!      Publish envelope or keep the whole payload raw, check the expected offset on streams
 //!      with optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and
@@ -71,6 +73,8 @@ const MAX_IN_FLIGHT: u32 = 16;
 pub struct IngestParams {
     /// Stream name.
     pub stream: String,
+    /// Partition number.
+    pub partition: i32,
     /// Stream subject (partition 0's subject).
     pub base_subject: String,
     /// The subject this partition records.
@@ -171,6 +175,7 @@ pub async fn run(
     on_ready();
     info!(stream = %p.stream, subject = %p.subject, next, term, "partition leader: ingest started");
 
+    let meta = ctx.raft.metadata().watch();
     let (commit_tx, commit_rx) = mpsc::channel::<Committing>(COMMIT_QUEUE);
     let committer = tokio::spawn(commit_loop(ctx.clone(), p.clone(), commit_rx));
     // Slots bound the channel's occupancy, so sends to the acker never wait.
@@ -224,6 +229,28 @@ pub async fn run(
             if acker.is_finished() {
                 let r = (&mut acker).await;
                 break acker_ended(&mut acker_done, r);
+            }
+        }
+
+        let (paused, readonly) = {
+            let view = meta.borrow();
+            view.state
+                .streams
+                .get(&p.stream)
+                .and_then(|s| s.partitions.get(&p.partition))
+                .map_or((false, false), |m| (m.paused, m.readonly))
+        };
+        if readonly {
+            debug!(stream = %p.stream, partition = p.partition, n = msgs.len(),
+                "partition is readonly: messages dropped");
+            continue;
+        }
+        if paused {
+            info!(stream = %p.stream, partition = p.partition, "published to while paused: resuming");
+            if let Err(e) = crate::api::pause::resume(&ctx, &p.stream, p.partition).await {
+                warn!(stream = %p.stream, partition = p.partition, error = %e,
+                    "resuming a paused partition failed: messages dropped");
+                continue;
             }
         }
 

@@ -12,10 +12,12 @@
 //! - [`app`]: start-up and shutdown of a server (NATS, identity, raft, cluster, gRPC).
 //! - [`api`]: the `proto.API` gRPC service, one file per group of RPCs.
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
-//! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest.
+//! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest;
+//!   [`auto_pause`]: pausing idle partitions on their leader.
 //! - [`isr`]: in-sync replicas from raft progress on partition leaders, recorded in metadata.
 //! - [`metrics`]: the HTTP endpoint on `metrics.listen`: `/metrics`, `/healthz`, `/readyz`;
 //!   [`stats`]: the atomic counters and histograms it renders.
+//! - [`activity`]: the `__activity` stream, published by the metadata leader.
 //! - [`ingest`]: NATS → batched raft proposals on a partition leader; [`acks`]: acks.
 //! - [`partition_log`]: a partition's readable log: the raft log itself.
 //! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
@@ -23,8 +25,10 @@
 //! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.
 
 pub mod acks;
+pub mod activity;
 pub mod api;
 pub mod app;
+pub mod auto_pause;
 pub mod cluster;
 pub mod config;
 pub mod context;

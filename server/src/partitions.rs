@@ -250,6 +250,7 @@ fn ingest_params(ctx: &Ctx, id: &PartitionId, local: &Local) -> Option<IngestPar
     let s = state.streams.get(&id.stream)?;
     Some(IngestParams {
         stream: id.stream.clone(),
+        partition: id.partition,
         base_subject: s.subject.clone(),
         subject: names::partition_subject(&s.subject, id.partition),
         group: s.group.clone(),

@@ -181,6 +181,8 @@ pub struct PartitionStats {
     pub messages_out: AtomicU64,
     /// Payload bytes (values) of those records.
     pub bytes_out: AtomicU64,
+    /// Subscriptions open on this replica (a gauge; read by auto-pause).
+    pub subscribers: AtomicU64,
     first_received_ns: AtomicU64,
     latest_received_ns: AtomicU64,
 }

@@ -3,6 +3,7 @@
 //! test binary, grouped by area:
 //! - `library`: the client API against one standalone server (embedded NATS);
 //! - `cli`: the built `drawbridge` binary against that server;
+//! - `pause`: pause, resume, readonly and reverse reads through the library and the CLI;
 //! - `examples`: the programs in `client/examples/` against that server;
 //! - `failover`: three servers on a real `nats-server`, SIGKILL of a partition leader during a
 //!   subscription and during pipelined publishing.
@@ -17,3 +18,4 @@ mod common;
 mod examples;
 mod failover;
 mod library;
+mod pause;

@@ -63,13 +63,18 @@ pub enum MetadataCommand {
         partitions: Vec<i32>,
         /// Resume every partition when any one of them is published to again.
         resume_all: bool,
+        /// Time of the pause chosen by the proposer, ns since the epoch.
+        at_ns: i64,
     },
-    /// Resumes a paused partition.
+    /// Resumes a paused partition, and every other paused partition of its stream when the
+    /// stream was paused with `resume_all`.
     ResumePartition {
         /// Stream name.
         stream: String,
         /// Partition number.
         partition: i32,
+        /// Time of the resume chosen by the proposer, ns since the epoch.
+        at_ns: i64,
     },
     /// Sets or clears the readonly flag (all partitions when `partitions` is empty).
     SetStreamReadonly {
@@ -79,6 +84,8 @@ pub enum MetadataCommand {
         partitions: Vec<i32>,
         /// New flag.
         readonly: bool,
+        /// Time of the change chosen by the proposer, ns since the epoch.
+        at_ns: i64,
     },
     /// Adds a consumer to a consumer group, creating the group with `coordinator` if absent.
     JoinConsumerGroup {
@@ -119,6 +126,12 @@ pub enum MetadataCommand {
         partition: i32,
         /// Offset.
         offset: i64,
+    },
+    /// Removes the activity events up to raft index `through` (they were published to the
+    /// `__activity` stream).
+    ActivityPublished {
+        /// Last published event id (raft index).
+        through: u64,
     },
     /// Records a partition's in-sync replicas, as computed by its leader from raft replication
     /// progress. Ignored unless `leader`/`leader_epoch` are the recorded leader and epoch (a

@@ -10,6 +10,11 @@
 //!   recorded leader in its recorded epoch.
 //! - A consumer group exists iff it has members; its epoch increases on every membership or
 //!   coordinator change.
+//! - `pause_times` / `readonly_times` record the proposer's time of every actual change of the
+//!   flag (a pause of a paused partition changes nothing). A `ResumePartition` resumes every
+//!   paused partition of the stream when it was paused with `resume_all` (then cleared).
+//! - `activity` holds the events of applied commands while `__activity` exists (see
+//!   [`super::activity`]); it is emptied when that stream does not exist.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -17,6 +22,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::activity::{self, ActivityOp, ACTIVITY_STREAM};
 use super::command::MetadataCommand;
 use super::command::MetadataResponse;
 use super::command::Rejection;
@@ -37,6 +43,29 @@ pub struct PartitionMeta {
     pub readonly: bool,
     /// In-sync replicas as last recorded by the leader (every replica at creation).
     pub isr: Vec<NodeId>,
+    /// First and latest change of `paused`.
+    pub pause_times: EventTimes,
+    /// First and latest change of `readonly`.
+    pub readonly_times: EventTimes,
+}
+
+/// First and latest occurrence of an event, ns since the epoch (0 = never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTimes {
+    /// First occurrence.
+    pub first_ns: i64,
+    /// Latest occurrence.
+    pub latest_ns: i64,
+}
+
+impl EventTimes {
+    /// Records an occurrence at `at_ns`.
+    pub fn record(&mut self, at_ns: i64) {
+        if self.first_ns == 0 {
+            self.first_ns = at_ns;
+        }
+        self.latest_ns = at_ns;
+    }
 }
 
 /// A stream.
@@ -78,6 +107,8 @@ pub struct MetadataState {
     pub consumer_groups: BTreeMap<String, ConsumerGroupMeta>,
     /// Cursors by (cursor id, stream, partition).
     pub cursors: BTreeMap<(String, String, i32), i64>,
+    /// Activity events not yet published, by raft index (see [`super::activity`]).
+    pub activity: BTreeMap<u64, ActivityOp>,
 }
 
 fn applied() -> MetadataResponse {
@@ -89,6 +120,27 @@ fn rejected(r: Rejection) -> MetadataResponse {
 }
 
 impl MetadataState {
+    /// Applies the command of raft log entry `index` and records its activity event (see
+    /// [`super::activity`]).
+    pub fn apply_at(&mut self, index: u64, cmd: &MetadataCommand) -> MetadataResponse {
+        let before = activity::before(self, cmd);
+        let resp = self.apply(cmd);
+        if !matches!(resp, MetadataResponse::Applied { .. }) {
+            return resp;
+        }
+        if !self.streams.contains_key(ACTIVITY_STREAM) {
+            self.activity.clear();
+            return resp;
+        }
+        if let Some(op) = activity::event_of(self, cmd, before) {
+            self.activity.insert(index, op);
+            while self.activity.len() > activity::MAX_PENDING {
+                self.activity.pop_first();
+            }
+        }
+        resp
+    }
+
     /// Applies one command (see the module invariants).
     pub fn apply(&mut self, cmd: &MetadataCommand) -> MetadataResponse {
         use MetadataCommand as C;
@@ -133,6 +185,8 @@ impl MetadataState {
                             paused: false,
                             readonly: false,
                             isr: r.clone(),
+                            pause_times: EventTimes::default(),
+                            readonly_times: EventTimes::default(),
                         },
                     );
                 }
@@ -199,24 +253,48 @@ impl MetadataState {
                 name,
                 partitions,
                 resume_all,
+                at_ns,
             } => self.for_partitions(name, partitions, |s, p| {
                 s.resume_all = *resume_all;
-                p.paused = true;
+                if !p.paused {
+                    p.paused = true;
+                    p.pause_times.record(*at_ns);
+                }
             }),
-            C::ResumePartition { stream, partition } => {
-                match self.partition_mut(stream, *partition) {
-                    Err(r) => rejected(r),
-                    Ok(p) => {
+            C::ResumePartition {
+                stream,
+                partition,
+                at_ns,
+            } => {
+                if let Err(r) = self.partition_mut(stream, *partition) {
+                    return rejected(r);
+                }
+                let Some(s) = self.streams.get_mut(stream) else {
+                    return rejected(Rejection::StreamNotFound(stream.clone()));
+                };
+                let all = s.resume_all;
+                for (id, p) in s.partitions.iter_mut() {
+                    if p.paused && (all || id == partition) {
                         p.paused = false;
-                        applied()
+                        p.pause_times.record(*at_ns);
                     }
                 }
+                if s.partitions.values().all(|p| !p.paused) {
+                    s.resume_all = false;
+                }
+                applied()
             }
             C::SetStreamReadonly {
                 name,
                 partitions,
                 readonly,
-            } => self.for_partitions(name, partitions, |_, p| p.readonly = *readonly),
+                at_ns,
+            } => self.for_partitions(name, partitions, |_, p| {
+                if p.readonly != *readonly {
+                    p.readonly = *readonly;
+                    p.readonly_times.record(*at_ns);
+                }
+            }),
             C::JoinConsumerGroup {
                 group,
                 consumer,
@@ -289,6 +367,10 @@ impl MetadataState {
                 MetadataResponse::Applied {
                     group_epoch: Some(g.epoch),
                 }
+            }
+            C::ActivityPublished { through } => {
+                self.activity.retain(|i, _| i > through);
+                applied()
             }
             C::SetCursor {
                 cursor_id,
@@ -488,6 +570,7 @@ mod tests {
             name: "a".into(),
             partitions: vec![0, 2],
             resume_all: true,
+            at_ns: 10,
         });
         let paused: Vec<bool> = s.streams["a"]
             .partitions
@@ -500,16 +583,103 @@ mod tests {
             name: "a".into(),
             partitions: vec![],
             readonly: true,
+            at_ns: 11,
         });
         assert!(s.streams["a"].partitions.values().all(|p| p.readonly));
+        assert_eq!(s.streams["a"].partitions[&1].readonly_times.first_ns, 11);
+        assert_eq!(s.streams["a"].partitions[&0].pause_times.first_ns, 10);
+        assert_eq!(s.streams["a"].partitions[&1].pause_times.first_ns, 0);
+        // resume_all: resuming one resumes every paused partition.
+        s.apply(&MetadataCommand::ResumePartition {
+            stream: "a".into(),
+            partition: 2,
+            at_ns: 12,
+        });
+        assert!(s.streams["a"].partitions.values().all(|p| !p.paused));
+        assert!(!s.streams["a"].resume_all);
+        assert_eq!(s.streams["a"].partitions[&0].pause_times.latest_ns, 12);
+        // Without it, only the one named.
+        s.apply(&MetadataCommand::PauseStream {
+            name: "a".into(),
+            partitions: vec![],
+            resume_all: false,
+            at_ns: 13,
+        });
+        s.apply(&MetadataCommand::ResumePartition {
+            stream: "a".into(),
+            partition: 1,
+            at_ns: 14,
+        });
+        let paused: Vec<bool> = s.streams["a"]
+            .partitions
+            .values()
+            .map(|p| p.paused)
+            .collect();
+        assert_eq!(paused, vec![true, false, true]);
         assert!(matches!(
             s.apply(&MetadataCommand::PauseStream {
                 name: "a".into(),
                 partitions: vec![7],
-                resume_all: false
+                resume_all: false,
+                at_ns: 15,
             }),
             MetadataResponse::Rejected(Rejection::PartitionNotFound { .. })
         ));
+    }
+
+    #[test]
+    fn activity_is_recorded_while_the_activity_stream_exists() {
+        let mut s = MetadataState::default();
+        s.apply_at(1, &create("a", vec![vec![1], vec![1]]));
+        assert!(s.activity.is_empty());
+        s.apply_at(2, &create(ACTIVITY_STREAM, vec![vec![1]]));
+        assert!(s.activity.is_empty());
+        s.apply_at(3, &create("b", vec![vec![1]]));
+        s.apply_at(
+            4,
+            &MetadataCommand::PauseStream {
+                name: "a".into(),
+                partitions: vec![],
+                resume_all: false,
+                at_ns: 1,
+            },
+        );
+        s.apply_at(
+            5,
+            &MetadataCommand::ResumePartition {
+                stream: "a".into(),
+                partition: 1,
+                at_ns: 2,
+            },
+        );
+        // Rejected: not recorded.
+        s.apply_at(6, &MetadataCommand::DeleteStream { name: "zz".into() });
+        let ids: Vec<u64> = s.activity.keys().copied().collect();
+        assert_eq!(ids, vec![3, 4, 5]);
+        assert_eq!(
+            s.activity[&4],
+            ActivityOp::PauseStream {
+                stream: "a".into(),
+                partitions: vec![0, 1],
+                resume_all: false
+            }
+        );
+        assert_eq!(
+            s.activity[&5],
+            ActivityOp::ResumeStream {
+                stream: "a".into(),
+                partitions: vec![1]
+            }
+        );
+        s.apply_at(7, &MetadataCommand::ActivityPublished { through: 4 });
+        assert_eq!(s.activity.keys().copied().collect::<Vec<_>>(), vec![5]);
+        s.apply_at(
+            8,
+            &MetadataCommand::DeleteStream {
+                name: ACTIVITY_STREAM.into(),
+            },
+        );
+        assert!(s.activity.is_empty());
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
                 st.applied = Some(entry.log_id());
                 let resp = match &entry.payload {
                     EntryPayload::Blank => MetadataResponse::Applied { group_epoch: None },
-                    EntryPayload::Normal(cmd) => st.data.apply(cmd),
+                    EntryPayload::Normal(cmd) => st.data.apply_at(entry.log_id().index, cmd),
                     EntryPayload::Membership(m) => {
                         st.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
                         MetadataResponse::Applied { group_epoch: None }

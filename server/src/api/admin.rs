@@ -13,6 +13,7 @@ use drawbridge_proto::api::{
     CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DeleteStreamResponse,
 };
 
+use crate::auto_pause::{KEY_AUTO_PAUSE_DISABLE_IF_SUBSCRIBERS, KEY_AUTO_PAUSE_TIME_MS};
 use crate::cluster::{forward, CreateStreamSpec, Propagated};
 use crate::context::Ctx;
 use crate::error::{Result, ServerError};
@@ -46,7 +47,7 @@ fn overrides(r: &CreateStreamRequest) -> BTreeMap<String, String> {
     i64s("cleaner.interval.ms", r.cleaner_interval.map(|v| v.value));
     i64s("segment.max.bytes", r.segment_max_bytes.map(|v| v.value));
     i64s("segment.max.age.ms", r.segment_max_age.map(|v| v.value));
-    i64s("auto.pause.time.ms", r.auto_pause_time.map(|v| v.value));
+    i64s(KEY_AUTO_PAUSE_TIME_MS, r.auto_pause_time.map(|v| v.value));
     i64s(
         "compact.max.goroutines",
         r.compact_max_goroutines.map(|v| i64::from(v.value)),
@@ -59,7 +60,7 @@ fn overrides(r: &CreateStreamRequest) -> BTreeMap<String, String> {
     };
     bools("compact.enabled", r.compact_enabled.map(|v| v.value));
     bools(
-        "auto.pause.disable.if.subscribers",
+        KEY_AUTO_PAUSE_DISABLE_IF_SUBSCRIBERS,
         r.auto_pause_disable_if_subscribers.map(|v| v.value),
     );
     bools(KEY_OCC, r.optimistic_concurrency_control.map(|v| v.value));

@@ -16,7 +16,7 @@
 //! - `messagesReceivedTimestamps` are the first and latest reception times (leader clock, ns)
 //!   of messages this server's replica took in as partition leader since it was opened here
 //!   (0 = never); authoritative on the leader, like the offsets. Pause and readonly timestamps
-//!   stay unset until pausing and readonly exist.
+//!   are the first and latest change of the flag as committed in the metadata (0 = never).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -40,6 +40,13 @@ fn to_i64(v: Option<u64>) -> i64 {
 
 /// First and latest reception of a message by this replica as partition leader (ns, 0 = never):
 /// what the leader observes, kept in memory since the replica was opened here, as in Liftbridge.
+fn event_timestamps(t: drawbridge_raft::metadata::state::EventTimes) -> PartitionEventTimestamps {
+    PartitionEventTimestamps {
+        first_timestamp: t.first_ns,
+        latest_timestamp: t.latest_ns,
+    }
+}
+
 fn received_timestamps(local: Option<&Local>) -> PartitionEventTimestamps {
     let (first, latest) = local.map_or((0, 0), |l| l.stats.received_timestamps());
     PartitionEventTimestamps {
@@ -76,8 +83,8 @@ fn partition_metadata(ctx: &Ctx, stream: &str, id: i32, p: &PartitionMeta) -> Pa
         paused: p.paused,
         readonly: p.readonly,
         messages_received_timestamps: Some(received_timestamps(local.as_deref())),
-        pause_timestamps: None,
-        readonly_timestamps: None,
+        pause_timestamps: Some(event_timestamps(p.pause_times)),
+        readonly_timestamps: Some(event_timestamps(p.readonly_times)),
     }
 }
 

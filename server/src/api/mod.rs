@@ -1,6 +1,7 @@
 //! The public gRPC service `proto.API` (spec §2), one file per group of RPCs:
 //! - [`admin`]: CreateStream, DeleteStream (run on the metadata leader), and the RPCs of later
-//!   issues (pause, readonly, cursors, consumer groups), which answer `Unimplemented`;
+//!   issues (cursors, consumer groups), which answer `Unimplemented`;
+//! - [`pause`]: PauseStream, SetStreamReadonly, resuming a paused partition;
 //! - [`metadata`]: FetchMetadata, FetchPartitionMetadata;
 //! - [`publish`]: Publish, PublishAsync, PublishToSubject (all re-publish onto NATS);
 //! - [`inflight`]: a PublishAsync session's unacknowledged messages, failed on leader change;
@@ -14,6 +15,7 @@
 pub mod admin;
 pub mod inflight;
 pub mod metadata;
+pub mod pause;
 pub mod publish;
 pub mod subscribe;
 
@@ -66,15 +68,19 @@ impl Api for ApiService {
         ))
     }
 
-    async fn pause_stream(&self, _: Request<PauseStreamRequest>) -> Res<PauseStreamResponse> {
-        Err(admin::later("PauseStream").into())
+    async fn pause_stream(&self, r: Request<PauseStreamRequest>) -> Res<PauseStreamResponse> {
+        Ok(Response::new(
+            pause::pause_stream(&self.ctx, r.into_inner()).await?,
+        ))
     }
 
     async fn set_stream_readonly(
         &self,
-        _: Request<SetStreamReadonlyRequest>,
+        r: Request<SetStreamReadonlyRequest>,
     ) -> Res<SetStreamReadonlyResponse> {
-        Err(admin::later("SetStreamReadonly").into())
+        Ok(Response::new(
+            pause::set_stream_readonly(&self.ctx, r.into_inner()).await?,
+        ))
     }
 
     type SubscribeStream = ReceiverStream<Result<Message, Status>>;

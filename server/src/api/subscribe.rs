@@ -17,8 +17,21 @@
 //! - The producer ends when the client leaves (send fails), the server stops, the stream is
 //!   deleted (NotFound), or — unless `readISRReplica` — this node stops leading the partition
 //!   (Unavailable, so the client re-resolves the leader and resumes).
+//! - Paused partitions (spec §9.8): `resume` resumes the partition before positioning (a
+//!   failure is Internal); without it the call ends with FailedPrecondition right after the
+//!   first frame, and an open subscription ends with FailedPrecondition when the partition is
+//!   paused.
+//! - Readonly partitions: once the subscriber has every committed record, the call ends with
+//!   ResourceExhausted "End of readonly partition" (also when readonly is set while it tails).
+//! - `reverse` (field 12): from the start position (NEW_ONLY and LATEST = newest; OFFSET
+//!   clamped into [oldest, newest]) towards older records; a stop offset / timestamp is the
+//!   lower bound (ResourceExhausted after it); past the oldest record the call ends with
+//!   Unknown "EOF", as Liftbridge does. STOP_LATEST does not apply and is ignored.
+//! - While a subscription is open it is counted in the partition's `subscribers` gauge (read by
+//!   auto-pause when `auto.pause.disable.if.subscribers`).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,9 +178,6 @@ pub async fn subscribe(
             return Err(super::admin::later("Subscribe as a consumer group member"));
         }
     }
-    if r.reverse {
-        return Err(super::admin::later("Reverse Subscribe"));
-    }
     let state = ctx.raft.metadata().state().state;
     if state
         .streams
@@ -187,24 +197,197 @@ pub async fn subscribe(
     let local = local
         .ok_or_else(|| ServerError::FailedPrecondition("Server not partition leader".into()))?;
     may_serve(local.replica.is_leader(), r.read_isr_replica, in_isr)?;
-    if r.resume {
-        tracing::debug!("resume requested; partitions are never paused by this server yet");
+    let paused = super::pause::is_paused(ctx, &r.stream, r.partition);
+    if paused && r.resume {
+        super::pause::resume(ctx, &r.stream, r.partition)
+            .await
+            .map_err(|e| ServerError::Internal(format!("resuming the partition failed: {e}")))?;
+    }
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    if r.reverse {
+        let (start, stop) = reverse_positions(&r, &local.log)?;
+        tx.send(Ok(Message::default()))
+            .await
+            .map_err(|_| ServerError::Internal("subscriber left".into()))?;
+        let guard = SubscriberGuard::new(&local);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            produce_reverse(ctx, local, id, start, stop, tx).await;
+        });
+        return Ok(ReceiverStream::new(rx));
     }
     let (start, stop) = positions(&r, &local.log)?;
-    let (tx, rx) = mpsc::channel(CHANNEL);
     tx.send(Ok(Message::default()))
         .await
         .map_err(|_| ServerError::Internal("subscriber left".into()))?;
-    tokio::spawn(produce(
-        ctx.clone(),
-        local,
-        id,
-        r.read_isr_replica,
-        start,
-        stop,
-        tx,
-    ));
+    if paused && !r.resume {
+        let _ = tx
+            .send(Err(ServerError::FailedPrecondition(
+                "Partition is paused".into(),
+            )
+            .into()))
+            .await;
+        return Ok(ReceiverStream::new(rx));
+    }
+    let guard = SubscriberGuard::new(&local);
+    let ctx = ctx.clone();
+    let any_replica = r.read_isr_replica;
+    tokio::spawn(async move {
+        let _guard = guard;
+        produce(ctx, local, id, any_replica, start, stop, tx).await;
+    });
     Ok(ReceiverStream::new(rx))
+}
+
+/// Counts an open subscription in its partition's `subscribers` gauge while alive.
+struct SubscriberGuard(Arc<Local>);
+
+impl SubscriberGuard {
+    fn new(local: &Arc<Local>) -> Self {
+        local.stats.subscribers.fetch_add(1, Ordering::Relaxed);
+        Self(local.clone())
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Start offset (inclusive, `None` on an empty partition) and optional inclusive lower stop
+/// offset of a reverse subscription.
+fn reverse_positions(r: &SubscribeRequest, log: &Log) -> Result<(Option<u64>, Option<u64>)> {
+    let earliest = log.earliest_offset();
+    let Some(hw) = log.high_watermark().filter(|h| *h >= earliest) else {
+        return Ok((None, None));
+    };
+    let start = match StartPosition::try_from(r.start_position) {
+        Ok(StartPosition::NewOnly | StartPosition::Latest) => hw,
+        Ok(StartPosition::Offset) => {
+            u64::try_from(r.start_offset).map_or(earliest, |o| o.clamp(earliest, hw))
+        }
+        Ok(StartPosition::Earliest) => earliest,
+        Ok(StartPosition::Timestamp) => log
+            .offset_for_timestamp(r.start_timestamp.max(0))?
+            .unwrap_or(hw),
+        Err(_) => {
+            return Err(ServerError::InvalidArgument(format!(
+                "Unknown StartPosition {}",
+                r.start_position
+            )))
+        }
+    };
+    let stop = match StopPosition::try_from(r.stop_position) {
+        Ok(StopPosition::StopOnCancel | StopPosition::StopLatest) => None,
+        Ok(StopPosition::StopOffset) => Some(u64::try_from(r.stop_offset).map_err(|_| {
+            ServerError::InvalidArgument(format!("Invalid stop offset {}", r.stop_offset))
+        })?),
+        Ok(StopPosition::StopTimestamp) => Some(
+            log.offset_for_timestamp(r.stop_timestamp.max(0))?
+                .unwrap_or(hw),
+        ),
+        Err(_) => {
+            return Err(ServerError::InvalidArgument(format!(
+                "Unknown StopPosition {}",
+                r.stop_position
+            )))
+        }
+    };
+    if let Some(s) = stop {
+        if s > start {
+            return Err(ServerError::InvalidArgument(format!(
+                "Stop offset {s} is after start offset {start} of a reverse subscription"
+            )));
+        }
+    }
+    Ok((Some(start), stop))
+}
+
+/// Sends records from `start` down to the oldest (or `stop`), then ends the call.
+async fn produce_reverse(
+    ctx: Ctx,
+    local: Arc<Local>,
+    id: PartitionId,
+    start: Option<u64>,
+    stop: Option<u64>,
+    tx: mpsc::Sender<Result<Message, Status>>,
+) {
+    let Some(start) = start else {
+        let _ = tx
+            .send(Err(ServerError::Unknown("EOF".into()).into()))
+            .await;
+        return;
+    };
+    let mut before = start.saturating_add(1);
+    loop {
+        if ctx.stopping() {
+            let _ = tx
+                .send(Err(Status::unavailable("server shutting down")))
+                .await;
+            return;
+        }
+        let records = match local.log.read_reverse(before, ReadLimits::default()) {
+            Ok(r) => r,
+            Err(StorageError::Closed) => {
+                let _ = tx
+                    .send(Err(ServerError::NotFound("Stream deleted".into()).into()))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(ServerError::from(e).into())).await;
+                return;
+            }
+        };
+        if records.is_empty() {
+            let _ = tx
+                .send(Err(ServerError::Unknown("EOF".into()).into()))
+                .await;
+            return;
+        }
+        for rec in records {
+            let offset = rec.offset;
+            let value_len = rec.value.len() as u64;
+            if stop.is_some_and(|s| offset < s) {
+                let _ = tx
+                    .send(Err(ServerError::ResourceExhausted(
+                        "Stop offset reached".into(),
+                    )
+                    .into()))
+                    .await;
+                return;
+            }
+            if tx
+                .send(Ok(to_message(&id.stream, id.partition, rec)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            local.stats.sent(value_len);
+            before = offset;
+            if stop == Some(offset) {
+                let _ = tx
+                    .send(Err(ServerError::ResourceExhausted(
+                        "Stop offset reached".into(),
+                    )
+                    .into()))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// `(paused, readonly)` of a partition in a metadata view (`false` when it is gone).
+fn flags(view: &drawbridge_raft::MetadataView, id: &PartitionId) -> (bool, bool) {
+    view.state
+        .streams
+        .get(&id.stream)
+        .and_then(|s| s.partitions.get(&id.partition))
+        .map_or((false, false), |p| (p.paused, p.readonly))
 }
 
 async fn produce(
@@ -218,9 +401,41 @@ async fn produce(
 ) {
     let mut reader = local.log.tail(start);
     let mut shutdown = ctx.shutdown.clone();
+    let mut meta = ctx.raft.metadata().watch();
     loop {
+        let (paused, readonly) = flags(&meta.borrow_and_update(), &id);
+        if paused {
+            let _ = tx
+                .send(Err(ServerError::FailedPrecondition(
+                    "Partition is paused".into(),
+                )
+                .into()))
+                .await;
+            return;
+        }
+        if readonly {
+            let end = local
+                .log
+                .high_watermark()
+                .map_or(local.log.earliest_offset(), |h| h + 1);
+            if reader.position() >= end {
+                let _ = tx
+                    .send(Err(ServerError::ResourceExhausted(
+                        "End of readonly partition".into(),
+                    )
+                    .into()))
+                    .await;
+                return;
+            }
+        }
         let next = tokio::select! {
             r = reader.next_records(ReadLimits::default()) => Some(r),
+            r = meta.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(RECHECK) => None,
             _ = crate::context::until_true(&mut shutdown) => {
                 let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;

@@ -5,6 +5,7 @@
 //!   error paths, ingest details, restart durability;
 //! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
 //!   wildcards;
+//! - `pause`: PauseStream, SetStreamReadonly, auto-pause, reverse subscriptions, OCC;
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
 //! - `idempotent`: producer id and sequence headers, across a restart and a failover;
 //! - `retention`: retention and segment settings from the stream configuration;
@@ -17,5 +18,6 @@ mod common;
 mod compose;
 mod idempotent;
 mod nats;
+mod pause;
 mod retention;
 mod single;

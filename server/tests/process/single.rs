@@ -134,13 +134,6 @@ async fn admin_metadata_and_health() -> TestResult {
     }
 
     // Later-issue RPCs answer Unimplemented, promptly.
-    let r = c
-        .pause_stream(PauseStreamRequest {
-            name: "s1".into(),
-            ..Default::default()
-        })
-        .await;
-    assert_eq!(r.err().map(|e| e.code()), Some(Code::Unimplemented));
     let r = c.set_cursor(SetCursorRequest::default()).await;
     assert_eq!(r.err().map(|e| e.code()), Some(Code::Unimplemented));
     let r = c

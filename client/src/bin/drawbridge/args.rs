@@ -99,6 +99,36 @@ pub enum StreamCommand {
         /// Stream name.
         name: String,
     },
+    /// Pause partitions (all by default); a paused partition resumes when published to.
+    Pause {
+        /// Stream name.
+        name: String,
+        /// Partition to pause (repeatable; default: all).
+        #[arg(short, long = "partition")]
+        partitions: Vec<i32>,
+        /// Resume every paused partition when any one of them is published to.
+        #[arg(long)]
+        resume_all: bool,
+    },
+    /// Resume paused partitions (all paused ones by default).
+    Resume {
+        /// Stream name.
+        name: String,
+        /// Partition to resume (repeatable; default: every paused one).
+        #[arg(short, long = "partition")]
+        partitions: Vec<i32>,
+    },
+    /// Make partitions readonly (all by default), or writable again with --off.
+    Readonly {
+        /// Stream name.
+        name: String,
+        /// Partition to change (repeatable; default: all).
+        #[arg(short, long = "partition")]
+        partitions: Vec<i32>,
+        /// Clear the readonly flag instead of setting it.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 /// `stream create`
@@ -243,6 +273,9 @@ pub struct SubscribeArgs {
     /// Resume the partition if it is paused.
     #[arg(long)]
     pub resume: bool,
+    /// Read from the start position (default: the newest message) towards the oldest, then exit.
+    #[arg(long)]
+    pub reverse: bool,
 }
 
 /// `metadata`

@@ -1,6 +1,6 @@
-//! `drawbridge stream create|list|info|delete`.
+//! `drawbridge stream create|list|info|delete|pause|resume|readonly`.
 
-use drawbridge_client::{Client, StreamOptions};
+use drawbridge_client::{Client, PauseOptions, ReadonlyOptions, StreamOptions};
 
 use crate::args::{CreateArgs, StreamCommand};
 use crate::output::markdown_table;
@@ -16,7 +16,83 @@ pub async fn run(client: &Client, cmd: StreamCommand) -> CliResult {
             println!("deleted stream {name}");
             Ok(())
         }
+        StreamCommand::Pause {
+            name,
+            partitions,
+            resume_all,
+        } => {
+            let which = list_partitions(&partitions);
+            client
+                .pause_stream(
+                    &name,
+                    PauseOptions {
+                        partitions,
+                        resume_all,
+                    },
+                )
+                .await?;
+            println!("paused stream {name} partitions {which}");
+            Ok(())
+        }
+        StreamCommand::Resume { name, partitions } => resume(client, &name, partitions).await,
+        StreamCommand::Readonly {
+            name,
+            partitions,
+            off,
+        } => {
+            let which = list_partitions(&partitions);
+            client
+                .set_stream_readonly(
+                    &name,
+                    ReadonlyOptions {
+                        partitions,
+                        readonly: !off,
+                    },
+                )
+                .await?;
+            let state = if off { "writable" } else { "readonly" };
+            println!("stream {name} partitions {which} are {state}");
+            Ok(())
+        }
     }
+}
+
+fn list_partitions(partitions: &[i32]) -> String {
+    if partitions.is_empty() {
+        "all".to_string()
+    } else {
+        partitions
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Resumes the given partitions, or every paused one.
+async fn resume(client: &Client, name: &str, partitions: Vec<i32>) -> CliResult {
+    let partitions = if partitions.is_empty() {
+        let md = client.fetch_metadata().await?;
+        let Some(stream) = md.stream(name) else {
+            return Err(drawbridge_client::Error::NoSuchStream(name.to_string()).into());
+        };
+        stream
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.paused)
+            .map(|(id, _)| *id)
+            .collect()
+    } else {
+        partitions
+    };
+    for p in &partitions {
+        client.resume_partition(name, *p).await?;
+    }
+    println!(
+        "resumed stream {name} partitions {}",
+        list_partitions(&partitions)
+    );
+    Ok(())
 }
 
 /// The stream options the flags ask for.

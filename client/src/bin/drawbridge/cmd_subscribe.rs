@@ -17,7 +17,7 @@ pub fn subscribe_options(args: &SubscribeArgs) -> SubscribeOptions {
         stop: args.to.unwrap_or(StopAt::Cancel),
         read_isr_replica: args.read_isr_replica,
         resume: args.resume,
-        reverse: false,
+        reverse: args.reverse,
     }
 }
 
