@@ -172,6 +172,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         nats,
         directory: Default::default(),
         partitions: Partitions::default(),
+        groups: Default::default(),
         shutdown: shutdown_rx,
         stats: Default::default(),
     });
@@ -198,6 +199,8 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     partitions::spawn_reconciler(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
+    crate::api::cursors::spawn_stream_creator(ctx.clone());
+    crate::groups::spawn_expiry(ctx.clone());
     if !partitions::wait_ready(&ctx, Duration::from_secs(15)).await {
         warn!("not every hosted partition is ready yet; serving anyway");
     }

@@ -13,6 +13,8 @@
 //! - [`api`]: the `proto.API` gRPC service, one file per group of RPCs.
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest.
+//! - [`groups`]: consumer-group heartbeats, member expiry, coordinator choice and reports,
+//!   subscription fencing (the replicated group state is in the metadata group).
 //! - [`isr`]: in-sync replicas from raft progress on partition leaders, recorded in metadata.
 //! - [`metrics`]: the HTTP endpoint on `metrics.listen`: `/metrics`, `/healthz`, `/readyz`;
 //!   [`stats`]: the atomic counters and histograms it renders.
@@ -31,6 +33,7 @@ pub mod context;
 pub mod embedded_nats;
 pub mod envelope;
 pub mod error;
+pub mod groups;
 pub mod identity;
 pub mod ingest;
 pub mod isr;

@@ -6,6 +6,8 @@
 //! - `nats`: servers on a real `nats-server` — raw NATS publishes, two streams on one subject,
 //!   wildcards;
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
+//! - `cursors`, `groups`: cursors and consumer groups on one server, and their failover on
+//!   three servers;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
 //!
 //! Every wait is bounded; every process is stopped when its guard drops.
@@ -13,5 +15,7 @@
 mod cluster;
 mod common;
 mod compose;
+mod cursors;
+mod groups;
 mod nats;
 mod single;
