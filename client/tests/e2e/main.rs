@@ -4,6 +4,7 @@
 //! - `library`: the client API against one standalone server (embedded NATS);
 //! - `cli`: the built `drawbridge` binary against that server;
 //! - `examples`: the programs in `client/examples/` against that server;
+//! - `groups`: cursors and consumer groups (library and CLI) on their own standalone server;
 //! - `failover`: three servers on a real `nats-server`, SIGKILL of a partition leader during a
 //!   subscription and during pipelined publishing.
 //!
@@ -16,4 +17,5 @@ mod cli;
 mod common;
 mod examples;
 mod failover;
+mod groups;
 mod library;
