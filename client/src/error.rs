@@ -37,6 +37,8 @@ pub(crate) enum Call {
     /// Subscribe, after the first frame.
     SubscribeRecv,
     Cursor,
+    /// A consumer-group RPC.
+    Group,
 }
 
 /// Rewrites a status that reports a broken connection as `Unavailable` (module invariant 4).

@@ -43,6 +43,8 @@
 //! - [`Partitioner`]: key hash and round robin (`partitioner.rs`).
 //! - [`Subscription`]: reading a partition, with resubscription (`subscribe.rs`).
 //! - Cursors: `set_cursor` / `fetch_cursor` (`cursor.rs`).
+//! - Consumer groups: the group RPCs and [`GroupConsumer`], a `Stream` over the partitions
+//!   assigned to a member (`group.rs`).
 //! - [`StreamOptions`], [`SubscribeOptions`] and the other typed options (`options.rs`).
 //! - [`Message`] and [`Ack`] (`message.rs`); [`Error`] (`error.rs`); [`RetryPolicy`]
 //!   (`retry.rs`).
@@ -54,6 +56,7 @@ mod client;
 mod connection;
 mod cursor;
 mod error;
+mod group;
 mod message;
 mod metadata;
 mod options;
@@ -67,6 +70,7 @@ pub use builder::{ClientBuilder, TlsOptions};
 pub use client::Client;
 pub use cursor::{cursor_key, cursor_partition, CURSORS_STREAM};
 pub use error::{Error, Result};
+pub use group::{group_cursor_id, GroupAssignments, GroupConsumer, GroupJoin, GroupOptions};
 pub use message::{Ack, Message};
 pub use metadata::{BrokerInfo, EventTimestamps, Metadata, PartitionInfo, StreamInfo};
 pub use options::{

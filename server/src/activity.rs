@@ -140,7 +140,7 @@ async fn run_once(ctx: &Ctx) -> Duration {
             created_at_ms: crate::acks::now_ns() / 1_000_000,
         };
         match execute(ctx, Propagated::CreateStream(spec)).await {
-            Ok(()) => info!("activity stream created"),
+            Ok(_) => info!("activity stream created"),
             Err(e) => debug!(error = %e, "creating the activity stream failed; will retry"),
         }
         return RETRY;

@@ -177,6 +177,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         nats,
         directory: Default::default(),
         partitions: Partitions::default(),
+        groups: Default::default(),
         shutdown: shutdown_rx,
         stats: Default::default(),
     });
@@ -205,6 +206,8 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     crate::activity::spawn(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
+    crate::api::cursors::spawn_stream_creator(ctx.clone());
+    crate::groups::spawn_expiry(ctx.clone());
     // A restarted node replays its metadata log: until it has caught up, the partitions it
     // hosts are unknown and "every hosted partition is ready" would hold vacuously, opening the
     // API before ingest subscribes (a publish would then go unrecorded).

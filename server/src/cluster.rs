@@ -7,7 +7,9 @@
 //!   knows of the metadata leader). The requester collects answers for a bounded time.
 //! - `<ns>.raft.metadata.propagate.<node id>`: admin operations ([`Propagated`]) sent to the
 //!   metadata leader by any other server; the answer is `Result<(), WireError>`, the leader's
-//!   status code passed through unchanged (spec §5).
+//!   status code passed through unchanged (spec §5). The answer is `Result<Option<u64>,
+//!   WireError>`: consumer-group operations carry the group epoch back; `Ok(None)` is the same
+//!   JSON as `Ok(())`.
 //!
 //! Invariants:
 //! - Only the metadata leader executes an admin operation ([`execute`] checks; a follower answers
@@ -245,10 +247,18 @@ pub enum Propagated {
         /// Its raft address.
         raft_addr: String,
     },
+    /// A consumer-group operation that needs the metadata leader's judgement (coordinator
+    /// choice, coordinator reports); see [`crate::groups`].
+    Group(crate::groups::GroupOp),
 }
 
 /// Runs `op` on the metadata leader: here if this server leads, else forwarded over NATS.
 pub async fn forward(ctx: &Node, op: Propagated) -> Result<()> {
+    forward_for_epoch(ctx, op).await.map(drop)
+}
+
+/// [`forward`], returning the consumer-group epoch the operation reported, if any.
+pub async fn forward_for_epoch(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
     let body = serde_json::to_vec(&op).map_err(|e| ServerError::Internal(e.to_string()))?;
     let mut last_err = ServerError::Internal("no known metadata leader".into());
@@ -265,10 +275,10 @@ pub async fn forward(ctx: &Node, op: Propagated) -> Result<()> {
                     .await
                 {
                     Ok(Ok(msg)) => {
-                        match serde_json::from_slice::<std::result::Result<(), WireError>>(
+                        match serde_json::from_slice::<std::result::Result<Option<u64>, WireError>>(
                             &msg.payload,
                         ) {
-                            Ok(Ok(())) => return Ok(()),
+                            Ok(Ok(epoch)) => return Ok(epoch),
                             Ok(Err(w)) if w.message == NOT_LEADER => {
                                 last_err = ServerError::Internal("metadata leader moved".into());
                             }
@@ -320,7 +330,7 @@ pub async fn serve_propagate(ctx: Ctx) -> Result<()> {
                     let Some(reply) = msg.reply else { continue };
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let result: std::result::Result<(), WireError> =
+                        let result: std::result::Result<Option<u64>, WireError> =
                             match serde_json::from_slice::<Propagated>(&msg.payload) {
                                 Err(e) => Err(WireError::from_error(&ServerError::InvalidArgument(
                                     format!("undecodable admin request: {e}"),
@@ -354,7 +364,8 @@ pub fn cluster_members(ctx: &Node) -> Vec<NodeId> {
     all.into_iter().collect()
 }
 
-async fn propose(ctx: &Node, cmd: MetadataCommand) -> Result<MetadataResponse> {
+/// Proposes `cmd` on this server, which must lead the metadata group.
+pub(crate) async fn propose(ctx: &Node, cmd: MetadataCommand) -> Result<MetadataResponse> {
     ctx.raft
         .metadata()
         .propose(cmd, PROPOSE_TIMEOUT)
@@ -362,7 +373,8 @@ async fn propose(ctx: &Node, cmd: MetadataCommand) -> Result<MetadataResponse> {
         .map_err(|e| ServerError::Internal(format!("metadata replication failed: {e}")))
 }
 
-fn rejection(r: Rejection) -> ServerError {
+/// The error class of a rejected command (spec §5).
+pub(crate) fn rejection(r: Rejection) -> ServerError {
     match r {
         Rejection::StreamExists(n) => {
             ServerError::AlreadyExists(format!("stream {n} already exists"))
@@ -371,12 +383,14 @@ fn rejection(r: Rejection) -> ServerError {
         Rejection::PartitionNotFound { stream, partition } => {
             ServerError::NotFound(format!("partition {stream}/{partition} not found"))
         }
+        Rejection::GroupNotFound(g) => ServerError::NotFound(format!("group {g} not found")),
         other => ServerError::FailedPrecondition(other.to_string()),
     }
 }
 
-/// Executes an admin operation on this server, which must lead the metadata group.
-pub async fn execute(ctx: &Node, op: Propagated) -> Result<()> {
+/// Executes an admin operation on this server, which must lead the metadata group; returns the
+/// consumer-group epoch for group operations.
+pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
     let cmd = match op {
         Propagated::CreateStream(spec) => {
             let state = ctx.raft.metadata().state().state;
@@ -410,6 +424,7 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<()> {
         }
         Propagated::DeleteStream { name } => MetadataCommand::DeleteStream { name },
         Propagated::Command(cmd) => cmd,
+        Propagated::Group(op) => return crate::groups::execute(ctx, op).await,
         Propagated::Join { node_id, raft_addr } => {
             ctx.raft
                 .set_peer(node_id, &raft_addr)
@@ -429,7 +444,7 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<()> {
         }
     };
     match propose(ctx, cmd).await? {
-        MetadataResponse::Applied { .. } => Ok(()),
+        MetadataResponse::Applied { group_epoch } => Ok(group_epoch),
         MetadataResponse::Rejected(r) => Err(rejection(r)),
     }
 }

@@ -40,6 +40,8 @@ pub struct Node {
     pub directory: Directory,
     /// Partition replicas hosted here, their leadership and ingest tasks.
     pub partitions: Partitions,
+    /// Consumer-group heartbeats and coordinator reports kept in memory ([`crate::groups`]).
+    pub groups: crate::groups::Groups,
     /// Flips to `true` when the server stops.
     pub shutdown: watch::Receiver<bool>,
     /// Node-wide counters and latency histograms (bumped by the API and the leadership

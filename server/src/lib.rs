@@ -14,6 +14,8 @@
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest;
 //!   [`auto_pause`]: pausing idle partitions on their leader.
+//! - [`groups`]: consumer-group heartbeats, member expiry, coordinator choice and reports,
+//!   subscription fencing (the replicated group state is in the metadata group).
 //! - [`isr`]: in-sync replicas from raft progress on partition leaders, recorded in metadata.
 //! - [`metrics`]: the HTTP endpoint on `metrics.listen`: `/metrics`, `/healthz`, `/readyz`;
 //!   [`stats`]: the atomic counters and histograms it renders.
@@ -36,6 +38,7 @@ pub mod dedup;
 pub mod embedded_nats;
 pub mod envelope;
 pub mod error;
+pub mod groups;
 pub mod identity;
 pub mod ingest;
 pub mod isr;

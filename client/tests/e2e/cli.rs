@@ -15,14 +15,14 @@ const CLI: &str = env!("CARGO_BIN_EXE_drawbridge");
 
 /// What one run of the CLI produced.
 #[derive(Debug)]
-struct Run {
+pub struct Run {
     code: Option<i32>,
     stdout: String,
     stderr: String,
 }
 
 impl Run {
-    fn ok(self) -> Result<String, String> {
+    pub fn ok(self) -> Result<String, String> {
         if self.code == Some(0) {
             Ok(self.stdout)
         } else {
@@ -32,7 +32,7 @@ impl Run {
 
     /// Asserts the run failed with exit status 1 and one `error: ...` line containing
     /// `needle` (no panic, no backtrace); returns that line.
-    fn one_line_error(&self, needle: &str) -> String {
+    pub fn one_line_error(&self, needle: &str) -> String {
         assert_eq!(self.code, Some(1), "expected exit status 1: {self:?}");
         let lines: Vec<&str> = self
             .stderr
@@ -52,7 +52,7 @@ impl Run {
 }
 
 /// Runs `drawbridge --addr <addr> <args>` with `stdin`, killed (by PID, on drop) after 30 s.
-async fn cli(addr: &str, args: &[&str], stdin: Option<&str>) -> TestResult<Run> {
+pub async fn cli(addr: &str, args: &[&str], stdin: Option<&str>) -> TestResult<Run> {
     let mut cmd = tokio::process::Command::new(CLI);
     cmd.arg("--addr")
         .arg(addr)

@@ -5,6 +5,7 @@
 //! - `cli`: the built `drawbridge` binary against that server;
 //! - `pause`: pause, resume, readonly and reverse reads through the library and the CLI;
 //! - `examples`: the programs in `client/examples/` against that server;
+//! - `groups`: cursors and consumer groups (library and CLI) on their own standalone server;
 //! - `failover`: three servers on a real `nats-server`, SIGKILL of a partition leader during a
 //!   subscription and during pipelined publishing.
 //!
@@ -17,5 +18,6 @@ mod cli;
 mod common;
 mod examples;
 mod failover;
+mod groups;
 mod library;
 mod pause;

@@ -104,8 +104,11 @@ pub enum MetadataCommand {
         group: String,
         /// Consumer id.
         consumer: String,
-        /// The epoch the caller saw; a stale epoch is rejected.
-        expected_epoch: u64,
+        /// The epoch the caller saw, if it must match (a stale epoch is rejected); `None` for a
+        /// member leaving on its own request.
+        expected_epoch: Option<u64>,
+        /// Removed by the coordinator because its heartbeats stopped.
+        expired: bool,
     },
     /// Moves a group's coordinator (after the old one failed); bumps the epoch.
     SetGroupCoordinator {

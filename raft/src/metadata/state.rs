@@ -201,6 +201,7 @@ impl MetadataState {
                         partitions,
                     },
                 );
+                self.bump_groups_reading(name);
                 applied()
             }
             C::DeleteStream { name } => {
@@ -208,6 +209,7 @@ impl MetadataState {
                     return rejected(Rejection::StreamNotFound(name.clone()));
                 }
                 self.cursors.retain(|(_, s, _), _| s != name);
+                self.bump_groups_reading(name);
                 applied()
             }
             C::SetPartitionLeader {
@@ -301,14 +303,23 @@ impl MetadataState {
                 streams,
                 coordinator,
             } => {
-                let g = self
-                    .consumer_groups
-                    .entry(group.clone())
-                    .or_insert_with(|| ConsumerGroupMeta {
+                if group.is_empty() || consumer.is_empty() || streams.is_empty() {
+                    return rejected(Rejection::Invalid(
+                        "a group member needs a group id, a consumer id and streams".into(),
+                    ));
+                }
+                let Some(g) = self.consumer_groups.get_mut(group) else {
+                    // A brand-new group starts at epoch 0 (spec §11).
+                    let g = ConsumerGroupMeta {
                         coordinator: *coordinator,
                         epoch: 0,
-                        members: BTreeMap::new(),
-                    });
+                        members: [(consumer.clone(), streams.clone())].into(),
+                    };
+                    self.consumer_groups.insert(group.clone(), g);
+                    return MetadataResponse::Applied {
+                        group_epoch: Some(0),
+                    };
+                };
                 if g.members.get(consumer) != Some(streams) {
                     g.members.insert(consumer.clone(), streams.clone());
                     g.epoch += 1;
@@ -321,15 +332,16 @@ impl MetadataState {
                 group,
                 consumer,
                 expected_epoch,
+                expired: _,
             } => {
                 let Some(g) = self.consumer_groups.get_mut(group) else {
                     return rejected(Rejection::GroupNotFound(group.clone()));
                 };
-                if g.epoch != *expected_epoch {
+                if let Some(expected) = expected_epoch.filter(|e| *e != g.epoch) {
                     return rejected(Rejection::EpochMismatch {
                         group: group.clone(),
                         current: g.epoch,
-                        expected: *expected_epoch,
+                        expected,
                     });
                 }
                 if g.members.remove(consumer).is_none() {
@@ -386,6 +398,60 @@ impl MetadataState {
                 applied()
             }
         }
+    }
+
+    /// Advances the epoch of every group with a member reading `stream` (its partitions
+    /// appeared or vanished, so the assignments changed).
+    fn bump_groups_reading(&mut self, stream: &str) {
+        for g in self.consumer_groups.values_mut() {
+            if g.members.values().any(|s| s.iter().any(|s| s == stream)) {
+                g.epoch += 1;
+            }
+        }
+    }
+
+    /// The partitions of each member of `group`: per stream, in partition order, every
+    /// partition goes to the member reading that stream with the fewest assignments so far
+    /// (ties: the smallest consumer id). A pure function of the state, so every node computes
+    /// the same assignments for an epoch. Empty when the group does not exist.
+    pub fn assignments(&self, group: &str) -> BTreeMap<String, BTreeMap<String, Vec<i32>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+        let Some(g) = self.consumer_groups.get(group) else {
+            return out;
+        };
+        let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+        for consumer in g.members.keys() {
+            load.insert(consumer, 0);
+            out.insert(consumer.clone(), BTreeMap::new());
+        }
+        let streams: BTreeSet<&String> = g.members.values().flatten().collect();
+        for stream in streams {
+            let Some(meta) = self.streams.get(stream) else {
+                continue;
+            };
+            let readers: Vec<&str> = g
+                .members
+                .iter()
+                .filter(|(_, s)| s.contains(stream))
+                .map(|(c, _)| c.as_str())
+                .collect();
+            for id in meta.partitions.keys() {
+                let Some(pick) = readers
+                    .iter()
+                    .copied()
+                    .min_by_key(|c| (load.get(c).copied().unwrap_or(0), *c))
+                else {
+                    continue;
+                };
+                *load.entry(pick).or_default() += 1;
+                out.entry(pick.to_string())
+                    .or_default()
+                    .entry(stream.clone())
+                    .or_default()
+                    .push(*id);
+            }
+        }
+        out
     }
 
     fn partition_mut(
@@ -694,43 +760,91 @@ mod tests {
         assert_eq!(
             s.apply(&join("x")),
             MetadataResponse::Applied {
+                group_epoch: Some(0)
+            }
+        );
+        assert_eq!(
+            s.apply(&join("y")),
+            MetadataResponse::Applied {
                 group_epoch: Some(1)
             }
         );
         assert_eq!(
             s.apply(&join("y")),
             MetadataResponse::Applied {
-                group_epoch: Some(2)
-            }
-        );
-        assert_eq!(
-            s.apply(&join("y")),
-            MetadataResponse::Applied {
-                group_epoch: Some(2)
+                group_epoch: Some(1)
             }
         );
         assert!(matches!(
             s.apply(&MetadataCommand::LeaveConsumerGroup {
                 group: "g".into(),
                 consumer: "x".into(),
-                expected_epoch: 1
+                expected_epoch: Some(0),
+                expired: false,
             }),
-            MetadataResponse::Rejected(Rejection::EpochMismatch { current: 2, .. })
+            MetadataResponse::Rejected(Rejection::EpochMismatch { current: 1, .. })
         ));
         s.apply(&MetadataCommand::SetGroupCoordinator {
             group: "g".into(),
             coordinator: 3,
-            expected_epoch: 2,
+            expected_epoch: 1,
         });
         assert_eq!(s.consumer_groups["g"].coordinator, 3);
-        for (c, e) in [("x", 3), ("y", 4)] {
+        assert!(matches!(
+            s.apply(&MetadataCommand::LeaveConsumerGroup {
+                group: "g".into(),
+                consumer: "nobody".into(),
+                expected_epoch: None,
+                expired: false,
+            }),
+            MetadataResponse::Rejected(Rejection::NotMember { .. })
+        ));
+        for c in ["x", "y"] {
             s.apply(&MetadataCommand::LeaveConsumerGroup {
                 group: "g".into(),
                 consumer: c.into(),
-                expected_epoch: e,
+                expected_epoch: None,
+                expired: c == "y",
             });
         }
         assert!(s.consumer_groups.is_empty());
+    }
+
+    #[test]
+    fn assignments_are_disjoint_complete_and_balanced() {
+        let mut s = MetadataState::default();
+        s.apply(&create("a", vec![vec![1]; 4]));
+        s.apply(&create("b", vec![vec![1]; 3]));
+        let join = |c: &str, streams: &[&str]| MetadataCommand::JoinConsumerGroup {
+            group: "g".into(),
+            consumer: c.into(),
+            streams: streams.iter().map(|s| s.to_string()).collect(),
+            coordinator: 1,
+        };
+        s.apply(&join("x", &["a", "b"]));
+        s.apply(&join("y", &["a"]));
+        let a = s.assignments("g");
+        let mut seen: Vec<(String, i32)> = Vec::new();
+        for per in a.values() {
+            for (stream, ps) in per {
+                seen.extend(ps.iter().map(|p| (stream.clone(), *p)));
+            }
+        }
+        seen.sort();
+        let want: Vec<(String, i32)> = (0..4)
+            .map(|p| ("a".to_string(), p))
+            .chain((0..3).map(|p| ("b".to_string(), p)))
+            .collect();
+        assert_eq!(seen, want, "every partition exactly once");
+        assert_eq!(a["y"]["a"].len(), 2);
+        assert_eq!(a["x"]["a"].len(), 2);
+        assert_eq!(a["x"]["b"], vec![0, 1, 2], "only x reads b");
+        // Deleting a stream the group reads advances the epoch and drops its partitions.
+        let before = s.consumer_groups["g"].epoch;
+        s.apply(&MetadataCommand::DeleteStream { name: "b".into() });
+        assert_eq!(s.consumer_groups["g"].epoch, before + 1);
+        assert!(!s.assignments("g")["x"].contains_key("b"));
+        assert!(s.assignments("nope").is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! CreateStream and DeleteStream: validated on the receiving server, executed on the metadata
-//! leader ([`crate::cluster::forward`]); and the answer for RPCs of later issues.
+//! leader ([`crate::cluster::forward`]).
 //!
 //! Invariants: a CreateStream that returns OK has been committed to the metadata group; it then
 //! waits (bounded) until every partition has a leader that is recording its subject, so a
@@ -22,11 +22,6 @@ use crate::partitions::KEY_OCC;
 
 /// How long CreateStream waits for partition leaders after the stream is created.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
-
-/// The error for RPCs that a later issue implements.
-pub fn later(rpc: &str) -> ServerError {
-    ServerError::Unimplemented(format!("{rpc} is not implemented by this server yet"))
-}
 
 fn overrides(r: &CreateStreamRequest) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();

@@ -1,7 +1,8 @@
 //! The public gRPC service `proto.API` (spec §2), one file per group of RPCs:
-//! - [`admin`]: CreateStream, DeleteStream (run on the metadata leader), and the RPCs of later
-//!   issues (cursors, consumer groups), which answer `Unimplemented`;
+//! - [`admin`]: CreateStream, DeleteStream (run on the metadata leader);
 //! - [`pause`]: PauseStream, SetStreamReadonly, resuming a paused partition;
+//! - [`cursors`]: SetCursor, FetchCursor (on the `__cursors` partition leader);
+//! - [`groups`]: the consumer-group RPCs;
 //! - [`metadata`]: FetchMetadata, FetchPartitionMetadata;
 //! - [`publish`]: Publish, PublishAsync, PublishToSubject (all re-publish onto NATS);
 //! - [`inflight`]: a PublishAsync session's unacknowledged messages, failed on leader change;
@@ -13,6 +14,8 @@
 //! anything but its own producer.
 
 pub mod admin;
+pub mod cursors;
+pub mod groups;
 pub mod inflight;
 pub mod metadata;
 pub mod pause;
@@ -135,39 +138,53 @@ impl Api for ApiService {
         timed(&self.ctx, Method::PublishToSubject, t, out)
     }
 
-    async fn set_cursor(&self, _: Request<SetCursorRequest>) -> Res<SetCursorResponse> {
-        Err(admin::later("SetCursor").into())
+    async fn set_cursor(&self, r: Request<SetCursorRequest>) -> Res<SetCursorResponse> {
+        Ok(Response::new(
+            cursors::set_cursor(&self.ctx, r.into_inner()).await?,
+        ))
     }
 
-    async fn fetch_cursor(&self, _: Request<FetchCursorRequest>) -> Res<FetchCursorResponse> {
-        Err(admin::later("FetchCursor").into())
+    async fn fetch_cursor(&self, r: Request<FetchCursorRequest>) -> Res<FetchCursorResponse> {
+        Ok(Response::new(cursors::fetch_cursor(
+            &self.ctx,
+            r.into_inner(),
+        )?))
     }
 
     async fn join_consumer_group(
         &self,
-        _: Request<JoinConsumerGroupRequest>,
+        r: Request<JoinConsumerGroupRequest>,
     ) -> Res<JoinConsumerGroupResponse> {
-        Err(admin::later("JoinConsumerGroup").into())
+        Ok(Response::new(
+            groups::join(&self.ctx, r.into_inner()).await?,
+        ))
     }
 
     async fn leave_consumer_group(
         &self,
-        _: Request<LeaveConsumerGroupRequest>,
+        r: Request<LeaveConsumerGroupRequest>,
     ) -> Res<LeaveConsumerGroupResponse> {
-        Err(admin::later("LeaveConsumerGroup").into())
+        Ok(Response::new(
+            groups::leave(&self.ctx, r.into_inner()).await?,
+        ))
     }
 
     async fn fetch_consumer_group_assignments(
         &self,
-        _: Request<FetchConsumerGroupAssignmentsRequest>,
+        r: Request<FetchConsumerGroupAssignmentsRequest>,
     ) -> Res<FetchConsumerGroupAssignmentsResponse> {
-        Err(admin::later("FetchConsumerGroupAssignments").into())
+        Ok(Response::new(groups::fetch_assignments(
+            &self.ctx,
+            r.into_inner(),
+        )?))
     }
 
     async fn report_consumer_group_coordinator(
         &self,
-        _: Request<ReportConsumerGroupCoordinatorRequest>,
+        r: Request<ReportConsumerGroupCoordinatorRequest>,
     ) -> Res<ReportConsumerGroupCoordinatorResponse> {
-        Err(admin::later("ReportConsumerGroupCoordinator").into())
+        Ok(Response::new(
+            groups::report(&self.ctx, r.into_inner()).await?,
+        ))
     }
 }

@@ -14,6 +14,10 @@
 //! - `readISRReplica` is served by the leader or by a replica the partition's recorded ISR
 //!   names (stricter than Liftbridge, which does not check); any other server answers
 //!   FailedPrecondition, as for a non-leader, so clients refresh metadata and pick again.
+//! - A consumer-group member (`consumer.groupId`) needs a consumer id (InvalidArgument), cannot
+//!   use `readISRReplica` (InvalidArgument), and is admitted only in the group's current epoch
+//!   for a partition assigned to it (FailedPrecondition); its call ends with FailedPrecondition
+//!   once a later epoch assigns the partition elsewhere ([`crate::groups`]).
 //! - The producer ends when the client leaves (send fails), the server stops, the stream is
 //!   deleted (NotFound), or — unless `readISRReplica` — this node stops leading the partition
 //!   (Unavailable, so the client re-resolves the leader and resumes).
@@ -174,9 +178,6 @@ pub async fn subscribe(
                 "readISRReplica cannot be used by a consumer group member".into(),
             ));
         }
-        if !c.group_id.is_empty() {
-            return Err(super::admin::later("Subscribe as a consumer group member"));
-        }
     }
     let state = ctx.raft.metadata().state().state;
     if state
@@ -197,6 +198,20 @@ pub async fn subscribe(
     let local = local
         .ok_or_else(|| ServerError::FailedPrecondition("Server not partition leader".into()))?;
     may_serve(local.replica.is_leader(), r.read_isr_replica, in_isr)?;
+    let member = match r.consumer.as_ref().filter(|c| !c.group_id.is_empty()) {
+        Some(c) => Some(
+            crate::groups::admit(
+                ctx,
+                &c.group_id,
+                &c.consumer_id,
+                c.group_epoch,
+                &r.stream,
+                r.partition,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let paused = super::pause::is_paused(ctx, &r.stream, r.partition);
     if paused && r.resume {
         super::pause::resume(ctx, &r.stream, r.partition)
@@ -209,6 +224,9 @@ pub async fn subscribe(
         tx.send(Ok(Message::default()))
             .await
             .map_err(|_| ServerError::Internal("subscriber left".into()))?;
+        if let Some(m) = member {
+            crate::groups::fence(ctx.clone(), m, r.stream.clone(), r.partition, tx.clone());
+        }
         let guard = SubscriberGuard::new(&local);
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -229,6 +247,9 @@ pub async fn subscribe(
             .into()))
             .await;
         return Ok(ReceiverStream::new(rx));
+    }
+    if let Some(m) = member {
+        crate::groups::fence(ctx.clone(), m, r.stream.clone(), r.partition, tx.clone());
     }
     let guard = SubscriberGuard::new(&local);
     let ctx = ctx.clone();

@@ -9,6 +9,8 @@
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
 //! - `idempotent`: producer id and sequence headers, across a restart and a failover;
 //! - `retention`: retention and segment settings from the stream configuration;
+//! - `cursors`, `groups`: cursors and consumer groups on one server, and their failover on
+//!   three servers;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
 //!
 //! Every wait is bounded; every process is stopped when its guard drops.
@@ -16,6 +18,8 @@
 mod cluster;
 mod common;
 mod compose;
+mod cursors;
+mod groups;
 mod idempotent;
 mod nats;
 mod pause;

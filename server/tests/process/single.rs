@@ -133,13 +133,13 @@ async fn admin_metadata_and_health() -> TestResult {
         assert_eq!(r.err().map(|e| e.code()), Some(Code::NotFound));
     }
 
-    // Later-issue RPCs answer Unimplemented, promptly.
+    // Cursor and consumer-group RPCs validate their arguments first.
     let r = c.set_cursor(SetCursorRequest::default()).await;
-    assert_eq!(r.err().map(|e| e.code()), Some(Code::Unimplemented));
+    assert_eq!(r.err().map(|e| e.code()), Some(Code::InvalidArgument));
     let r = c
         .join_consumer_group(JoinConsumerGroupRequest::default())
         .await;
-    assert_eq!(r.err().map(|e| e.code()), Some(Code::Unimplemented));
+    assert_eq!(r.err().map(|e| e.code()), Some(Code::InvalidArgument));
 
     // DeleteStream, and a subscription open on it ends with NotFound.
     let mut sub = subscribe(&mut c, sub_req("s1", 0, StartPosition::Earliest)).await?;

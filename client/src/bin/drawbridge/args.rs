@@ -69,6 +69,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Read a stream partition and print its messages.
     Subscribe(SubscribeArgs),
+    /// Read or store a cursor (a named offset of a stream partition).
+    #[command(subcommand)]
+    Cursor(CursorCommand),
     /// Show brokers and streams.
     Metadata(MetadataArgs),
     /// Cluster health.
@@ -276,6 +279,42 @@ pub struct SubscribeArgs {
     /// Read from the start position (default: the newest message) towards the oldest, then exit.
     #[arg(long)]
     pub reverse: bool,
+    /// Read as a member of this consumer group (every partition assigned to the member;
+    /// `--partition` is ignored, `--from` applies where the group has no cursor).
+    #[arg(long, conflicts_with_all = ["read_isr_replica", "to"])]
+    pub group: Option<String>,
+    /// Consumer id of the group member (default: a random one).
+    #[arg(long, requires = "group")]
+    pub consumer: Option<String>,
+    /// Store the group cursor after each printed message.
+    #[arg(long, requires = "group")]
+    pub commit: bool,
+}
+
+/// `cursor ...`
+#[derive(Debug, Subcommand)]
+pub enum CursorCommand {
+    /// Print a cursor's offset (-1 when none is stored).
+    Get(CursorArgs),
+    /// Store a cursor's offset.
+    Set {
+        #[command(flatten)]
+        cursor: CursorArgs,
+        /// The offset to store.
+        offset: i64,
+    },
+}
+
+/// Which cursor.
+#[derive(Debug, Args)]
+pub struct CursorArgs {
+    /// Cursor id (a group's cursor is `__group:<group>`).
+    pub cursor_id: String,
+    /// Stream.
+    pub stream: String,
+    /// Partition.
+    #[arg(short, long, default_value_t = 0)]
+    pub partition: i32,
 }
 
 /// `metadata`

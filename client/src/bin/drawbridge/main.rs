@@ -2,7 +2,7 @@
 //!
 //! Modules:
 //! - `args`: the clap definitions and the value parsers (`--from offset:5`, `k=v` headers...);
-//! - `cmd_stream`, `cmd_publish`, `cmd_subscribe`, `cmd_cluster` (`metadata`, `cluster
+//! - `cmd_stream`, `cmd_publish`, `cmd_subscribe`, `cmd_cursor`, `cmd_cluster` (`metadata`, `cluster
 //!   status`), `cmd_bench`: one per command;
 //! - `output`: JSON lines and tables; `bench_report`: the bench summary.
 //!
@@ -13,6 +13,7 @@ mod args;
 mod bench_report;
 mod cmd_bench;
 mod cmd_cluster;
+mod cmd_cursor;
 mod cmd_publish;
 mod cmd_stream;
 mod cmd_subscribe;
@@ -103,6 +104,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Stream(cmd) => cmd_stream::run(&client, cmd).await,
         Command::Publish(args) => cmd_publish::run(&client, args).await,
         Command::Subscribe(args) => cmd_subscribe::run(&client, args).await,
+        Command::Cursor(cmd) => cmd_cursor::run(&client, cmd).await,
         Command::Metadata(args) => cmd_cluster::metadata(&client, args).await,
         Command::Cluster(ClusterCommand::Status) => cmd_cluster::status(&client).await,
         Command::Bench(args) => cmd_bench::run(&client, args).await,
