@@ -32,7 +32,7 @@ use drawbridge_raft::{PartitionReplica, Proposal};
 use drawbridge_storage::RecordBatchBuilder;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::acks::{self, PendingAck};
 use crate::context::Ctx;
@@ -174,7 +174,10 @@ pub async fn run(
                     reception_ns,
                 });
             if msg.payload.len() > max_bytes {
-                debug!(stream = %p.stream, len = msg.payload.len(), "message too large");
+                if crate::limits::count(&ctx.stats.limits.message_too_large) {
+                    warn!(stream = %p.stream, len = msg.payload.len(), max_bytes,
+                        "message over clustering.replication.max.bytes dropped");
+                }
                 if let Some(pa) = &pending {
                     acks::send(
                         &ctx.nats,

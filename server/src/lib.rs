@@ -21,10 +21,15 @@
 //! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
 //! - [`context`]: the shared server state; [`nats_conn`]: the NATS connection.
 //! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.
+//! - [`limits`]: caps on streams, partitions, subscriptions, connections, message size.
+//! - [`tls`]: TLS and mutual TLS on the API port, the client identity (certificate CN);
+//!   [`authz`]: Liftbridge's casbin ACLs; [`authz_api`]: the API behind them.
 
 pub mod acks;
 pub mod api;
 pub mod app;
+pub mod authz;
+pub mod authz_api;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -34,6 +39,7 @@ pub mod error;
 pub mod identity;
 pub mod ingest;
 pub mod isr;
+pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod nats_conn;
@@ -42,3 +48,4 @@ pub mod partitions;
 pub mod placement;
 pub mod stats;
 pub mod status;
+pub mod tls;

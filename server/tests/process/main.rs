@@ -7,11 +7,19 @@
 //!   wildcards;
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
+//! - `handoff`: SIGTERM of a partition leader hands its leadership to a follower.
+//! - `limits`: `limits.*` and the message size limit refuse with clear statuses, and count.
+//! - `nats_auth`: `nats.user`/`nats.password` against `nats-server --user --pass`.
+//! - `tls`: TLS, mutual TLS, authorization and its SIGHUP reload, with certificates minted here.
 //!
 //! Every wait is bounded; every process is stopped when its guard drops.
 
 mod cluster;
 mod common;
 mod compose;
+mod handoff;
+mod limits;
 mod nats;
+mod nats_auth;
 mod single;
+mod tls;
