@@ -92,6 +92,7 @@ async fn sigterm_of_a_leader_hands_leadership_off() -> TestResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = exited_at.elapsed();
+    eprintln!("publishes resumed {took:?} after the leader exited");
     assert!(
         took < HANDED_OFF_WITHIN,
         "publishes resumed {took:?} after the leader exited (no faster than an election)"
