@@ -6,6 +6,8 @@
 //! - `examples`: the programs in `client/examples/` against that server;
 //! - `failover`: three servers on a real `nats-server`, SIGKILL of a partition leader during a
 //!   subscription and during pipelined publishing.
+//! - `tls`: the library and the CLI over mutual TLS with authorization (certificates minted
+//!   here).
 //!
 //! Tests that run at the same time share one standalone server (`common::shared_server`);
 //! the two cluster tests take turns. Every wait is bounded; every process is stopped by PID
@@ -17,3 +19,4 @@ mod common;
 mod examples;
 mod failover;
 mod library;
+mod tls;
