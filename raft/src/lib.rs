@@ -11,6 +11,7 @@
 //! | [`partition`] | partition groups: proposals, offsets, high watermark, [`PartitionReplica`] |
 //! | [`config`] | [`RaftConfig`] / [`GroupTimings`]: timers tuned for many idle groups |
 //! | [`error`] | [`RaftError`], the one error type the server maps to gRPC statuses |
+//! | [`fsync_stats`] | process-wide fsync latency histograms (log, journal) for `/metrics` |
 //! | [`types`] | ids ([`GroupId`], [`PartitionId`], [`NodeId`]) and the two openraft type configs |
 //! | `log` | openraft log storage: generic store, the node's raft state journal (votes, commit points), file backend, group-commit flusher |
 //! | `transport` | proto service, shared per-peer channels (router), group registry |
@@ -39,6 +40,7 @@ mod codec;
 pub mod config;
 mod convert;
 pub mod error;
+pub mod fsync_stats;
 mod log;
 pub mod metadata;
 pub mod node;

@@ -16,13 +16,17 @@
 //! 5. the partition reconciler, the ISR monitor, the broker survey loop; then a bounded wait
 //!    until the hosted partitions this node leads are recording again (so a restarted server
 //!    opens its API ready to accept publishes);
-//! 6. the gRPC server (`proto.API` and `grpc.health.v1.Health`, one port), health SERVING.
+//! 6. the gRPC server (`proto.API` and `grpc.health.v1.Health`, one port; TLS and mutual TLS
+//!    per `tls.*` ([`crate::tls`]), `proto.API` behind the ACLs of `tls.client.authz.*`
+//!    ([`crate::authz_api`]); certificates, keys and ACL files are read before step 1, so a
+//!    bad file fails start-up at once), health SERVING.
 //!
 //! Shutdown ([`Running::shutdown`]): health NOT_SERVING, the shutdown flag (every background
-//! loop and subscription ends), the gRPC server (bounded drain), partition ingest, raft, NATS,
-//! the embedded broker — in that order, each bounded. Partition leaderships are not handed off
-//! first: drawbridge-raft exposes no leader transfer yet, so the followers elect a new leader
-//! after the election timeout (the stopped node no longer heartbeats).
+//! loop and subscription ends), the gRPC server (bounded drain), partition ingest, then the
+//! hand-off of every partition leadership this node holds to its most caught-up other voter
+//! (raft leader transfer: the new leader takes over in a round trip or two instead of an
+//! election timeout; bounded, 3 s), raft, NATS, the embedded broker — in that order, each
+//! bounded. The metadata group's leadership is not handed off: it elects after its timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,10 +37,11 @@ use drawbridge_raft::{LogSyncPolicy, RaftConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::api::ApiService;
+use crate::authz::Authorizer;
+use crate::authz_api::Guarded;
 use crate::cluster;
 use crate::config::{Config, HostPort, StorageConfig, SyncPolicy};
 use crate::context::{Ctx, Node};
@@ -69,6 +74,8 @@ pub struct Running {
     grpc_task: Option<JoinHandle<()>>,
     health: tonic_health::server::HealthReporter,
     embedded: Option<EmbeddedNats>,
+    /// The ACLs in force when `tls.client.authz.enabled` (reloaded on SIGHUP by `main`).
+    authz: Option<Arc<Authorizer>>,
     /// The bound client API address.
     pub api_addr: SocketAddr,
 }
@@ -102,6 +109,8 @@ fn partition_log_sync(storage: &StorageConfig) -> LogSyncPolicy {
 
 /// Starts a server (see the module docs for the order).
 pub async fn start(config: Config, extra: Extra) -> Result<Running> {
+    let tls = crate::tls::server_config(&config.tls)?;
+    let authz = load_authz(&config)?;
     let (embedded, urls) = if config.nats.embedded || config.nats.embedded_config.is_some() {
         let ncfg = match &config.nats.embedded_config {
             Some(path) => EmbeddedNatsConfig::from_file(path)
@@ -233,19 +242,32 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         .local_addr()
         .map_err(|e| ServerError::Internal(e.to_string()))?;
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<ApiServer<ApiService>>().await;
-    let api = ApiServer::new(ApiService::new(ctx.clone())).max_decoding_message_size(64 << 20);
+    health.set_serving::<Api>().await;
+    let limits = Arc::new(crate::limits::Limits::new(ctx.clone()));
+    let api = ApiServer::new(Guarded::new(
+        ApiService::new(ctx.clone()),
+        authz.clone(),
+        Some(limits),
+    ))
+    .max_decoding_message_size(64 << 20);
+    let incoming =
+        crate::limits::incoming(listener, ctx.config.limits.max_connections, ctx.clone());
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::InvalidArgument(format!("TLS: {e}")))?;
+    }
     let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
     let grpc_task = tokio::spawn(async move {
         // HTTP/2 flow control: the default 64 KiB windows cap one pipelined publisher at a
         // window per round trip (~7 MB/s measured); these let several MiB be in flight.
-        let r = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let r = builder
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .add_service(health_svc)
             .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = grpc_stop_rx.await;
             })
             .await;
@@ -267,8 +289,69 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         grpc_task: Some(grpc_task),
         health,
         embedded,
+        authz,
         api_addr,
     })
+}
+
+/// How long shutdown waits for partition leaderships to move to other replicas.
+const HAND_OFF_BOUND: Duration = Duration::from_secs(3);
+
+/// Hands every partition leadership this node holds to another voter, all groups at once,
+/// bounded by `bound` (groups not handed off by then elect after their election timeout, as
+/// after a crash).
+async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
+    let leading: Vec<_> = ctx
+        .partitions
+        .all()
+        .into_iter()
+        .filter(|(_, l)| l.replica.is_leader())
+        .collect();
+    if leading.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all(
+        leading
+            .iter()
+            .map(|(_, l)| l.replica.transfer_leadership(bound)),
+    )
+    .await;
+    let moved = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+    for ((id, _), r) in leading.iter().zip(&results) {
+        if let Err(e) = r {
+            warn!(stream = %id.stream, partition = id.partition, error = %e, "leadership not handed off");
+        }
+    }
+    info!(
+        moved,
+        led = leading.len(),
+        took = ?started.elapsed(),
+        "partition leaderships handed off"
+    );
+}
+
+/// The API service as registered (its name is `proto.API` whatever the wrapper).
+type Api = ApiServer<Guarded<ApiService>>;
+
+/// The authorizer of `tls.client.authz.*`, when enabled (both files are then required).
+fn load_authz(config: &Config) -> Result<Option<Arc<Authorizer>>> {
+    let tls = &config.tls;
+    if !tls.client_authz_enabled {
+        return Ok(None);
+    }
+    let (Some(model), Some(policy)) = (&tls.client_authz_model, &tls.client_authz_policy) else {
+        return Err(ServerError::InvalidArgument(
+            "tls.client.authz.enabled needs tls.client.authz.model and tls.client.authz.policy"
+                .into(),
+        ));
+    };
+    if !tls.client_auth_enabled {
+        warn!("tls.client.authz.enabled without tls.client.auth.enabled: clients have no identity, every call is denied");
+    }
+    let a =
+        Authorizer::load(model, policy).map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+    Ok(Some(Arc::new(a)))
 }
 
 impl Running {
@@ -277,10 +360,19 @@ impl Running {
         &self.ctx
     }
 
+    /// Re-reads the ACL model and policy files (SIGHUP). On error the rules in force stay and
+    /// the error is returned; without `tls.client.authz.enabled` this does nothing.
+    pub fn reload_authz(&self) -> std::result::Result<(), crate::authz::AuthzError> {
+        match &self.authz {
+            Some(a) => a.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the server (see the module docs); bounded.
     pub async fn shutdown(mut self) {
         info!("shutting down");
-        self.health.set_not_serving::<ApiServer<ApiService>>().await;
+        self.health.set_not_serving::<Api>().await;
         self.shutdown_tx.send_replace(true);
         if let Some(tx) = self.grpc_stop.take() {
             let _ = tx.send(());
@@ -300,6 +392,7 @@ impl Running {
         while self.ctx.partitions.any_ingesting() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        hand_off_leaderships(&self.ctx, HAND_OFF_BOUND).await;
         self.ctx.raft.shutdown().await;
         self.ctx.partitions.close_logs();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.nats.flush()).await;

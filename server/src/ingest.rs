@@ -282,7 +282,10 @@ pub async fn run(
                     reception_ns,
                 });
             if msg.payload.len() > max_bytes {
-                debug!(stream = %p.stream, len = msg.payload.len(), "message too large");
+                if crate::limits::count(&ctx.stats.limits.message_too_large) {
+                    warn!(stream = %p.stream, len = msg.payload.len(), max_bytes,
+                        "message over clustering.replication.max.bytes dropped");
+                }
                 if let Some(pa) = &pending {
                     acks::send(
                         &ctx.nats,

@@ -25,11 +25,16 @@
 //! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
 //! - [`context`]: the shared server state; [`nats_conn`]: the NATS connection.
 //! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.
+//! - [`limits`]: caps on streams, partitions, subscriptions, connections, message size.
+//! - [`tls`]: TLS and mutual TLS on the API port, the client identity (certificate CN);
+//!   [`authz`]: Liftbridge's casbin ACLs; [`authz_api`]: the API behind them.
 
 pub mod acks;
 pub mod activity;
 pub mod api;
 pub mod app;
+pub mod authz;
+pub mod authz_api;
 pub mod auto_pause;
 pub mod cluster;
 pub mod config;
@@ -42,6 +47,7 @@ pub mod groups;
 pub mod identity;
 pub mod ingest;
 pub mod isr;
+pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod nats_conn;
@@ -51,3 +57,4 @@ pub mod placement;
 pub mod retention;
 pub mod stats;
 pub mod status;
+pub mod tls;

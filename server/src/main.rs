@@ -4,7 +4,7 @@
 //! `--raft-listen HOST:PORT` / `--raft-advertise HOST:PORT` (the raft transport address; default
 //! the client listen host and client port + 1). Exit status: 0 after a clean shutdown, 1 when
 //! the configuration is invalid, start-up fails, the shutdown overruns its bound or a second
-//! SIGINT/SIGTERM cuts it short.
+//! SIGINT/SIGTERM cuts it short. SIGHUP reloads the authorization model and policy.
 
 use clap::Parser;
 use drawbridge_server::app::{self, Extra};
@@ -76,6 +76,28 @@ async fn wait_for_signal() {
     }
 }
 
+/// Waits for SIGINT or SIGTERM; meanwhile each SIGHUP reloads the ACL files
+/// (`tls.client.authz.model` and `.policy`; a file that does not load leaves the rules as they
+/// were).
+async fn serve_until_stopped(running: &app::Running) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        wait_for_signal().await;
+        return;
+    };
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hup.recv() => match running.reload_authz() {
+                Ok(()) => tracing::info!("SIGHUP: authorization rules reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: authorization rules not reloaded; the previous rules stay"),
+            },
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let vars = match env::process_vars() {
@@ -123,7 +145,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        serve_until_stopped(&running).await;
         tracing::info!("signal received; stopping (a second signal exits at once)");
         tokio::select! {
             r = tokio::time::timeout(SHUTDOWN_BOUND, running.shutdown()) => match r {

@@ -284,6 +284,18 @@ pub fn render(ctx: &Ctx) -> String {
         "drawbridge_raft_leader_elections_total {}",
         ctx.stats.leader_elections.load(Ordering::Relaxed)
     );
+    family(
+        &mut out,
+        "drawbridge_limit_rejections_total",
+        "counter",
+        "What the limits refused: oversized messages, CreateStreams, Subscribes, connections.",
+    );
+    for (limit, n) in ctx.stats.limits.all() {
+        let _ = writeln!(
+            out,
+            "drawbridge_limit_rejections_total{{limit=\"{limit}\"}} {n}"
+        );
+    }
     if let Some(free) = crate::stats::disk_free_bytes(&ctx.config.data_dir) {
         family(
             &mut out,
@@ -314,7 +326,31 @@ pub fn render(ctx: &Ctx) -> String {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {v}");
     }
+    fsyncs(&mut out);
     out
+}
+
+/// fsync latency of the raft and partition logs and of the raft state journal.
+fn fsyncs(out: &mut String) {
+    use drawbridge_raft::fsync_stats::{snapshot, FsyncKind};
+    let name = "drawbridge_fsync_duration_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Duration of the fsyncs of the log files (raft and partition logs, kind=\"log\") and \
+         of the raft state journal (kind=\"journal\").",
+    );
+    for kind in [FsyncKind::Log, FsyncKind::Journal] {
+        let h = snapshot(kind);
+        let labels = format!("kind=\"{}\"", kind.as_str());
+        for (le, n) in &h.buckets {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
 }
 
 /// Messages and bytes in (ingest, on the leader) and out (subscriptions) per hosted partition.

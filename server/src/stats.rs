@@ -168,6 +168,8 @@ pub struct NodeStats {
     /// Partition leader elections seen by the leadership watches of hosted replicas (a new
     /// leader, or a new term, observed).
     pub leader_elections: AtomicU64,
+    /// What the `limits.*` and the message size limit refused.
+    pub limits: crate::limits::LimitStats,
 }
 
 /// Counters of one hosted partition replica.

@@ -8,6 +8,8 @@
 //! - `groups`: cursors and consumer groups (library and CLI) on their own standalone server;
 //! - `failover`: three servers on a real `nats-server`, SIGKILL of a partition leader during a
 //!   subscription and during pipelined publishing.
+//! - `tls`: the library and the CLI over mutual TLS with authorization (certificates minted
+//!   here).
 //!
 //! Tests that run at the same time share one standalone server (`common::shared_server`);
 //! the two cluster tests take turns. Every wait is bounded; every process is stopped by PID
@@ -21,3 +23,4 @@ mod failover;
 mod groups;
 mod library;
 mod pause;
+mod tls;

@@ -243,10 +243,11 @@ fn clone_err(e: &io::Error) -> io::Error {
 fn sync_parallel(targets: &[Arc<dyn SyncTarget>], journal: Option<&File>) -> Vec<io::Result<()>> {
     let n = targets.len() + usize::from(journal.is_some());
     let one = |i: usize| -> io::Result<()> {
+        use crate::fsync_stats::{timed, FsyncKind};
         match targets.get(i) {
-            Some(t) => t.sync_now(),
+            Some(t) => timed(FsyncKind::Log, || t.sync_now()),
             None => match journal {
-                Some(f) => f.sync_data(),
+                Some(f) => timed(FsyncKind::Journal, || f.sync_data()),
                 None => Ok(()),
             },
         }

@@ -462,6 +462,46 @@ impl PartitionReplica {
         Some(tracker.observe(&p, std::time::Instant::now(), max_lag))
     }
 
+    /// Hands this group's leadership to the most caught-up other voter (graceful shutdown),
+    /// and waits up to `timeout` until that node leads. Returns the node chosen, or `None`
+    /// when this node does not lead or no other voter has acknowledged anything.
+    ///
+    /// The target is the voter whose matched index is highest (ties: the most recent ack);
+    /// openraft makes it campaign at once, so leadership moves in a round trip or two
+    /// instead of an election timeout. Call it once no more entries are proposed here.
+    pub async fn transfer_leadership(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<NodeId>, RaftError> {
+        let Some(p) = self.replication_progress() else {
+            return Ok(None);
+        };
+        let metrics = wait::metrics(&self.group.raft);
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let target = p
+            .followers
+            .iter()
+            .filter(|(id, f)| voters.contains(id) && f.matched_index.is_some())
+            .max_by_key(|(_, f)| (f.matched_index, f.ack_age.map(std::cmp::Reverse)))
+            .map(|(id, _)| *id);
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let gid = self.group_id();
+        self.group
+            .raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| convert::fatal(&gid, e))?;
+        let me = self.group.node_id;
+        wait::until(&self.group.raft, &gid, "leader transfer", timeout, |m| {
+            m.current_leader.is_some_and(|l| l != me)
+        })
+        .await?;
+        Ok(Some(target))
+    }
+
     /// Waits until some node leads the group; returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, RaftError> {
         let m = wait::until(

@@ -2,7 +2,8 @@
 //!
 //! Invariant: [`KEYS`] lists exactly the keys [`apply`] accepts (a unit test applies a sample
 //! value of the listed kind to every key). Keys are dotted and lower-case; the Liftbridge keys
-//! come first, then the Drawbridge extras (`logging.format`, `storage.*`, `metrics.*`).
+//! come first, then the Drawbridge extras (`logging.format`, `storage.*`, `metrics.*`,
+//! `limits.*`).
 
 use super::model::{AckPolicy, Config, HostPort, LogFormat, LogLevel, SyncPolicy};
 use super::value::RawValue;
@@ -105,6 +106,10 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("storage.sync.policy", Kind::Enum(SYNC_POLICIES)),
     ("storage.sync.interval", Kind::Duration),
     ("metrics.listen", Kind::HostPort),
+    ("limits.max.streams", Kind::Int),
+    ("limits.max.partitions", Kind::Int),
+    ("limits.max.subscriptions", Kind::Int),
+    ("limits.max.connections", Kind::Int),
 ];
 
 /// Is `key` (dotted, lower-case) a configuration key?
@@ -236,6 +241,10 @@ pub fn apply(c: &mut Config, key: &str, v: &RawValue) -> Result<(), String> {
         }
         "storage.sync.interval" => c.storage.sync_interval = v.to_duration()?,
         "metrics.listen" => c.metrics.listen = Some(host_port(v)?),
+        "limits.max.streams" => c.limits.max_streams = v.to_int_in(0, i64::MAX)?,
+        "limits.max.partitions" => c.limits.max_partitions = v.to_int_in(0, i64::MAX)?,
+        "limits.max.subscriptions" => c.limits.max_subscriptions = v.to_int_in(0, i64::MAX)?,
+        "limits.max.connections" => c.limits.max_connections = v.to_int_in(0, i64::MAX)?,
         _ => return Err("unknown key".to_owned()),
     }
     Ok(())

@@ -51,8 +51,8 @@ pub use error::ConfigError;
 pub use flags::Flags;
 pub use model::{
     AckPolicy, ActivityConfig, ClusteringConfig, Config, CursorsConfig, GroupsConfig, HostPort,
-    LogFormat, LogLevel, LoggingConfig, MetricsConfig, NatsConfig, StorageConfig, StreamsConfig,
-    SyncPolicy, TelemetryConfig, TlsConfig,
+    LimitsConfig, LogFormat, LogLevel, LoggingConfig, MetricsConfig, NatsConfig, StorageConfig,
+    StreamsConfig, SyncPolicy, TelemetryConfig, TlsConfig,
 };
 pub use value::{Entry, RawValue, Source};
 

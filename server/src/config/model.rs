@@ -268,6 +268,21 @@ pub struct MetricsConfig {
     pub listen: Option<HostPort>,
 }
 
+/// `limits.*` (Drawbridge): caps that keep one client from exhausting the server; 0 means
+/// unlimited (the default for each).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LimitsConfig {
+    /// `limits.max.streams`: streams in the cluster; CreateStream beyond it is refused.
+    pub max_streams: u64,
+    /// `limits.max.partitions`: partitions in the cluster, all streams together.
+    pub max_partitions: u64,
+    /// `limits.max.subscriptions`: concurrent Subscribe calls on this server.
+    pub max_subscriptions: u64,
+    /// `limits.max.connections`: concurrent client API connections on this server; more are
+    /// closed as soon as they are accepted.
+    pub max_connections: u64,
+}
+
 /// The whole server configuration. Field docs name the key and its default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -307,6 +322,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `metrics.*` (Drawbridge)
     pub metrics: MetricsConfig,
+    /// `limits.*` (Drawbridge)
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -391,6 +408,7 @@ impl Default for Config {
                 sync_interval: Duration::from_secs(1),
             },
             metrics: MetricsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

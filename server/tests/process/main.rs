@@ -11,7 +11,11 @@
 //! - `retention`: retention and segment settings from the stream configuration;
 //! - `cursors`, `groups`: cursors and consumer groups on one server, and their failover on
 //!   three servers;
-//! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes.
+//! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes;
+//! - `handoff`: SIGTERM of a partition leader hands its leadership to a follower.
+//! - `limits`: `limits.*` and the message size limit refuse with clear statuses, and count.
+//! - `nats_auth`: `nats.user`/`nats.password` against `nats-server --user --pass`.
+//! - `tls`: TLS, mutual TLS, authorization and its SIGHUP reload, with certificates minted here.
 //!
 //! Every wait is bounded; every process is stopped when its guard drops.
 
@@ -20,8 +24,12 @@ mod common;
 mod compose;
 mod cursors;
 mod groups;
+mod handoff;
 mod idempotent;
+mod limits;
 mod nats;
+mod nats_auth;
 mod pause;
 mod retention;
 mod single;
+mod tls;
