@@ -37,6 +37,8 @@ pub(crate) enum Call {
     /// Subscribe, after the first frame.
     SubscribeRecv,
     Cursor,
+    /// `drawbridge.admin.v1.Admin/ReplicaChecksum` (Drawbridge only).
+    ReplicaChecksum,
 }
 
 /// Rewrites a status that reports a broken connection as `Unavailable` (module invariant 4).

@@ -43,6 +43,8 @@
 //! - [`Partitioner`]: key hash and round robin (`partitioner.rs`).
 //! - [`Subscription`]: reading a partition, with resubscription (`subscribe.rs`).
 //! - Cursors: `set_cursor` / `fetch_cursor` (`cursor.rs`).
+//! - [`VerifyReport`]: [`Client::verify_partitions`] compares every partition's replicas up to
+//!   their common high watermark (Drawbridge's admin service; `verify.rs`).
 //! - [`StreamOptions`], [`SubscribeOptions`] and the other typed options (`options.rs`).
 //! - [`Message`] and [`Ack`] (`message.rs`); [`Error`] (`error.rs`); [`RetryPolicy`]
 //!   (`retry.rs`).
@@ -62,6 +64,7 @@ mod pipeline;
 mod publish;
 mod retry;
 mod subscribe;
+mod verify;
 
 pub use builder::{ClientBuilder, TlsOptions};
 pub use client::Client;
@@ -77,3 +80,4 @@ pub use pipeline::{AckFuture, Publisher, PublisherOptions};
 pub use publish::{new_correlation_id, PublishMessage};
 pub use retry::RetryPolicy;
 pub use subscribe::{EndReason, Subscription};
+pub use verify::{common_range, PartitionCheck, ReplicaReport, ReplicaState, VerifyReport};

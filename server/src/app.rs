@@ -16,7 +16,8 @@
 //! 5. the partition reconciler, the ISR monitor, the broker survey loop; then a bounded wait
 //!    until the hosted partitions this node leads are recording again (so a restarted server
 //!    opens its API ready to accept publishes);
-//! 6. the gRPC server (`proto.API` and `grpc.health.v1.Health`, one port), health SERVING.
+//! 6. the gRPC server (`proto.API`, `drawbridge.admin.v1.Admin` and `grpc.health.v1.Health`,
+//!    one port), health SERVING.
 //!
 //! Shutdown ([`Running::shutdown`]): health NOT_SERVING, the shutdown flag (every background
 //! loop and subscription ends), the gRPC server (bounded drain), partition ingest, raft, NATS,
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drawbridge_proto::admin::admin_server::AdminServer;
 use drawbridge_proto::api::api_server::ApiServer;
 use drawbridge_raft::{LogSyncPolicy, RaftConfig, RaftNode};
 use tokio::net::TcpListener;
@@ -36,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::admin_api::AdminService;
 use crate::api::ApiService;
 use crate::cluster;
 use crate::config::{Config, HostPort, StorageConfig, SyncPolicy};
@@ -212,12 +215,14 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ApiServer<ApiService>>().await;
     let api = ApiServer::new(ApiService::new(ctx.clone())).max_decoding_message_size(64 << 20);
+    let admin = AdminServer::new(AdminService::new(ctx.clone()));
     let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
     let grpc_task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_svc)
             .add_service(api)
+            .add_service(admin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = grpc_stop_rx.await;
             })

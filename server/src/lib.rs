@@ -11,6 +11,8 @@
 //!   error value, never a panic.
 //! - [`app`]: start-up and shutdown of a server (NATS, identity, raft, cluster, gRPC).
 //! - [`api`]: the `proto.API` gRPC service, one file per group of RPCs.
+//! - [`admin_api`]: Drawbridge's own `drawbridge.admin.v1.Admin` service (replica checksums
+//!   for `drawbridge cluster verify`), on the same port.
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest.
 //! - [`isr`]: in-sync replicas from raft progress on partition leaders, recorded in metadata.
@@ -23,6 +25,7 @@
 //! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.
 
 pub mod acks;
+pub mod admin_api;
 pub mod api;
 pub mod app;
 pub mod cluster;

@@ -41,6 +41,9 @@ pub enum CliError {
     /// The arguments do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// A check found a problem (`cluster verify`).
+    #[error("{0}")]
+    Check(String),
 }
 
 impl CliError {
@@ -105,6 +108,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Subscribe(args) => cmd_subscribe::run(&client, args).await,
         Command::Metadata(args) => cmd_cluster::metadata(&client, args).await,
         Command::Cluster(ClusterCommand::Status) => cmd_cluster::status(&client).await,
+        Command::Cluster(ClusterCommand::Verify { json }) => {
+            cmd_cluster::verify(&client, json).await
+        }
         Command::Bench(args) => cmd_bench::run(&client, args).await,
     }
 }
