@@ -19,6 +19,15 @@
 //!   recovery: the follower's log ends below what the leader last saw it acknowledge (partition
 //!   groups allow log reversion), and a batch failing its CRC is cut at open before openraft
 //!   reads it (`drawbridge_storage::Log::truncate_at_first_corrupt`).
+//! - [`a_resumed_deposed_leader_neither_appends_nor_acks`] and
+//!   [`two_replicas_killed_after_a_burst_lose_no_ack`]: the two Liftbridge failure scenarios
+//!   (a leader stopped past the election timeout and resumed with its NATS subscription alive;
+//!   two of three replicas killed right after an ack-ALL burst and restarted together).
+//! - [`verify_finds_a_silently_diverged_replica`]: `cluster verify` passes on a healthy
+//!   cluster and names a replica whose log was rewritten consistently but wrongly.
+//!
+//! Every test ends with `cluster verify` (the replicas agree up to their common high
+//! watermark). Longer runs: `tests/faults/run.sh --minutes N`.
 //!
 //! On failure the servers' whole logs are copied to `<CARGO_TARGET_TMPDIR>/faults-logs/<pid>/`;
 //! `FAULTS_SERVER_LEVEL=debug` starts the servers with `--level debug`.
