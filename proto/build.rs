@@ -2,7 +2,7 @@
 //! needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/api.proto", "proto/raft.proto"];
+    let files = ["proto/api.proto", "proto/raft.proto", "proto/admin.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -49,16 +49,22 @@ impl Pool {
 
     /// The API stub for `addr` (`host:port`), creating its channel on first use.
     pub(crate) fn client(&self, addr: &str) -> Result<ApiClient<Channel>> {
+        self.channel(addr).map(ApiClient::new)
+    }
+
+    /// The channel to `addr` (`host:port`), for stubs of services other than `proto.API`
+    /// (Drawbridge's admin service), created on first use like [`Pool::client`]'s.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
         let mut channels = self
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(ch) = channels.get(addr) {
-            return Ok(ApiClient::new(ch.clone()));
+            return Ok(ch.clone());
         }
         let ch = self.endpoint(addr)?.connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
-        Ok(ApiClient::new(ch))
+        Ok(ch)
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint> {

@@ -39,6 +39,8 @@ pub(crate) enum Call {
     Cursor,
     /// A consumer-group RPC.
     Group,
+    /// `drawbridge.admin.v1.Admin/ReplicaChecksum` (Drawbridge only).
+    ReplicaChecksum,
 }
 
 /// Rewrites a status that reports a broken connection as `Unavailable` (module invariant 4).

@@ -45,6 +45,8 @@
 //! - Cursors: `set_cursor` / `fetch_cursor` (`cursor.rs`).
 //! - Consumer groups: the group RPCs and [`GroupConsumer`], a `Stream` over the partitions
 //!   assigned to a member (`group.rs`).
+//! - [`VerifyReport`]: [`Client::verify_partitions`] compares every partition's replicas up to
+//!   their common high watermark (Drawbridge's admin service; `verify.rs`).
 //! - [`StreamOptions`], [`SubscribeOptions`] and the other typed options (`options.rs`).
 //! - [`Message`] and [`Ack`] (`message.rs`); [`Error`] (`error.rs`); [`RetryPolicy`]
 //!   (`retry.rs`).
@@ -65,6 +67,7 @@ mod pipeline;
 mod publish;
 mod retry;
 mod subscribe;
+mod verify;
 
 pub use builder::{ClientBuilder, TlsOptions};
 pub use client::Client;
@@ -81,3 +84,4 @@ pub use pipeline::{AckFuture, Publisher, PublisherOptions};
 pub use publish::{new_correlation_id, PublishMessage};
 pub use retry::RetryPolicy;
 pub use subscribe::{EndReason, Subscription};
+pub use verify::{common_range, PartitionCheck, ReplicaReport, ReplicaState, VerifyReport};

@@ -5,6 +5,8 @@
 //!   Liftbridge's `api.proto` exactly, so any Liftbridge client works against Drawbridge.
 //! - [`raft`]: the internal transport that carries raft traffic for every raft group between
 //!   Drawbridge nodes (package `drawbridge.raft`). Not a public contract.
+//! - [`admin`]: Drawbridge's own administration service (package `drawbridge.admin.v1`,
+//!   e.g. replica checksums for `drawbridge cluster verify`), served next to `proto.API`.
 //!
 //! This crate holds no logic: only generated code.
 
@@ -28,4 +30,15 @@ pub mod api {
 )]
 pub mod raft {
     tonic::include_proto!("drawbridge.raft");
+}
+
+/// Drawbridge's administration API (`package drawbridge.admin.v1`); not part of Liftbridge.
+#[allow(
+    clippy::all,
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
+pub mod admin {
+    tonic::include_proto!("drawbridge.admin.v1");
 }

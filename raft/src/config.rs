@@ -188,6 +188,11 @@ pub struct RaftConfig {
     #[doc(hidden)]
     #[serde(default = "yes")]
     pub coalesce_heartbeats: bool,
+    /// Tests only: faults every raft RPC of this node passes through
+    /// ([`crate::testing::NetworkFaults`]). `None` in production.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub network_faults: Option<crate::testing::NetworkFaults>,
 }
 
 fn yes() -> bool {
@@ -240,6 +245,7 @@ impl RaftConfig {
             partition_log_sync: LogSyncPolicy::Always,
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
+            network_faults: None,
         }
     }
 }

@@ -189,7 +189,8 @@ impl RaftNode {
             config.advertise_addr = local_addr.to_string();
         }
         let registry = Arc::new(GroupRegistry::default());
-        let router = Router::new(config.coalesce_heartbeats);
+        let router = Router::new(config.coalesce_heartbeats)
+            .with_faults(config.node_id, config.network_faults.clone());
         fs::create_dir_all(data_dir)?;
         let flusher = Flusher::start(&data_dir.join(JOURNAL_FILE))?;
 

@@ -1,5 +1,6 @@
-//! Conformance hooks for integration tests: runs openraft's storage `Suite` against our stores.
-//! Not part of the server-facing API.
+//! Hooks for integration tests: runs openraft's storage `Suite` against our stores, and
+//! [`NetworkFaults`] (blocked, dropped, delayed raft RPCs between chosen nodes, set through
+//! `RaftConfig::network_faults`). Not part of the server-facing API.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -21,6 +22,8 @@ use crate::partition::group::AckPlumbing;
 use crate::partition::PartitionStateMachine;
 use crate::types::MetaTypes;
 use crate::types::PartitionTypes;
+
+pub use crate::transport::faults::NetworkFaults;
 
 /// Removes a scratch directory when dropped.
 #[derive(Debug)]

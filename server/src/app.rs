@@ -16,10 +16,10 @@
 //! 5. the partition reconciler, the ISR monitor, the broker survey loop; then a bounded wait
 //!    until the hosted partitions this node leads are recording again (so a restarted server
 //!    opens its API ready to accept publishes);
-//! 6. the gRPC server (`proto.API` and `grpc.health.v1.Health`, one port; TLS and mutual TLS
-//!    per `tls.*` ([`crate::tls`]), `proto.API` behind the ACLs of `tls.client.authz.*`
-//!    ([`crate::authz_api`]); certificates, keys and ACL files are read before step 1, so a
-//!    bad file fails start-up at once), health SERVING.
+//! 6. the gRPC server (`proto.API`, `drawbridge.admin.v1.Admin` and `grpc.health.v1.Health`,
+//!    one port; TLS and mutual TLS per `tls.*` ([`crate::tls`]), `proto.API` behind the ACLs
+//!    of `tls.client.authz.*` ([`crate::authz_api`]); certificates, keys and ACL files are read
+//!    before step 1, so a bad file fails start-up at once), health SERVING.
 //!
 //! Shutdown ([`Running::shutdown`]): health NOT_SERVING, the shutdown flag (every background
 //! loop and subscription ends), the gRPC server (bounded drain), partition ingest, then the
@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drawbridge_proto::admin::admin_server::AdminServer;
 use drawbridge_proto::api::api_server::ApiServer;
 use drawbridge_raft::{LogSyncPolicy, RaftConfig, RaftNode};
 use tokio::net::TcpListener;
@@ -39,6 +40,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::admin_api::AdminService;
 use crate::api::ApiService;
 use crate::authz::Authorizer;
 use crate::authz_api::Guarded;
@@ -250,6 +252,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         Some(limits),
     ))
     .max_decoding_message_size(64 << 20);
+    let admin = AdminServer::new(AdminService::new(ctx.clone()));
     let incoming =
         crate::limits::incoming(listener, ctx.config.limits.max_connections, ctx.clone());
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
@@ -267,6 +270,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .add_service(health_svc)
             .add_service(api)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = grpc_stop_rx.await;
             })

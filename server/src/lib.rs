@@ -11,6 +11,8 @@
 //!   error value, never a panic.
 //! - [`app`]: start-up and shutdown of a server (NATS, identity, raft, cluster, gRPC).
 //! - [`api`]: the `proto.API` gRPC service, one file per group of RPCs.
+//! - [`admin_api`]: Drawbridge's own `drawbridge.admin.v1.Admin` service (replica checksums
+//!   for `drawbridge cluster verify`), on the same port.
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest;
 //!   [`auto_pause`]: pausing idle partitions on their leader.
@@ -31,6 +33,7 @@
 
 pub mod acks;
 pub mod activity;
+pub mod admin_api;
 pub mod api;
 pub mod app;
 pub mod authz;

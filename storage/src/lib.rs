@@ -22,6 +22,7 @@
 //! | `recovery` | opening a directory: validate sealed segments cheaply, scan the active tail, truncate at the first bad batch, rebuild indexes |
 //! | [`log`] | [`Log`]: the shared handle — append, raft reads, truncation, purge, high watermark |
 //! | [`reader`] | offset / reverse / timestamp reads and the async [`TailReader`] |
+//! | [`checksum`] | [`RangeChecksum`]: a layout-independent checksum of committed records, to compare replicas |
 //! | [`group_commit`] | [`GroupCommit`]: one flusher thread that syncs many logs per round and completes waiters |
 //! | [`retention`] | deleting whole sealed segments by bytes, messages and age |
 //! | [`compaction`] | rewriting sealed segments keeping the newest record per key, crash-safe |
@@ -105,6 +106,7 @@
 //! ```
 
 pub mod batch;
+pub mod checksum;
 pub mod compaction;
 pub mod config;
 pub mod error;
@@ -122,6 +124,7 @@ mod time_index;
 mod varint;
 
 pub use batch::{decode_batch, BatchHeader, BatchKind, BatchMeta, DecodedBatch, BATCH_HEADER_LEN};
+pub use checksum::RangeChecksum;
 pub use compaction::CompactionOutcome;
 pub use config::{LogConfig, RetentionPolicy, SyncPolicy, MAX_SEGMENT_BYTES};
 pub use error::{DecodeError, Result, StorageError};

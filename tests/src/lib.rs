@@ -7,6 +7,8 @@
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
 //! - [`nats`]: a real `nats-server` (the Debian package) on a free loopback port.
 //! - [`server`]: `drawbridge-server` processes (single servers and clusters) for process tests.
+//! - [`rewrite`]: a stopped replica's log changed consistently but wrongly (silent divergence,
+//!   for `drawbridge cluster verify`).
 //!
 //! Invariants every test relies on: only 127.0.0.1 is used; every process a test starts is
 //! stopped when the test ends (even when it panics); every wait is bounded in time.
@@ -16,4 +18,5 @@ pub mod checker;
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod rewrite;
 pub mod server;

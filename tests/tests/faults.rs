@@ -19,6 +19,15 @@
 //!   recovery: the follower's log ends below what the leader last saw it acknowledge (partition
 //!   groups allow log reversion), and a batch failing its CRC is cut at open before openraft
 //!   reads it (`drawbridge_storage::Log::truncate_at_first_corrupt`).
+//! - [`a_resumed_deposed_leader_neither_appends_nor_acks`] and
+//!   [`two_replicas_killed_after_a_burst_lose_no_ack`]: the two Liftbridge failure scenarios
+//!   (a leader stopped past the election timeout and resumed with its NATS subscription alive;
+//!   two of three replicas killed right after an ack-ALL burst and restarted together).
+//! - [`verify_finds_a_silently_diverged_replica`]: `cluster verify` passes on a healthy
+//!   cluster and names a replica whose log was rewritten consistently but wrongly.
+//!
+//! Every test ends with `cluster verify` (the replicas agree up to their common high
+//! watermark). Longer runs: `tests/faults/run.sh --minutes N`.
 //!
 //! On failure the servers' whole logs are copied to `<CARGO_TARGET_TMPDIR>/faults-logs/<pid>/`;
 //! `FAULTS_SERVER_LEVEL=debug` starts the servers with `--level debug`.
@@ -34,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge_client::{AckPolicy, Client, PublishMessage, Publisher, PublisherOptions};
-use drawbridge_client::{RetryPolicy, StreamOptions};
+use drawbridge_client::{RetryPolicy, StreamOptions, VerifyReport};
 use drawbridge_proto::api::{self, api_client::ApiClient};
 use drawbridge_tests::checker::{self, Attempt, History, ValueId};
 use drawbridge_tests::nats::NatsServer;
@@ -229,6 +238,34 @@ impl Cluster {
             DrawbridgeServer::start(spec)
         })?);
         Ok(())
+    }
+
+    /// `drawbridge cluster verify` in-process: compares every partition's replicas up to their
+    /// common high watermark. Retries (≤ 30 s) while a replica cannot be compared yet (a
+    /// restarted node still opening its partitions); fails on divergence at once.
+    async fn verify(&self) -> TestResult<VerifyReport> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let report = self.client.verify_partitions().await?;
+            let divergent = !report.divergent().is_empty();
+            if divergent || report.incomplete().is_empty() || Instant::now() >= deadline {
+                let summary: Vec<String> = report
+                    .partitions
+                    .iter()
+                    .map(|p| format!("{}/{} {:?}", p.stream, p.partition, p.range))
+                    .collect();
+                eprintln!(
+                    "faults: verify: {} records compared; {}",
+                    report.records(),
+                    summary.join(", ")
+                );
+                if divergent || !report.incomplete().is_empty() {
+                    return Err(format!("cluster verify failed: {report:#?}").into());
+                }
+                return Ok(report);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Fails if a server exited by itself or logged a panic.
@@ -612,6 +649,7 @@ async fn process_faults_lose_no_acknowledged_message() -> TestResult {
     if report.acknowledged < PER_PHASE * 2 {
         return Err(format!("too few acknowledgements: {}", report.counts()).into());
     }
+    cl.verify().await?;
     Ok(())
 }
 
@@ -735,6 +773,7 @@ async fn storage_fault(test: &str, fault: StorageFault, sigkill: bool) -> TestRe
     if report.has_violations() {
         return Err(format!("{fault:?}: {what}\n{report}\nlogs:\n{}", cl.logs()).into());
     }
+    cl.verify().await?;
     Ok(())
 }
 
@@ -776,4 +815,182 @@ async fn deleted_index_on_a_stopped_follower_loses_nothing() -> TestResult {
         false,
     )
     .await
+}
+
+/// `cluster verify` passes on a healthy cluster after publishing, and finds a replica whose
+/// log was changed consistently but wrongly while it was stopped
+/// ([`drawbridge_tests::rewrite`]): CRCs and raft ids are valid, so nothing else notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_silently_diverged_replica() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some(mut cl) = Cluster::start("verify_finds_a_silently_diverged_replica").await? else {
+        return Ok(());
+    };
+    let name = "faults-verify";
+    cl.create_replicated(name).await?;
+    let w = Workload::start(&cl.client, name, 0)?;
+    phase(&w, "verify: publishing", PER_PHASE / 2).await;
+    w.finish().await?;
+    cl.wait_in_sync(name, Duration::from_secs(20)).await?;
+    let healthy = cl.verify().await?;
+    if healthy.records() == 0 {
+        return Err("verify compared no records on a healthy cluster".into());
+    }
+    let leader = cl.partition_leader(name).await?;
+    let victim = (leader + 1) % cl.servers.len();
+    cl.terminate(victim);
+    let what = drawbridge_tests::rewrite::rewrite_record(
+        &segment_dir(&cl.specs[victim].data_dir, name),
+        10,
+    )?;
+    eprintln!("faults: rewrote {} at {what}", cl.specs[victim].id);
+    cl.restart(victim)?;
+    cl.wait_in_sync(name, Duration::from_secs(20)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = cl.client.verify_partitions().await?;
+        if let Some(p) = report.divergent().first() {
+            eprintln!("faults: verify found the divergence: {p:?}");
+            let victim_id = cl.specs[victim].id.as_str();
+            let sum_of = |me: bool| -> Vec<Option<(u64, u64)>> {
+                p.replicas
+                    .iter()
+                    .filter(|r| (r.server_id == victim_id) == me)
+                    .map(|r| r.sum)
+                    .collect()
+            };
+            let (mine, others) = (sum_of(true), sum_of(false));
+            if mine.len() != 1
+                || others.len() != 2
+                || others[0] != others[1]
+                || mine[0] == others[0]
+            {
+                return Err(format!("the divergence is not (only) on {victim_id}: {p:#?}").into());
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("verify did not find the rewritten replica: {report:#?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Liftbridge failure scenario 1: the partition leader is SIGSTOPped past the election
+/// timeout while publishes go on (through the new leader, which re-publishes them on NATS), and
+/// is resumed while its NATS subscription is still alive, so the messages published meanwhile
+/// are delivered to it. The deposed leader must neither append (its log must converge to the
+/// new leader's: `cluster verify`) nor acknowledge anything that is then lost (the checker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_deposed_leader_neither_appends_nor_acks() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let Some(mut cl) = Cluster::start("a_resumed_deposed_leader_neither_appends_nor_acks").await?
+    else {
+        return Ok(());
+    };
+    let name = "faults-deposed";
+    cl.create_replicated(name).await?;
+    let w = Workload::start(&cl.client, name, 0)?;
+    phase(&w, "deposed: warm-up", PER_PHASE / 2).await;
+    let leader = cl.partition_leader(name).await?;
+    let paused = cl.servers[leader].as_ref().ok_or("leader not running")?;
+    eprintln!("faults: SIGSTOP {} for {PAUSE:?}", paused.spec.id);
+    if !paused.signal(libc::SIGSTOP) {
+        return Err("SIGSTOP failed".into());
+    }
+    let before = w.acked();
+    tokio::time::sleep(PAUSE).await;
+    let during = w.acked() - before;
+    let md = cl.client.fetch_metadata().await?;
+    let recorded = md
+        .stream(name)
+        .and_then(|s| s.partitions.get(&0))
+        .and_then(|p| p.leader.clone());
+    eprintln!(
+        "faults: deposed: {during} acks while {} was stopped; metadata names {recorded:?}",
+        cl.specs[leader].id
+    );
+    let paused = cl.servers[leader].as_ref().ok_or("leader not running")?;
+    if !paused.signal(libc::SIGCONT) {
+        return Err("SIGCONT failed".into());
+    }
+    phase(&w, "deposed: after SIGCONT", PER_PHASE / 2).await;
+    let mut h = w.finish().await?;
+    cl.assert_no_crash()?;
+    read_all_caught_up(&cl, name, &mut h).await?;
+    let report = checker::analyze(&h);
+    eprintln!(
+        "faults: deposed leader done in {:?}\n{report}",
+        started.elapsed()
+    );
+    if report.has_violations() {
+        return Err(format!("{report}\nlogs:\n{}", cl.logs()).into());
+    }
+    if during == 0 {
+        return Err("no publish was acknowledged while the leader was stopped".into());
+    }
+    cl.verify().await?;
+    Ok(())
+}
+
+/// Liftbridge failure scenario 2: right after a burst of ack-ALL publishes, two of the three
+/// replicas (the partition leader and a follower) are SIGKILLed, then restarted together. No
+/// acknowledged message may be lost, and the replicas must agree afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_killed_after_a_burst_lose_no_ack() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let Some(mut cl) = Cluster::start("two_replicas_killed_after_a_burst_lose_no_ack").await?
+    else {
+        return Ok(());
+    };
+    let name = "faults-two-down";
+    cl.create_replicated(name).await?;
+    let w = Workload::start(&cl.client, name, 0)?;
+    phase(&w, "two down: burst", PER_PHASE).await;
+    let leader = cl.partition_leader(name).await?;
+    let follower = (leader + 1) % cl.servers.len();
+    cl.kill(leader);
+    cl.kill(follower);
+    let acked_at_kill = w.acked();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "faults: two down: {} acks while two of three replicas were down",
+        w.acked() - acked_at_kill
+    );
+    // Restarted together: both start before either has finished starting.
+    let (specs, restarted) = (&cl.specs, std::sync::Mutex::new(Vec::new()));
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            for i in [leader, follower] {
+                let restarted = &restarted;
+                s.spawn(move || {
+                    eprintln!("faults: restarting {}", specs[i].id);
+                    let r = DrawbridgeServer::start(&specs[i]).map_err(|e| e.to_string());
+                    restarted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, r));
+                });
+            }
+        })
+    });
+    for (i, r) in restarted.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        cl.servers[i] = Some(r?);
+    }
+    phase(&w, "two down: after the restart", PER_PHASE / 2).await;
+    let mut h = w.finish().await?;
+    cl.assert_no_crash()?;
+    read_all_caught_up(&cl, name, &mut h).await?;
+    let report = checker::analyze(&h);
+    eprintln!(
+        "faults: two replicas down done in {:?}\n{report}",
+        started.elapsed()
+    );
+    if report.has_violations() {
+        return Err(format!("{report}\nlogs:\n{}", cl.logs()).into());
+    }
+    cl.verify().await?;
+    Ok(())
 }

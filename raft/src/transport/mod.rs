@@ -9,10 +9,12 @@
 //! - [`network`]: the per-group `RaftNetworkFactory` handed to `Raft::new`.
 //! - [`registry`]: group id -> raft handle, consulted by the server side.
 //! - [`service`]: the server side (`RaftTransport` service), dispatching by group id.
+//! - [`faults`]: tests only: blocked, dropped and delayed RPCs between chosen nodes.
 //! - [`coalesce`]: heartbeats (append-entries without entries) of many groups to one peer in one
 //!   RPC.
 
 pub(crate) mod coalesce;
+pub mod faults;
 pub(crate) mod group_kind;
 pub(crate) mod network;
 pub(crate) mod registry;

@@ -7,6 +7,7 @@
 //! - Every RPC is bounded by openraft's hard TTL for it.
 //! - With coalescing on (the default), an append-entries without entries goes through the
 //!   peer's heartbeat batcher (`super::coalesce`); every other RPC is its own gRPC call.
+//! - In tests, every RPC first passes the node's fault gate (`super::faults`), if it has one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +42,7 @@ use tonic::transport::Endpoint;
 
 use super::coalesce;
 use super::coalesce::Beat;
+use super::faults::NetworkFaults;
 use super::group_kind::GroupKind;
 use super::wire;
 use crate::codec;
@@ -100,6 +102,9 @@ pub(crate) struct Router {
     peers: Arc<Mutex<Peers>>,
     /// Send append-entries without entries through the per-peer batcher (`super::coalesce`).
     coalesce: bool,
+    /// Tests only: this node's id and the shared fault set every RPC passes through
+    /// (`super::faults`).
+    faults: Option<(NodeId, NetworkFaults)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -116,6 +121,32 @@ impl Router {
         Self {
             peers: Arc::default(),
             coalesce,
+            faults: None,
+        }
+    }
+
+    /// Routes every RPC of node `me` through `faults` (tests; see `super::faults`).
+    pub(crate) fn with_faults(mut self, me: NodeId, faults: Option<NetworkFaults>) -> Self {
+        self.faults = faults.map(|f| (me, f));
+        self
+    }
+
+    /// The fault gate before a request to `target` (a no-op without faults).
+    async fn fault_gate(&self, target: NodeId) -> Result<(), SendError> {
+        match &self.faults {
+            Some((me, f)) => f
+                .before_send(*me, target)
+                .await
+                .map_err(SendError::Unreachable),
+            None => Ok(()),
+        }
+    }
+
+    /// The fault gate of a reply from `target` (a no-op without faults).
+    fn fault_reply(&self, target: NodeId) -> Result<(), SendError> {
+        match &self.faults {
+            Some((me, f)) => f.after_reply(*me, target).map_err(SendError::Unreachable),
+            None => Ok(()),
         }
     }
 
@@ -178,6 +209,7 @@ impl Router {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, SendError> {
+        self.fault_gate(target).await?;
         let payload = codec::encode(req).map_err(|e| SendError::Network(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         let beat = Beat {
@@ -202,6 +234,7 @@ impl Router {
             }
             Ok(Ok(r)) => r?,
         };
+        self.fault_reply(target)?;
         decode_reply(target, group, reply)
     }
 
@@ -223,6 +256,7 @@ impl Router {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, SendError> {
+        self.fault_gate(target).await?;
         let payload = codec::encode(req).map_err(|e| SendError::Network(e.to_string()))?;
         let mut client = self.client(target)?;
         let request = pb::RaftRequest {
@@ -251,6 +285,7 @@ impl Router {
             }
             Ok(Ok(r)) => r.into_inner(),
         };
+        self.fault_reply(target)?;
         decode_reply(target, group, reply)
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
+use drawbridge_raft::testing::NetworkFaults;
 use drawbridge_raft::GroupTimings;
 use drawbridge_raft::NodeId;
 use drawbridge_raft::PartitionId;
@@ -40,12 +41,20 @@ pub static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(())
 pub struct Cluster {
     pub members: Vec<Member>,
     partition_timings: GroupTimings,
+    /// Faults every node's raft RPCs pass through (tests of network partitions).
+    faults: Option<NetworkFaults>,
     _shared: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     _tmp: tempfile::TempDir,
 }
 
-fn config(id: NodeId, addr: &str, partition: &GroupTimings) -> RaftConfig {
+fn config(
+    id: NodeId,
+    addr: &str,
+    partition: &GroupTimings,
+    faults: &Option<NetworkFaults>,
+) -> RaftConfig {
     let mut c = RaftConfig::new(id, addr);
+    c.network_faults = faults.clone();
     c.metadata = fast_timings();
     c.partition = partition.clone();
     c.max_metadata_voters = 3;
@@ -56,13 +65,33 @@ impl Cluster {
     /// Starts `n` nodes (ids 1..=n) and bootstraps the metadata group with all of them.
     pub async fn start(n: u64, partition_timings: GroupTimings) -> Cluster {
         let guard = MACHINE.read().await;
-        let mut c = Self::start_unguarded(n, partition_timings).await;
+        let mut c = Self::start_with(n, partition_timings, None).await;
+        c._shared = Some(guard);
+        c
+    }
+
+    /// [`Cluster::start`] with every node's raft RPCs passing through `faults`.
+    pub async fn start_faulty(
+        n: u64,
+        partition_timings: GroupTimings,
+        faults: NetworkFaults,
+    ) -> Cluster {
+        let guard = MACHINE.read().await;
+        let mut c = Self::start_with(n, partition_timings, Some(faults)).await;
         c._shared = Some(guard);
         c
     }
 
     /// [`Cluster::start`] for a caller that holds [`MACHINE`] itself.
     pub async fn start_unguarded(n: u64, partition_timings: GroupTimings) -> Cluster {
+        Self::start_with(n, partition_timings, None).await
+    }
+
+    async fn start_with(
+        n: u64,
+        partition_timings: GroupTimings,
+        faults: Option<NetworkFaults>,
+    ) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -72,7 +101,7 @@ impl Cluster {
         for id in 1..=n {
             let dir = tmp.path().join(format!("node-{id}"));
             let node = RaftNode::start(
-                config(id, "", &partition_timings),
+                config(id, "", &partition_timings, &faults),
                 &dir,
                 "127.0.0.1:0".parse().expect("addr"),
             )
@@ -88,6 +117,7 @@ impl Cluster {
         let c = Cluster {
             members,
             partition_timings,
+            faults,
             _shared: None,
             _tmp: tmp,
         };
@@ -160,7 +190,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         let node = loop {
             match RaftNode::start(
-                config(id, &addr.to_string(), &self.partition_timings),
+                config(id, &addr.to_string(), &self.partition_timings, &self.faults),
                 &dir,
                 addr,
             )

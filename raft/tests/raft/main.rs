@@ -4,6 +4,7 @@
 mod harness;
 mod lazy_sync;
 mod metadata_cluster;
+mod network_partitions;
 mod partition_cluster;
 mod storage_faults;
 mod storage_suite;

@@ -330,6 +330,13 @@ pub struct MetadataArgs {
 pub enum ClusterCommand {
     /// Brokers with partition and leader counts; partitions without a leader.
     Status,
+    /// Compares every partition's replicas up to their common high watermark (Drawbridge
+    /// servers only). Exits non-zero when replicas diverge or a replica cannot be compared.
+    Verify {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `bench`

@@ -1,11 +1,11 @@
-//! `drawbridge metadata` and `drawbridge cluster status`.
+//! `drawbridge metadata`, `drawbridge cluster status` and `drawbridge cluster verify`.
 
-use drawbridge_client::{Client, Metadata};
+use drawbridge_client::{Client, Metadata, VerifyReport};
 use serde_json::{json, Value};
 
 use crate::args::MetadataArgs;
 use crate::output::markdown_table;
-use crate::CliResult;
+use crate::{CliError, CliResult};
 
 pub async fn metadata(client: &Client, args: MetadataArgs) -> CliResult {
     let md = client.fetch_metadata().await?;
@@ -147,6 +147,112 @@ pub fn status_report(md: &Metadata) -> String {
 pub async fn status(client: &Client) -> CliResult {
     let md = client.fetch_metadata().await?;
     print!("{}", status_report(&md));
+    Ok(())
+}
+
+/// The `cluster verify` report: one line per partition, then the problems.
+pub fn verify_text(report: &VerifyReport) -> String {
+    let mut out = String::new();
+    for p in &report.partitions {
+        let range = p
+            .range
+            .map_or("no committed offsets in common".to_owned(), |(a, b)| {
+                format!("offsets {a}..={b}")
+            });
+        let verdict = if p.divergent() {
+            "DIVERGENT"
+        } else if p.incomplete() {
+            "INCOMPLETE"
+        } else {
+            "ok"
+        };
+        out.push_str(&format!(
+            "{}/{}: {verdict} ({range})\n",
+            p.stream, p.partition
+        ));
+        if p.divergent() || p.incomplete() {
+            for r in &p.replicas {
+                let state = r.state.map_or("-".to_owned(), |s| {
+                    format!(
+                        "earliest {} hw {}{}",
+                        s.earliest_offset,
+                        s.high_watermark,
+                        if s.leader { " leader" } else { "" }
+                    )
+                });
+                let sum = r
+                    .sum
+                    .map_or("-".to_owned(), |(n, c)| format!("{n} records {c:016x}"));
+                let err = r.error.as_deref().unwrap_or("");
+                out.push_str(&format!("  {}: {state}; {sum} {err}\n", r.server_id));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "partitions: {}, divergent: {}, incomplete: {}, records compared: {}\n",
+        report.partitions.len(),
+        report.divergent().len(),
+        report.incomplete().len(),
+        report.records()
+    ));
+    out
+}
+
+/// The `cluster verify` report as one JSON document.
+pub fn verify_json(report: &VerifyReport) -> Value {
+    let partitions: Vec<Value> = report
+        .partitions
+        .iter()
+        .map(|p| {
+            let replicas: Vec<Value> = p
+                .replicas
+                .iter()
+                .map(|r| {
+                    json!({
+                        "server_id": r.server_id,
+                        "earliest_offset": r.state.map(|s| s.earliest_offset),
+                        "high_watermark": r.state.map(|s| s.high_watermark),
+                        "leader": r.state.map(|s| s.leader),
+                        "records": r.sum.map(|s| s.0),
+                        "checksum": r.sum.map(|s| format!("{:016x}", s.1)),
+                        "error": r.error,
+                    })
+                })
+                .collect();
+            json!({
+                "stream": p.stream, "partition": p.partition,
+                "range": p.range.map(|(a, b)| vec![a, b]),
+                "divergent": p.divergent(), "incomplete": p.incomplete(),
+                "replicas": replicas,
+            })
+        })
+        .collect();
+    json!({
+        "partitions": partitions,
+        "divergent": report.divergent().len(),
+        "incomplete": report.incomplete().len(),
+        "records": report.records(),
+    })
+}
+
+pub async fn verify(client: &Client, as_json: bool) -> CliResult {
+    let report = client.verify_partitions().await?;
+    if as_json {
+        println!("{}", verify_json(&report));
+    } else {
+        print!("{}", verify_text(&report));
+    }
+    let (divergent, incomplete) = (report.divergent().len(), report.incomplete().len());
+    if divergent > 0 {
+        return Err(CliError::Check(format!(
+            "{divergent} partition(s) have divergent replicas"
+        )));
+    }
+    if incomplete > 0 {
+        return Err(CliError::Check(format!(
+            "{incomplete} partition(s) could not be compared on every replica"
+        )));
+    }
     Ok(())
 }
 

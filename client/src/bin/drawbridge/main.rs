@@ -42,6 +42,9 @@ pub enum CliError {
     /// The arguments do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// A check found a problem (`cluster verify`).
+    #[error("{0}")]
+    Check(String),
 }
 
 impl CliError {
@@ -107,6 +110,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Cursor(cmd) => cmd_cursor::run(&client, cmd).await,
         Command::Metadata(args) => cmd_cluster::metadata(&client, args).await,
         Command::Cluster(ClusterCommand::Status) => cmd_cluster::status(&client).await,
+        Command::Cluster(ClusterCommand::Verify { json }) => {
+            cmd_cluster::verify(&client, json).await
+        }
         Command::Bench(args) => cmd_bench::run(&client, args).await,
     }
 }

@@ -1,0 +1,95 @@
+//! The `drawbridge.admin.v1.Admin` gRPC service: Drawbridge's own administration calls, served
+//! on the client API port next to `proto.API` (which stays exactly Liftbridge's).
+//!
+//! - `ReplicaChecksum`: this server's replica of a partition, summarised over an offset range
+//!   ([`drawbridge_storage::RangeChecksum`]), so `drawbridge cluster verify` can compare every
+//!   replica of a partition up to their common high watermark.
+//!
+//! Invariants: only committed records are summed (a range above this replica's high watermark
+//! is `FailedPrecondition`), so two healthy replicas always agree on a common range; the
+//! summing reads the log on a blocking thread, never on the async workers.
+
+use drawbridge_proto::admin::admin_server::Admin;
+use drawbridge_proto::admin::{ReplicaChecksumRequest, ReplicaChecksumResponse};
+use drawbridge_raft::PartitionId;
+use drawbridge_storage::StorageError;
+use tonic::{Request, Response, Status};
+
+use crate::context::Ctx;
+use crate::error::{Result, ServerError};
+
+/// The `drawbridge.admin.v1.Admin` implementation.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    ctx: Ctx,
+}
+
+impl AdminService {
+    /// A service over the running server.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+fn signed(v: Option<u64>) -> i64 {
+    v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// ReplicaChecksum (see the module docs).
+pub async fn replica_checksum(
+    ctx: &Ctx,
+    r: ReplicaChecksumRequest,
+) -> Result<ReplicaChecksumResponse> {
+    let id = PartitionId::new(r.stream.clone(), r.partition);
+    let local = ctx.partitions.get(&id).ok_or_else(|| {
+        ServerError::NotFound(format!("no replica of {}/{} here", r.stream, r.partition))
+    })?;
+    let log = local.log.clone();
+    let mut out = ReplicaChecksumResponse {
+        server_id: ctx.server_id.clone(),
+        leader: local.replica.is_leader(),
+        earliest_offset: signed(Some(log.earliest_offset())),
+        high_watermark: signed(log.high_watermark()),
+        newest_offset: signed(log.newest_offset()),
+        start_offset: -1,
+        end_offset: -1,
+        ..Default::default()
+    };
+    if r.end_offset < 0 {
+        return Ok(out);
+    }
+    let (from, to) = match (u64::try_from(r.start_offset), u64::try_from(r.end_offset)) {
+        (Ok(f), Ok(t)) if f <= t => (f, t),
+        _ => {
+            return Err(ServerError::InvalidArgument(format!(
+                "bad offset range {}..={}",
+                r.start_offset, r.end_offset
+            )))
+        }
+    };
+    let sum = tokio::task::spawn_blocking(move || log.checksum(from, to))
+        .await
+        .map_err(|e| ServerError::Internal(format!("checksum task: {e}")))?
+        .map_err(|e| match e {
+            StorageError::InvalidArgument(m) => ServerError::FailedPrecondition(m),
+            StorageError::OffsetOutOfRange { .. } => ServerError::FailedPrecondition(e.to_string()),
+            e => ServerError::Storage(e),
+        })?;
+    out.records = sum.records;
+    out.checksum = sum.checksum;
+    out.start_offset = r.start_offset;
+    out.end_offset = r.end_offset;
+    Ok(out)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn replica_checksum(
+        &self,
+        r: Request<ReplicaChecksumRequest>,
+    ) -> Result<Response<ReplicaChecksumResponse>, Status> {
+        Ok(Response::new(
+            replica_checksum(&self.ctx, r.into_inner()).await?,
+        ))
+    }
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Loops the fault tests for N minutes and prints totals (issue 7).
+#
+#   tests/faults/run.sh --minutes 30 [--filter NAME] [--no-raft]
+#
+# Each round runs the process fault tests (tests/tests/faults.rs, one cluster at a time) and
+# the in-process network-partition tests of drawbridge-raft with a fresh random seed
+# (RAFT_FAULT_SEED), until the time is up. Every checker report line ("checker: attempted ...")
+# is summed; a failing round keeps its output in $OUT/round-<n>.log and the script exits
+# non-zero at the end. The seed of a failing raft round is printed so it replays.
+set -u -o pipefail
+
+minutes=10
+filter=""
+raft=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) minutes="$2"; shift 2 ;;
+    --filter) filter="$2"; shift 2 ;;
+    --no-raft) raft=0; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+OUT="${OUT:-$(mktemp -d -t drawbridge-faults-XXXXXX)}"
+echo "fault loop: $minutes minute(s), logs in $OUT"
+
+cargo build -p drawbridge-server --bin drawbridge-server --locked >/dev/null 2>&1 || {
+  echo "building drawbridge-server failed" >&2; exit 1; }
+cargo test -p drawbridge-tests --test faults --locked --no-run >/dev/null 2>&1 || {
+  echo "building the fault tests failed" >&2; exit 1; }
+if [ "$raft" = 1 ]; then
+  cargo test -p drawbridge-raft --test raft --locked --no-run >/dev/null 2>&1 || {
+    echo "building the raft tests failed" >&2; exit 1; }
+fi
+
+end=$(( $(date +%s) + minutes * 60 ))
+round=0
+failed=0
+declare -A total=([attempted]=0 [acknowledged]=0 [read]=0 [lost]=0 [duplicated]=0 [divergent]=0)
+reports=0
+raft_runs=0
+while [ "$(date +%s)" -lt "$end" ]; do
+  round=$((round + 1))
+  log="$OUT/round-$round.log"
+  ok=1
+  cargo test -p drawbridge-tests --test faults --locked -- --nocapture --test-threads=1 \
+    $filter >"$log" 2>&1 || ok=0
+  if [ "$raft" = 1 ]; then
+    seed=$(( (RANDOM << 15) | RANDOM ))
+    echo "RAFT_FAULT_SEED=$seed" >>"$log"
+    RAFT_FAULT_SEED=$seed cargo test -p drawbridge-raft --test raft --locked -- --nocapture \
+      network_partitions >>"$log" 2>&1 || { ok=0; echo "raft seed $seed FAILED (replay: RAFT_FAULT_SEED=$seed)"; }
+    raft_runs=$((raft_runs + 1))
+  fi
+  while read -r line; do
+    reports=$((reports + 1))
+    for k in attempted acknowledged read lost duplicated divergent; do
+      v=$(sed -n "s/.* $k \([0-9]\+\).*/\1/p" <<<" ${line#*checker:}")
+      total[$k]=$(( total[$k] + ${v:-0} ))
+    done
+  done < <(grep -o 'checker: attempted.*' "$log" || true)
+  if [ "$ok" = 1 ]; then
+    echo "round $round: ok"
+    rm -f "$log"
+  else
+    failed=$((failed + 1))
+    echo "round $round: FAILED (log: $log)"
+  fi
+done
+
+echo "rounds: $round, failed: $failed, checker reports: $reports, raft seeded runs: $raft_runs"
+echo "totals: attempted ${total[attempted]} acknowledged ${total[acknowledged]} read ${total[read]}" \
+  "lost ${total[lost]} duplicated ${total[duplicated]} divergent ${total[divergent]}"
+[ "$failed" = 0 ]
