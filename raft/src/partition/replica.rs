@@ -662,13 +662,12 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn propose_in_order_keeps_call_order_and_fails_rejected_writes() {
-        let tmp = tempfile::tempdir().expect("temp dir");
+    /// A one-node cluster (fast timings) whose metadata group has elected it.
+    async fn one_node(dir: &std::path::Path) -> (RaftNode, String) {
         let mut config = RaftConfig::new(1, "");
         config.metadata = fast();
         config.partition = fast();
-        let node = RaftNode::start(config, tmp.path(), "127.0.0.1:0".parse().expect("addr"))
+        let node = RaftNode::start(config, dir, "127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("start node");
         let addr = node.local_addr().to_string();
@@ -677,6 +676,13 @@ mod tests {
             .await
             .expect("bootstrap");
         node.metadata().wait_for_leader(T).await.expect("leader");
+        (node, addr)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn propose_in_order_keeps_call_order_and_fails_rejected_writes() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (node, addr) = one_node(tmp.path()).await;
         let replica = node
             .create_partition_group(PartitionId::new("ino", 0), BTreeMap::from([(1, addr)]))
             .await
@@ -743,18 +749,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retention_deletes_only_what_the_policy_says() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut config = RaftConfig::new(1, "");
-        config.metadata = fast();
-        config.partition = fast();
-        let node = RaftNode::start(config, tmp.path(), "127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("start node");
-        let addr = node.local_addr().to_string();
-        node.metadata()
-            .bootstrap(BTreeMap::from([(1, addr.clone())]))
-            .await
-            .expect("bootstrap");
-        node.metadata().wait_for_leader(T).await.expect("leader");
+        let (node, addr) = one_node(tmp.path()).await;
         let settings = crate::PartitionLogSettings {
             segment_max_bytes: Some(4096),
             segment_max_age: None,

@@ -11,22 +11,6 @@ use crate::common::*;
 
 const EACH: Duration = Duration::from_secs(15);
 
-async fn leader_of(c: &mut Client, stream: &str) -> TestResult<Option<String>> {
-    let md = c
-        .fetch_metadata(FetchMetadataRequest {
-            streams: vec![stream.into()],
-            groups: vec![],
-        })
-        .await?
-        .into_inner();
-    Ok(md
-        .stream_metadata
-        .first()
-        .and_then(|s| s.partitions.get(&0))
-        .map(|p| p.leader.clone())
-        .filter(|l| !l.is_empty()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_survive_leader_kill() -> TestResult {
     let Some(nats) = NatsServer::start_or_skip("three_nodes_survive_leader_kill") else {

@@ -131,3 +131,37 @@ pub fn headers(pairs: &[(&str, &str)]) -> HashMap<String, Bytes> {
         .map(|(k, v)| ((*k).to_owned(), Bytes::copy_from_slice(v.as_bytes())))
         .collect()
 }
+
+/// Partition 0's leader of `stream` in `c`'s metadata (`None` while it has none).
+pub async fn leader_of(c: &mut Client, stream: &str) -> TestResult<Option<String>> {
+    let md = c
+        .fetch_metadata(FetchMetadataRequest {
+            streams: vec![stream.into()],
+            groups: vec![],
+        })
+        .await?
+        .into_inner();
+    Ok(md
+        .stream_metadata
+        .first()
+        .and_then(|s| s.partitions.get(&0))
+        .map(|p| p.leader.clone())
+        .filter(|l| !l.is_empty()))
+}
+
+/// Waits (≤ 15 s) until partition 0 of `stream` has a leader other than `not`.
+pub async fn wait_leader(c: &mut Client, stream: &str, not: Option<&str>) -> TestResult<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(l) = leader_of(c, stream)
+            .await?
+            .filter(|l| Some(l.as_str()) != not)
+        {
+            return Ok(l);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no new leader for {stream} within 15 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,22 +13,6 @@ use crate::common::*;
 /// Below the 3 s a follower needs at least to elect itself after the last heartbeat.
 const HANDED_OFF_WITHIN: Duration = Duration::from_millis(2500);
 
-async fn partition_leader(c: &mut Client, stream: &str) -> TestResult<Option<String>> {
-    let md = c
-        .fetch_metadata(FetchMetadataRequest {
-            streams: vec![stream.into()],
-            groups: vec![],
-        })
-        .await?
-        .into_inner();
-    Ok(md
-        .stream_metadata
-        .first()
-        .and_then(|s| s.partitions.get(&0))
-        .map(|p| p.leader.clone())
-        .filter(|l| !l.is_empty()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_leader_hands_leadership_off() -> TestResult {
     let Some(nats) = NatsServer::start_or_skip("sigterm_of_a_leader_hands_leadership_off") else {
@@ -42,7 +26,7 @@ async fn sigterm_of_a_leader_hands_leadership_off() -> TestResult {
     c0.create_stream(req).await?;
     let deadline = Instant::now() + Duration::from_secs(15);
     let leader = loop {
-        if let Some(l) = partition_leader(&mut c0, "handoff").await? {
+        if let Some(l) = leader_of(&mut c0, "handoff").await? {
             break l;
         }
         assert!(Instant::now() < deadline, "no partition leader");

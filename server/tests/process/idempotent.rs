@@ -3,7 +3,7 @@
 //! after a restart (the state is rebuilt from the log) and on a new leader after the old one
 //! is killed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use drawbridge_proto::api::*;
@@ -141,29 +141,4 @@ async fn retries_on_a_new_leader_are_stored_once() -> TestResult {
     assert_eq!(values(&mut cl, "idem3").await?, want);
     drop(nats);
     Ok(())
-}
-
-/// Waits (15 s) until partition 0 of `stream` has a leader other than `not`.
-async fn wait_leader(c: &mut Client, stream: &str, not: Option<&str>) -> TestResult<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let md = c
-            .fetch_metadata(FetchMetadataRequest {
-                streams: vec![stream.into()],
-                groups: vec![],
-            })
-            .await?
-            .into_inner();
-        let leader = md
-            .stream_metadata
-            .first()
-            .and_then(|s| s.partitions.get(&0))
-            .map(|p| p.leader.clone())
-            .filter(|l| !l.is_empty() && Some(l.as_str()) != not);
-        if let Some(l) = leader {
-            return Ok(l);
-        }
-        assert!(Instant::now() < deadline, "no leader for {stream}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
