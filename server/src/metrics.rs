@@ -212,8 +212,12 @@ pub fn render(ctx: &Ctx) -> String {
     );
     let mut under = 0u64;
     let mut leading = 0u64;
+    let mut unavailable = 0u64;
     for (id, l) in &parts {
         let leads = l.replica.is_leader();
+        if !l.replica.leader_is_live() {
+            unavailable += 1;
+        }
         if leads {
             leading += 1;
             let replicas = state
@@ -249,6 +253,13 @@ pub fn render(ctx: &Ctx) -> String {
         "Partitions led here whose ISR is smaller than their replica set.",
     );
     let _ = writeln!(out, "drawbridge_partitions_under_replicated {under}");
+    family(
+        &mut out,
+        "drawbridge_partitions_unavailable",
+        "gauge",
+        "Partitions with a replica here that have no live leader (they cannot take writes).",
+    );
+    let _ = writeln!(out, "drawbridge_partitions_unavailable {unavailable}");
     family(
         &mut out,
         "drawbridge_metadata_leader",

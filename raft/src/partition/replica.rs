@@ -391,6 +391,18 @@ impl PartitionReplica {
         m.state == ServerState::Leader && m.current_leader == Some(self.group.node_id)
     }
 
+    /// Whether the group has a working leader as far as this replica can tell: this node leads
+    /// it, or it knows a leader it heard from within the election timeout. A follower cut off
+    /// from its leader (and from a majority, so no election succeeds) keeps naming the old
+    /// leader; this says it is unavailable.
+    pub fn leader_is_live(&self) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        let silence = Duration::from_millis(self.group.raft.config().election_timeout_max);
+        self.leader().is_some() && self.group.clock.last_contact().elapsed() <= silence
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         wait::metrics(&self.group.raft).current_leader

@@ -472,3 +472,54 @@ async fn publish_async_answers_in_flight_messages_when_the_leader_dies() -> Test
     drop(nats);
     Ok(())
 }
+
+/// `drawbridge_partitions_unavailable`: a surviving replica whose partition lost its leader
+/// and its majority counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_without_a_leader_are_counted_unavailable() -> TestResult {
+    let Some(nats) =
+        NatsServer::start_or_skip("partitions_without_a_leader_are_counted_unavailable")
+    else {
+        return Ok(());
+    };
+    let mut specs = cluster_specs(std::path::Path::new(BIN), &nats.url(), 3)?;
+    let mut ports = Vec::new();
+    for s in &mut specs {
+        let port = drawbridge_tests::ports::free_port()?;
+        s.args.push("--metrics-listen".into());
+        s.args.push(format!("127.0.0.1:{port}"));
+        ports.push(port);
+    }
+    let mut servers: Vec<DrawbridgeServer> = cluster(&specs)?;
+    let mut c0 = client(&servers[0]).await?;
+    let mut req = create_req("un", "un");
+    req.replication_factor = 3;
+    c0.create_stream(req).await?;
+    let leader = wait_leader(&mut c0, "un", None).await?;
+    let idx = specs.iter().position(|s| s.id == leader).ok_or("leader")?;
+    let survivor = (idx + 1) % 3;
+    let unavailable = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("drawbridge_partitions_unavailable "))
+            .map(str::to_owned)
+    };
+    let (_, body) = crate::single::get(ports[survivor], "/metrics").await?;
+    assert_eq!(unavailable(&body).as_deref(), Some("0"), "{body}");
+    servers[idx].kill();
+    servers[(idx + 2) % 3].kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = crate::single::get(ports[survivor], "/metrics").await?;
+        if unavailable(&body).as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leaderless partition is not counted: {:?}",
+            unavailable(&body)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(nats);
+    Ok(())
+}

@@ -670,7 +670,7 @@ async fn http(port: u16, request: &str) -> TestResult<(u16, String)> {
     Ok((status, body))
 }
 
-async fn get(port: u16, path: &str) -> TestResult<(u16, String)> {
+pub(crate) async fn get(port: u16, path: &str) -> TestResult<(u16, String)> {
     http(port, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")).await
 }
 
@@ -744,6 +744,7 @@ async fn metrics_health_and_readiness_over_http() -> TestResult {
         "drawbridge_partition_leader{stream=\"m\\\"x\",partition=\"0\"} 1",
         "drawbridge_partitions_led 1",
         "drawbridge_partitions_under_replicated 0",
+        "drawbridge_partitions_unavailable 0",
         "drawbridge_metadata_leader 1",
         "drawbridge_nats_connected 1",
         "# TYPE drawbridge_raft_log_fsyncs_total counter",
