@@ -4,7 +4,10 @@
 //!   resumes on the new leader from the last offset + 1, so the subscriber sees every
 //!   acknowledged message exactly once, at strictly increasing offsets with no gap;
 //! - in the middle of pipelined publishing: every future resolves (none hangs), every message
-//!   whose future resolved `Ok` is read back exactly once, at the offset its ack named.
+//!   whose future resolved `Ok` is read back exactly once, at the offset its ack named;
+//! - under a [`drawbridge_client::GroupConsumer`]: killing the group's coordinator (which is
+//!   also the partition leader when they coincide) moves the group to a new coordinator, the
+//!   member keeps reading every acknowledged message, and commits keep working.
 //!
 //! The two tests start their own clusters and take turns (a lock), so a 2-core machine runs
 //! at most three servers at a time. Every wait is bounded in count and time.
@@ -13,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use drawbridge_client::{
-    AckPolicy, Client, Error, Message, PublishMessage, PublisherOptions, RetryPolicy, StartAt,
-    StopAt, StreamOptions, SubscribeOptions,
+    group_cursor_id, AckPolicy, Client, Error, GroupOptions, Message, PublishMessage,
+    PublisherOptions, RetryPolicy, StartAt, StopAt, StreamOptions, SubscribeOptions,
 };
 use drawbridge_tests::nats::NatsServer;
 use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer};
@@ -36,11 +39,24 @@ struct Cluster {
 impl Cluster {
     /// Starts NATS and three servers; `None` when nats-server is missing outside CI.
     async fn start(test: &str) -> TestResult<Option<Cluster>> {
+        Cluster::start_with_config(test, None).await
+    }
+
+    /// [`Cluster::start`] with a YAML configuration given to every server.
+    async fn start_with_config(test: &str, yaml: Option<&str>) -> TestResult<Option<Cluster>> {
         let Some(nats) = NatsServer::start_or_skip(test) else {
             return Ok(None);
         };
         let bin = drawbridge_tests::bins::drawbridge_server()?;
-        let specs = cluster_specs(&bin, &nats.url(), 3)?;
+        let mut specs = cluster_specs(&bin, &nats.url(), 3)?;
+        if let Some(yaml) = yaml {
+            for spec in &mut specs {
+                let path = spec.data_dir.with_file_name(format!("{}.yaml", spec.id));
+                std::fs::write(&path, yaml)?;
+                spec.args.push("--config".into());
+                spec.args.push(path.display().to_string());
+            }
+        }
         let servers: Vec<Option<DrawbridgeServer>> =
             cluster(&specs)?.into_iter().map(Some).collect();
         let addrs: Vec<String> = specs
@@ -395,5 +411,155 @@ async fn pipelined_publishing_survives_leader_kill() -> TestResult {
     let read = read_to_end(&mut sub, TOTAL * 2, EACH).await?;
     assert_eq!(read.len() as i64, ack.offset + 1);
     check_log(&read, &acked).map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_consumer_survives_coordinator_kill() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let yaml = "cursors.stream.partitions: 1\n\
+                groups.consumer.timeout: 2s\n\
+                groups.coordinator.timeout: 2s\n";
+    let Some(mut cl) =
+        Cluster::start_with_config("group_consumer_survives_coordinator_kill", Some(yaml)).await?
+    else {
+        return Ok(());
+    };
+    const PER_PHASE: usize = 60;
+    let name = "ha-group";
+    let group = "ha-readers";
+    cl.create_replicated(name).await?;
+    let mut member = cl
+        .client
+        .consumer_group(
+            group,
+            "member-1",
+            &[name.to_string()],
+            GroupOptions {
+                start: StartAt::Earliest,
+            },
+        )
+        .await?;
+    let (coordinator, epoch) = cl
+        .client
+        .fetch_group_metadata(group)
+        .await?
+        .ok_or("the group has no coordinator after the join")?;
+
+    // Publishes `PER_PHASE` values with ack ALL (bounded retries) and returns the acked ones.
+    async fn publish_phase(c: &Client, stream: &str, tag: &str) -> TestResult<HashSet<String>> {
+        let mut acked = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut attempt = 0;
+        while acked.len() < PER_PHASE {
+            if Instant::now() >= deadline {
+                return Err(format!("{tag}: only {} acked in 60 s", acked.len()).into());
+            }
+            let value = format!("{tag}-{attempt}");
+            attempt += 1;
+            let msg = PublishMessage::new(value.clone()).ack_policy(AckPolicy::All);
+            match c.publish(stream, msg).await {
+                Ok(Some(_)) => {
+                    acked.insert(value);
+                }
+                Ok(None) => return Err(format!("{value}: no ack with policy ALL").into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Ok(acked)
+    }
+
+    // Reads from the member until every value in `want` arrived (≤ 60 s), committing each.
+    async fn read_all(
+        member: &mut drawbridge_client::GroupConsumer,
+        want: &HashSet<String>,
+        read: &mut Vec<Message>,
+    ) -> TestResult {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let have: HashSet<&[u8]> = read.iter().map(|m| &m.value[..]).collect();
+            let missing = want.iter().filter(|v| !have.contains(v.as_bytes())).count();
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    format!("{missing} acknowledged values never reached the member").into(),
+                );
+            }
+            match tokio::time::timeout(Duration::from_millis(500), member.next()).await {
+                Ok(Some(Ok(m))) => {
+                    // A commit may fail while the cluster fails over; the next one covers it.
+                    let _ = member.commit(&m).await;
+                    read.push(m);
+                }
+                Ok(Some(Err(e))) => return Err(format!("group consumer error: {e}").into()),
+                Ok(None) => return Err("the group consumer ended".into()),
+                Err(_) => {}
+            }
+        }
+    }
+
+    let mut read = Vec::new();
+    let before = publish_phase(&cl.client, name, "before").await?;
+    read_all(&mut member, &before, &mut read)
+        .await
+        .map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+
+    let victim = cl.index_of(&coordinator)?;
+    cl.kill(victim);
+    let after = publish_phase(&cl.client, name, "after").await?;
+    read_all(&mut member, &after, &mut read)
+        .await
+        .map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+
+    // The group moved to a live coordinator in a later epoch.
+    let (new_coordinator, new_epoch) = cl
+        .client
+        .fetch_group_metadata(group)
+        .await?
+        .ok_or("the group vanished")?;
+    assert_ne!(new_coordinator, coordinator, "the coordinator did not move");
+    assert!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
+
+    // Offsets the member saw only grow per partition (a resubscribe may repeat, never skip).
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for m in &read {
+        if let Some(prev) = last.get(&m.partition) {
+            assert!(
+                m.offset <= prev + 1,
+                "offset {} after {prev}: a gap",
+                m.offset
+            );
+        }
+        let e = last.entry(m.partition).or_insert(m.offset);
+        *e = (*e).max(m.offset);
+    }
+    // The committed group cursor lands on the new leader and reads back.
+    let newest = read.iter().map(|m| m.offset).max().ok_or("nothing read")?;
+    let top = read
+        .iter()
+        .find(|m| m.offset == newest)
+        .ok_or("no newest")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let committed = member.commit(top).await;
+        let fetched = cl
+            .client
+            .fetch_cursor(&group_cursor_id(group), name, 0)
+            .await;
+        if committed.is_ok() && matches!(fetched, Ok(Some(o)) if o == newest) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "cursor after failover: commit {committed:?}, fetch {fetched:?}\nlogs:\n{}",
+                cl.logs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    member.leave().await?;
     Ok(())
 }

@@ -578,3 +578,182 @@ async fn pause_and_readonly_are_replicated_to_every_node() -> TestResult {
     assert_eq!(r.err().map(|e| e.code()), Some(Code::FailedPrecondition));
     Ok(())
 }
+
+/// `__activity` across a metadata leader change, on three servers: the new metadata leader
+/// publishes the operations committed before and after the kill of the old one; every
+/// operation is in the stream (at least once, one event per id) and their first appearances
+/// follow raft order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_stream_continues_after_a_metadata_leader_kill() -> TestResult {
+    use drawbridge_tests::nats::NatsServer;
+    use drawbridge_tests::server::{cluster, cluster_specs};
+    use prost::Message as _;
+    let Some(nats) = NatsServer::start_or_skip("activity_after_metadata_leader_kill") else {
+        return Ok(());
+    };
+    let mut specs = cluster_specs(std::path::Path::new(BIN), &nats.url(), 3)?;
+    let mut metrics = Vec::new();
+    for spec in &mut specs {
+        let port = drawbridge_tests::ports::free_port()?;
+        let conf = spec
+            .data_dir
+            .with_file_name(format!("{}-act.yaml", spec.id));
+        std::fs::write(
+            &conf,
+            format!("activity.stream.enabled: true\nmetrics.listen: 127.0.0.1:{port}\n"),
+        )?;
+        spec.args
+            .extend(["--config".into(), conf.display().to_string()]);
+        metrics.push(port);
+    }
+    let mut servers: Vec<Option<DrawbridgeServer>> =
+        cluster(&specs)?.into_iter().map(Some).collect();
+    let logs = |servers: &[Option<DrawbridgeServer>]| {
+        servers
+            .iter()
+            .flatten()
+            .map(|s| format!("--- {} ---\n{}", s.spec.id, s.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // The metadata leader, from each node's `drawbridge_metadata_leader` gauge (≤ 20 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let leader = 'found: loop {
+        for (i, port) in metrics.iter().enumerate() {
+            if let Ok((200, body)) = crate::single::get(*port, "/metrics").await {
+                if body
+                    .lines()
+                    .any(|l| l.trim() == "drawbridge_metadata_leader 1")
+                {
+                    break 'found i;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no metadata leader\n{}", logs(&servers)).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let survivor = (leader + 1) % 3;
+
+    // Creates `name` through server `i`, retrying (bounded) while the cluster fails over.
+    async fn create_with_retry(s: &DrawbridgeServer, name: &str) -> TestResult {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = match client(s).await {
+                Ok(mut c) => c.create_stream(create_req(name, name)).await.map(drop),
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                // An attempt that timed out may have been applied: the retry then finds it.
+                Err(e) if e.code() == Code::AlreadyExists => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("create {name} retried: {e}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // Reads `__activity` through server `node` until every name in `want` was created in it
+    // (≤ 60 events, ≤ 45 s), recording each id's event and the order of first appearances.
+    struct Seen {
+        by_id: std::collections::BTreeMap<u64, ActivityStreamEvent>,
+        first_seen: Vec<u64>,
+        created: Vec<String>,
+    }
+    async fn read_activity(node: &DrawbridgeServer, want: &[&str], seen: &mut Seen) -> TestResult {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+        let mut sub = loop {
+            let attempt = async {
+                let mut c = client(node).await?;
+                let mut req = sub_req("__activity", 0, StartPosition::Earliest);
+                // The node may be a follower of `__activity`: read its committed copy.
+                req.read_isr_replica = true;
+                let sub = subscribe(&mut c, req).await?;
+                TestResult::Ok(sub)
+            };
+            match attempt.await {
+                Ok(sub) => break sub,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("subscribe to __activity retried: {e}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // Events already seen come again (a new subscription starts at the earliest offset).
+        let mut this_read = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            if want.iter().all(|w| seen.created.iter().any(|c| c == w)) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = read_n(&mut sub, 1, left)
+                .await
+                .map_err(|e| format!("__activity stalled with creates {:?}: {e}", seen.created))?;
+            let e = ActivityStreamEvent::decode(m[0].value.clone())?;
+            this_read.insert(e.id);
+            match seen.by_id.insert(e.id, e.clone()) {
+                Some(prev) => assert_eq!(prev, e, "one id, one event"),
+                None => {
+                    seen.first_seen.push(e.id);
+                    if let Some(op) = e
+                        .create_stream_op
+                        .as_ref()
+                        .filter(|o| o.stream.starts_with("act-"))
+                    {
+                        seen.created.push(op.stream.clone());
+                    }
+                }
+            }
+        }
+        Err(format!("60 events read, creates {:?}", seen.created).into())
+    }
+
+    let names = ["act-a1", "act-a2", "act-a3", "act-b1", "act-b2", "act-b3"];
+    let mut seen = Seen {
+        by_id: Default::default(),
+        first_seen: Vec::new(),
+        created: Vec::new(),
+    };
+    for name in &names[..3] {
+        create_with_retry(servers[survivor].as_ref().ok_or("no survivor")?, name).await?;
+    }
+    read_activity(
+        servers[survivor].as_ref().ok_or("no survivor")?,
+        &names[..3],
+        &mut seen,
+    )
+    .await
+    .map_err(|e| format!("before the kill: {e}\n{}", logs(&servers)))?;
+    // Two creates right before the kill: their events may still be unpublished when the old
+    // leader dies, so the new leader must publish them.
+    for name in &names[3..5] {
+        create_with_retry(servers[survivor].as_ref().ok_or("no survivor")?, name).await?;
+    }
+    if let Some(mut s) = servers[leader].take() {
+        eprintln!("killing the metadata leader {}", s.spec.id);
+        s.kill();
+    }
+    for name in &names[5..] {
+        create_with_retry(servers[survivor].as_ref().ok_or("no survivor")?, name).await?;
+    }
+    read_activity(
+        servers[survivor].as_ref().ok_or("no survivor")?,
+        &names,
+        &mut seen,
+    )
+    .await
+    .map_err(|e| format!("after the kill: {e}\n{}", logs(&servers)))?;
+    assert_eq!(seen.created, names, "creates in raft order, each once");
+    assert!(
+        seen.first_seen.windows(2).all(|w| w[0] < w[1]),
+        "first appearances out of raft order: {:?}",
+        seen.first_seen
+    );
+    Ok(())
+}
