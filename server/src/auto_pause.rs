@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Only the node whose ingest runs for a partition (its leader) pauses it, with a committed
 //!   `PauseStream` of that one partition (`resumeAll` false); internal streams (`__*`) are
-//!   never auto-paused.
+//!   never auto-paused, except `__cursors`, whose idle time is `cursors.stream.auto.pause.time`
+//!   (its partitions count a SetCursor as a message; a SetCursor resumes them).
 //! - Idle time counts from the latest of: the last message taken in, the last pause-state change
 //!   (a resume), and the moment this task first saw the partition led and unpaused here (so a
 //!   new leader or a restart grants a full period).
@@ -21,6 +22,7 @@ use drawbridge_raft::{MetadataCommand, PartitionId};
 use tracing::{debug, info};
 
 use crate::acks::now_ns;
+use crate::api::cursors::CURSORS_STREAM;
 use crate::cluster::{forward, Propagated};
 use crate::context::Ctx;
 
@@ -76,7 +78,8 @@ async fn tick(ctx: &Ctx, seen: &mut HashMap<PartitionId, i64>) {
         let Some(p) = s.partitions.get(&id.partition) else {
             continue;
         };
-        if id.stream.starts_with("__") || p.paused || !local.ingesting.load(Ordering::Acquire) {
+        let internal = id.stream.starts_with("__") && id.stream != CURSORS_STREAM;
+        if internal || p.paused || !local.ingesting.load(Ordering::Acquire) {
             continue;
         }
         let (Some(time), disable_if_subscribers) = policy(ctx, s) else {

@@ -22,7 +22,11 @@
 //!    cursor-partition leader serves its own applied metadata, which trails the metadata leader
 //!    by at most a replication round.
 //! 4. The metadata leader creates `__cursors` once, when `cursors.stream.partitions` > 0 and it
-//!    does not exist (retrying until the cluster has enough brokers for its replication factor).
+//!    does not exist (retrying until the cluster has enough brokers for its replication factor),
+//!    with `auto.pause.time.ms` = `cursors.stream.auto.pause.time`.
+//! 5. A SetCursor counts as a message taken in by its cursor partition (stats, and so the
+//!    auto-pause idle clock), and resumes that partition first when it is paused, as a publish
+//!    to `__cursors` does in Liftbridge. FetchCursor neither resumes nor counts.
 
 use std::time::Duration;
 
@@ -51,14 +55,15 @@ pub fn cursor_partition(cursor_id: &str, stream: &str, partition: i32, partition
     i32::try_from(crc32fast::hash(key.as_bytes()) % n).unwrap_or(0)
 }
 
-/// Validates a request and checks that this node leads its cursor partition (invariants 1, 2).
+/// Validates a request and checks that this node leads its cursor partition (invariants 1, 2);
+/// returns that `__cursors` partition.
 fn route(
     ctx: &Ctx,
     state: &MetadataState,
     cursor_id: &str,
     stream: &str,
     partition: i32,
-) -> Result<()> {
+) -> Result<i32> {
     if stream.is_empty() {
         return Err(ServerError::InvalidArgument("No stream provided".into()));
     }
@@ -90,13 +95,31 @@ fn route(
             "No such partition {stream}/{partition}"
         )));
     }
-    Ok(())
+    Ok(p)
 }
 
 /// SetCursor.
 pub async fn set_cursor(ctx: &Ctx, r: SetCursorRequest) -> Result<SetCursorResponse> {
     let state = ctx.raft.metadata().state().state;
-    route(ctx, &state, &r.cursor_id, &r.stream, r.partition)?;
+    let cp = route(ctx, &state, &r.cursor_id, &r.stream, r.partition)?;
+    // Invariant 5.
+    let paused = state
+        .streams
+        .get(CURSORS_STREAM)
+        .and_then(|s| s.partitions.get(&cp))
+        .is_some_and(|p| p.paused);
+    if paused {
+        info!(
+            partition = cp,
+            "cursor set on a paused cursors partition: resuming"
+        );
+        crate::api::pause::resume(ctx, CURSORS_STREAM, cp).await?;
+    }
+    if let Some(local) = ctx.partitions.get(&PartitionId::new(CURSORS_STREAM, cp)) {
+        let now = crate::acks::now_ns();
+        let bytes = r.cursor_id.len() + r.stream.len() + 12;
+        local.stats.received(1, bytes as u64, now, now);
+    }
     let key = (r.cursor_id.clone(), r.stream.clone(), r.partition);
     let cmd = MetadataCommand::SetCursor {
         cursor_id: r.cursor_id,
@@ -153,7 +176,18 @@ pub fn spawn_stream_creator(ctx: Ctx) {
                     group: String::new(),
                     replication_factor: ctx.config.cursors.stream_replication_factor,
                     partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
-                    config: [("compact.enabled".to_owned(), "true".to_owned())].into(),
+                    config: [
+                        ("compact.enabled".to_owned(), "true".to_owned()),
+                        (
+                            crate::auto_pause::KEY_AUTO_PAUSE_TIME_MS.to_owned(),
+                            ctx.config
+                                .cursors
+                                .stream_auto_pause_time
+                                .as_millis()
+                                .to_string(),
+                        ),
+                    ]
+                    .into(),
                     created_at_ms: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),

@@ -166,3 +166,50 @@ async fn cursors_disabled_is_internal() -> TestResult {
     assert_eq!(r.err().map(|e| e.code()), Some(Code::Internal));
     Ok(())
 }
+
+/// `cursors.stream.auto.pause.time`: an idle `__cursors` partition pauses; a SetCursor resumes
+/// it and is stored; FetchCursor reads while paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_cursor_partitions_pause_and_set_cursor_resumes() -> TestResult {
+    let nats_port = drawbridge_tests::ports::free_port()?;
+    let mut spec = ServerSpec::new(BIN, "cur-pause", NatsMode::Embedded(nats_port))?;
+    with_config(
+        &mut spec,
+        "cursors.stream.partitions: 1\ncursors.stream.auto.pause.time: 1500ms\n",
+    )?;
+    let server = DrawbridgeServer::start(&spec)?;
+    let mut c = client(&server).await?;
+    wait_leaders(&mut c, "__cursors").await?;
+    create(&mut c, "s", "s").await?;
+    c.set_cursor(set("s", 0, "c1", 5)).await?;
+
+    // Waits (≤ 15 s) until `__cursors/0`'s paused flag is `paused`.
+    async fn wait_paused(c: &mut Client, paused: bool) -> TestResult {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = wait_leaders(c, "__cursors").await?;
+            if s.partitions.get(&0).is_some_and(|p| p.paused == paused) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("__cursors/0 never became paused={paused}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    wait_paused(&mut c, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", server.log_tail()))?;
+    assert_eq!(
+        c.fetch_cursor(get("s", 0, "c1")).await?.into_inner().offset,
+        5,
+        "a paused cursors partition still answers FetchCursor"
+    );
+    c.set_cursor(set("s", 0, "c1", 6)).await?;
+    wait_paused(&mut c, false).await?;
+    assert_eq!(
+        c.fetch_cursor(get("s", 0, "c1")).await?.into_inner().offset,
+        6
+    );
+    Ok(())
+}
