@@ -1,7 +1,7 @@
 //! Compaction by key wired to the stream configuration (`compactEnabled`): the cleaner keeps
 //! only the newest message per key in sealed segments (keyless messages all stay), offsets do
 //! not move (gaps where messages went), reads skip the gaps, publishing and OCC go on at the
-//! next offset; a stream without compaction keeps everything; on three replicas that compact
+//! next offset, forward and reverse; a stream without compaction keeps everything; on three replicas that compact
 //! independently, the replica checksums (what `drawbridge cluster verify` compares) agree.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,16 +175,26 @@ async fn compaction_keeps_the_newest_message_per_key() -> TestResult {
         "stopped past the removed stop offset"
     );
 
-    // Publishing goes on at the next offset; OCC's next offset is unaffected.
-    let mut r = keyed_req("compacted", N, AckPolicy::Leader);
+    // Publishing goes on at the next offset; OCC's next offset is unaffected. (Keyless, so
+    // that no later pass removes anything the checks below count on.)
+    let mut r = publish_req("compacted", &value_of(N), AckPolicy::Leader);
     r.get_mut().expected_offset = N;
     let ack = c.publish(r).await?.into_inner().ack.ok_or("no ack")?;
     assert_eq!(ack.offset, N);
-    let mut stale = keyed_req("compacted", N + 1, AckPolicy::Leader);
+    let mut stale = publish_req("compacted", &value_of(N + 1), AckPolicy::Leader);
     stale.get_mut().expected_offset = N - 1;
     assert!(c.publish(stale).await.is_err(), "stale expected offset");
     let tail = read_through(&mut c, "compacted", N, N).await?;
     assert_eq!(tail.last().map(|m| m.offset), Some(N));
+    // A reverse subscription walks the same messages newest first, across the gaps, to EOF.
+    let mut req = sub_req("compacted", 0, StartPosition::Latest);
+    req.reverse = true;
+    let mut sub = subscribe(&mut c, req).await?;
+    let back = read_n(&mut sub, offsets.len() + 1, EACH).await?;
+    let mut want: Vec<i64> = offsets.iter().copied().chain([N]).collect();
+    want.reverse();
+    assert_eq!(back.iter().map(|m| m.offset).collect::<Vec<_>>(), want);
+    assert_eq!(end_status(&mut sub, EACH).await, Some(tonic::Code::Unknown));
 
     // Without compaction every message stays.
     let all = read_through(&mut c, "plain", 0, N - 1).await?;
