@@ -7,7 +7,10 @@
 //! 2. the common range is `max(earliest) ..= min(high watermark)` over the replicas that
 //!    answered: every replica has committed all of it, so healthy replicas hold identical
 //!    records there;
-//! 3. ask every replica for the checksum of that range and compare.
+//! 3. ask every replica for the checksum of that range and compare. For a stream with compaction
+//!    enabled each server sums what compaction keeps (keyless records and each key's newest
+//!    record in the range), so replicas that compacted at different times agree; run the check
+//!    while no appends are in flight (see `drawbridge_storage::ChecksumMode::LatestPerKey`).
 //!
 //! A replica that does not answer makes the partition *incomplete* (not divergent): the check
 //! says what it could not compare rather than passing silently. Only Drawbridge servers offer

@@ -5,6 +5,10 @@
 //!   ([`drawbridge_storage::RangeChecksum`]), so `drawbridge cluster verify` can compare every
 //!   replica of a partition up to their common high watermark.
 //!
+//! Streams with compaction enabled are summed in [`ChecksumMode::LatestPerKey`] (keyless records
+//! and each key's newest record in the range), which does not depend on how far each replica
+//! has compacted; other streams cover every record.
+//!
 //! Invariants: only committed records are summed (a range above this replica's high watermark
 //! is `FailedPrecondition`), so two healthy replicas always agree on a common range; the
 //! summing reads the log on a blocking thread, never on the async workers.
@@ -12,7 +16,7 @@
 use drawbridge_proto::admin::admin_server::Admin;
 use drawbridge_proto::admin::{ReplicaChecksumRequest, ReplicaChecksumResponse};
 use drawbridge_raft::PartitionId;
-use drawbridge_storage::StorageError;
+use drawbridge_storage::{ChecksumMode, StorageError};
 use tonic::{Request, Response, Status};
 
 use crate::context::Ctx;
@@ -67,7 +71,16 @@ pub async fn replica_checksum(
             )))
         }
     };
-    let sum = tokio::task::spawn_blocking(move || log.checksum(from, to))
+    // Replicas of a compacted stream compact at different times: compare what compaction
+    // keeps (`ChecksumMode::LatestPerKey`), not the records each happens to still hold.
+    let mode = {
+        let state = ctx.raft.metadata().state().state;
+        match state.streams.get(&id.stream) {
+            Some(s) if crate::retention::policy_of(ctx, s).compact => ChecksumMode::LatestPerKey,
+            _ => ChecksumMode::Plain,
+        }
+    };
+    let sum = tokio::task::spawn_blocking(move || log.checksum_with(from, to, mode))
         .await
         .map_err(|e| ServerError::Internal(format!("checksum task: {e}")))?
         .map_err(|e| match e {

@@ -178,6 +178,9 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let compaction_slots = Arc::new(tokio::sync::Semaphore::new(
+        config.streams.compact_max_goroutines.max(1),
+    ));
     let ctx: Ctx = Arc::new(Node {
         config,
         server_id: server_id.clone(),
@@ -191,6 +194,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         groups: Default::default(),
         shutdown: shutdown_rx,
         stats: Default::default(),
+        compaction_slots,
     });
     if let Some(listen) = &ctx.config.metrics.listen {
         let host = if listen.host.is_empty() {

@@ -47,6 +47,9 @@ pub struct Node {
     /// Node-wide counters and latency histograms (bumped by the API and the leadership
     /// watches, read by [`crate::metrics`]).
     pub stats: NodeStats,
+    /// Bounds how many partition replicas compact at once on this node
+    /// (`streams.compact.max.goroutines` permits; see [`crate::retention`]).
+    pub compaction_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {

@@ -295,6 +295,21 @@ pub fn render(ctx: &Ctx) -> String {
         "drawbridge_raft_leader_elections_total {}",
         ctx.stats.leader_elections.load(Ordering::Relaxed)
     );
+    for (name, help, v) in [
+        (
+            "drawbridge_compaction_runs_total",
+            "Compaction passes completed on this node's partition replicas.",
+            &ctx.stats.compaction_runs,
+        ),
+        (
+            "drawbridge_compaction_records_removed_total",
+            "Records removed by compaction on this node's partition replicas.",
+            &ctx.stats.compaction_records_removed,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
     family(
         &mut out,
         "drawbridge_limit_rejections_total",

@@ -170,6 +170,11 @@ pub struct NodeStats {
     pub leader_elections: AtomicU64,
     /// What the `limits.*` and the message size limit refused.
     pub limits: crate::limits::LimitStats,
+    /// Compaction passes that completed on hosted replicas (whether or not they removed
+    /// anything).
+    pub compaction_runs: AtomicU64,
+    /// Records removed by those passes.
+    pub compaction_records_removed: AtomicU64,
 }
 
 /// Counters of one hosted partition replica.

@@ -2,9 +2,14 @@
 //!
 //! Rules:
 //! 1. Only sealed segments whose batches all have raft index ≤ `max_raft_index` and whose
-//!    offsets are all at or below the high watermark are rewritten. The raft layer must pass
-//!    its purge point (or snapshot index): compaction changes batch bodies, and raft must
-//!    never again read or replicate an entry it has not purged.
+//!    offsets are all at or below the high watermark are rewritten. The raft layer passes its
+//!    applied index: those entries are committed, so raft never truncates or rewrites them.
+//!    Raft may still read a compacted entry to replicate it to a lagging follower; that is
+//!    sound because a compacted batch is still a valid entry — same raft term and index, same
+//!    base offset and offset span, fewer records, records CRC recomputed — and the follower
+//!    stores exactly what it would hold after compacting itself (`Log::append` accepts a
+//!    record set with fewer records than its span, even none). Replicas compact
+//!    independently; compare them with [`crate::ChecksumMode::LatestPerKey`].
 //! 2. "Newest" is decided over every committed record of the log (later segments and the
 //!    active one included). Records without a key are always kept.
 //! 3. Offsets never move: each batch keeps its header (base offset, span, raft term and

@@ -124,7 +124,7 @@ mod time_index;
 mod varint;
 
 pub use batch::{decode_batch, BatchHeader, BatchKind, BatchMeta, DecodedBatch, BATCH_HEADER_LEN};
-pub use checksum::RangeChecksum;
+pub use checksum::{ChecksumMode, RangeChecksum};
 pub use compaction::CompactionOutcome;
 pub use config::{LogConfig, RetentionPolicy, SyncPolicy, MAX_SEGMENT_BYTES};
 pub use error::{DecodeError, Result, StorageError};

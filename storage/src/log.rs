@@ -281,8 +281,10 @@ impl Log {
     ///    `meta.raft_term` ≥ the last term. Otherwise [`StorageError::RaftIndexGap`] /
     ///    [`StorageError::TermRegression`] and nothing is written.
     /// 2. For [`crate::BatchKind::Data`] the body must be a record set from
-    ///    [`crate::RecordBatchBuilder`] (its header is checked; its records CRC is trusted
-    ///    unless `LogConfig::verify_appends`). Control bodies are opaque.
+    ///    [`crate::RecordBatchBuilder`] or a compacted form of one (fewer records, possibly
+    ///    none, same span: what a replica that compacted sends when raft replicates from it);
+    ///    its header is checked; its records CRC is trusted unless `LogConfig::verify_appends`.
+    ///    Control bodies are opaque.
     /// 3. The batch is readable (by raft index) when this returns, but **not durable**: call
     ///    [`Log::sync`] or a [`crate::GroupCommit`] before acknowledging.
     /// 4. On error nothing is published; a partially written tail is overwritten by the next

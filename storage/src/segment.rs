@@ -717,12 +717,10 @@ impl Segment {
             }
         }
         let rs = if meta.kind.is_data() {
+            // A record set without records is accepted: it is a batch compaction emptied,
+            // replicated by raft to a follower (it still spans its offsets; see
+            // `crate::compaction`). `RecordBatchBuilder` never builds one.
             let rs = RecordSetHeader::parse(body).map_err(StorageError::InvalidBatch)?;
-            if rs.record_count == 0 {
-                return Err(StorageError::InvalidBatch(DecodeError::Invalid(
-                    "data batch without records",
-                )));
-            }
             if verify {
                 let set = crate::record_set::RecordSet::parse(Bytes::copy_from_slice(body))
                     .map_err(StorageError::InvalidBatch)?;
@@ -1176,14 +1174,21 @@ mod tests {
     }
 
     #[test]
-    fn reserved_control_codes_and_empty_data_are_rejected() {
+    fn reserved_control_codes_and_bodiless_data_are_rejected() -> Result<()> {
         let m = BatchMeta {
             kind: BatchKind::Control(2),
             raft_term: 1,
             raft_index: 1,
         };
         assert!(Segment::prepare(m, 0, b"", false).is_err());
-        assert!(Segment::prepare(meta(1), 0, &[0u8; 32], false).is_err());
+        assert!(Segment::prepare(meta(1), 0, &[0u8; 31], false).is_err());
+        // A record set compaction emptied (no records, still spanning its offsets) is a valid
+        // replicated entry.
+        let mut emptied = [0u8; 32];
+        emptied[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let (_, rs) = Segment::prepare(meta(1), 0, &emptied, true)?;
+        assert_eq!(rs.map(|r| (r.record_count, r.offset_span())), Some((0, 3)));
+        Ok(())
     }
 
     #[test]

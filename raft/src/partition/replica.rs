@@ -584,6 +584,21 @@ impl PartitionReplica {
         Ok(plan)
     }
 
+    /// Compacts this replica's log by key (any replica: each one compacts its own copy, on its
+    /// own schedule): rewrites the sealed segments whose entries are all applied, keeping the
+    /// newest record of every key (`drawbridge_storage::compaction`). Blocking file I/O: call
+    /// it from a blocking thread. Appends and reads continue meanwhile.
+    ///
+    /// No raft purge is needed: only applied (hence committed) entries are rewritten, which
+    /// raft never truncates, and a compacted entry keeps its log id, base offset and offset
+    /// span, so when raft reads one to replicate it to a lagging follower the follower stores
+    /// the compacted form — what it would hold after compacting itself.
+    pub fn compact_by_key(
+        &self,
+    ) -> Result<drawbridge_storage::CompactionOutcome, drawbridge_storage::StorageError> {
+        self.group.sm.log().compact(self.group.sm.applied_index())
+    }
+
     /// Snapshots (if the last snapshot does not cover `index`) and asks raft to purge the log
     /// through `index`, which must be applied.
     async fn purge_through(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {

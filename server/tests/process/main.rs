@@ -9,6 +9,7 @@
 //! - `cluster`: three servers, replication factor 3, SIGKILL of a partition leader;
 //! - `idempotent`: producer id and sequence headers, across a restart and a failover;
 //! - `retention`: retention and segment settings from the stream configuration;
+//! - `compaction`: compaction by key from the stream configuration, on one and three servers;
 //! - `cursors`, `groups`: cursors and consumer groups on one server, and their failover on
 //!   three servers;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes;
@@ -21,6 +22,7 @@
 
 mod cluster;
 mod common;
+mod compaction;
 mod compose;
 mod cursors;
 mod groups;
