@@ -9,6 +9,10 @@
 //! and each key's newest record in the range), which does not depend on how far each replica
 //! has compacted; other streams cover every record.
 //!
+//! With `tls.client.authz.enabled`, a call is authorized like the API's calls: subject = the
+//! client certificate's common name, object = the stream, action = `ReplicaChecksum`; a denied
+//! call is PermissionDenied.
+//!
 //! Invariants: only committed records are summed (a range above this replica's high watermark
 //! is `FailedPrecondition`), so two healthy replicas always agree on a common range; the
 //! summing reads the log on a blocking thread, never on the async workers.
@@ -19,19 +23,26 @@ use drawbridge_raft::PartitionId;
 use drawbridge_storage::{ChecksumMode, StorageError};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use crate::authz::Authorizer;
 use crate::context::Ctx;
 use crate::error::{Result, ServerError};
+use crate::tls::client_identity;
 
 /// The `drawbridge.admin.v1.Admin` implementation.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     ctx: Ctx,
+    /// The ACLs of `tls.client.authz.*` (shared with the API, reloaded in place on SIGHUP);
+    /// `None` lets every call through.
+    authz: Option<Arc<Authorizer>>,
 }
 
 impl AdminService {
-    /// A service over the running server.
-    pub fn new(ctx: Ctx) -> Self {
-        Self { ctx }
+    /// A service over the running server, behind `authz` when set.
+    pub fn new(ctx: Ctx, authz: Option<Arc<Authorizer>>) -> Self {
+        Self { ctx, authz }
     }
 }
 
@@ -101,6 +112,14 @@ impl Admin for AdminService {
         &self,
         r: Request<ReplicaChecksumRequest>,
     ) -> Result<Response<ReplicaChecksumResponse>, Status> {
+        if let Some(authz) = &self.authz {
+            let stream = &r.get_ref().stream;
+            if !authz.allows(client_identity(&r).as_deref(), stream, "ReplicaChecksum") {
+                return Err(Status::permission_denied(format!(
+                    "The client is not authorized to call ReplicaChecksum on resource {stream}"
+                )));
+            }
+        }
         Ok(Response::new(
             replica_checksum(&self.ctx, r.into_inner()).await?,
         ))

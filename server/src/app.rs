@@ -256,7 +256,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         Some(limits),
     ))
     .max_decoding_message_size(64 << 20);
-    let admin = AdminServer::new(AdminService::new(ctx.clone()));
+    let admin = AdminServer::new(AdminService::new(ctx.clone(), authz.clone()));
     let incoming =
         crate::limits::incoming(listener, ctx.config.limits.max_connections, ctx.clone());
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);

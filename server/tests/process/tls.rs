@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use drawbridge_proto::admin::admin_client::AdminClient;
+use drawbridge_proto::admin::ReplicaChecksumRequest;
 use drawbridge_proto::api::api_client::ApiClient;
 use drawbridge_proto::api::*;
 use drawbridge_tests::server::{DrawbridgeServer, NatsMode, ServerSpec};
@@ -87,19 +89,27 @@ async fn tls_client(
     ca_pem: &str,
     identity: Option<&(String, String)>,
 ) -> Result<ApiClient<Channel>, tonic::transport::Error> {
+    Ok(ApiClient::new(tls_channel(s, ca_pem, identity).await?))
+}
+
+/// A TLS channel trusting the test CA, with an optional client certificate.
+async fn tls_channel(
+    s: &DrawbridgeServer,
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name("localhost");
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    let ch = Channel::from_shared(format!("https://127.0.0.1:{}", s.spec.port))
+    Channel::from_shared(format!("https://127.0.0.1:{}", s.spec.port))
         .expect("valid uri")
         .connect_timeout(Duration::from_secs(5))
         .tls_config(tls)?
         .connect()
-        .await?;
-    Ok(ApiClient::new(ch))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,6 +156,7 @@ async fn mtls_identity_authz_and_sighup_reload() -> TestResult {
          p, client1, foo, CreateStream\n\
          p, client1, foo, Publish\n\
          p, client1, foo, PublishAsync\n\
+         p, client1, foo, ReplicaChecksum\n\
          p, client2, *, FetchMetadata\n",
     )?;
     let p = |n: &str| pki.path(n).display().to_string();
@@ -194,6 +205,22 @@ async fn mtls_identity_authz_and_sighup_reload() -> TestResult {
         .publish(publish_req("foo", b"x", AckPolicy::Leader))
         .await?;
     assert!(r.into_inner().ack.is_some());
+
+    // The admin service is behind the same ACLs: client1 may checksum foo, client2 may not.
+    let req = ReplicaChecksumRequest {
+        stream: "foo".into(),
+        partition: 0,
+        start_offset: 0,
+        end_offset: -1,
+    };
+    let mut a1 = AdminClient::new(tls_channel(&s, &pki.ca_pem, Some(&client1)).await?);
+    let mut a2 = AdminClient::new(tls_channel(&s, &pki.ca_pem, Some(&client2)).await?);
+    a1.replica_checksum(req.clone()).await?;
+    let e = a2
+        .replica_checksum(req)
+        .await
+        .expect_err("client2 may not call ReplicaChecksum");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     // PublishAsync: each message is checked; a denied one gets PERMISSION_DENIED.
     let msgs = vec![
