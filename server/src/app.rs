@@ -339,6 +339,17 @@ async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
     );
 }
 
+/// Hands the metadata leadership to another voter when this node holds it, bounded by
+/// `bound` (otherwise the cluster elects after the metadata election timeout).
+async fn hand_off_metadata_leadership(ctx: &Ctx, bound: Duration) {
+    let started = std::time::Instant::now();
+    match ctx.raft.metadata().transfer_leadership(bound).await {
+        Ok(Some(to)) => info!(to, took = ?started.elapsed(), "metadata leadership handed off"),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "metadata leadership not handed off"),
+    }
+}
+
 /// The API service as registered (its name is `proto.API` whatever the wrapper).
 type Api = ApiServer<Guarded<ApiService>>;
 
@@ -401,6 +412,7 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         hand_off_leaderships(&self.ctx, HAND_OFF_BOUND).await;
+        hand_off_metadata_leadership(&self.ctx, HAND_OFF_BOUND).await;
         self.ctx.raft.shutdown().await;
         self.ctx.partitions.close_logs();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.nats.flush()).await;

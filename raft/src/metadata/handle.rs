@@ -22,6 +22,9 @@ use crate::types::Node;
 use crate::types::NodeId;
 use crate::wait;
 
+/// A voter whose last acknowledgement is older than this is not chosen for a hand-off.
+const RECENT_ACK: Duration = Duration::from_secs(2);
+
 /// Handle on the metadata group. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MetadataHandle {
@@ -94,6 +97,58 @@ impl MetadataHandle {
             .map(|n| n.addr.clone())
             .unwrap_or_default();
         Some((id, addr))
+    }
+
+    /// Hands the metadata leadership to the most caught-up other voter (graceful shutdown) and
+    /// waits up to `timeout` until another node leads. Returns the node chosen, or `None` when
+    /// this node does not lead or no other voter has acknowledged anything.
+    ///
+    /// Call it after the partition hand-offs (their leadership records are metadata writes)
+    /// and once this node proposes nothing more; a node that is not the target may still win
+    /// the election openraft then holds, which is as good.
+    pub async fn transfer_leadership(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<NodeId>, RaftError> {
+        if !self.is_leader() {
+            return Ok(None);
+        }
+        let m = wait::metrics(&self.raft);
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let me = self.node_id;
+        // Only a voter that acknowledged recently: a dead one would just cost the wait.
+        let recent = |id: &NodeId| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(id))
+                .and_then(|t| t.as_ref())
+                .is_some_and(|t| openraft::Instant::elapsed(&**t) < RECENT_ACK)
+        };
+        let target = m.replication.as_ref().and_then(|r| {
+            r.iter()
+                .filter(|(id, matched)| {
+                    **id != me && voters.contains(id) && matched.is_some() && recent(id)
+                })
+                .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
+                .map(|(id, _)| *id)
+        });
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| convert::fatal(&GroupId::Metadata, e))?;
+        wait::until(
+            &self.raft,
+            &GroupId::Metadata,
+            "metadata leader transfer",
+            timeout,
+            |m| m.current_leader.is_some_and(|l| l != me),
+        )
+        .await?;
+        Ok(Some(target))
     }
 
     /// Waits until some node leads the metadata group.

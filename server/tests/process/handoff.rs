@@ -88,3 +88,70 @@ async fn sigterm_of_a_leader_hands_leadership_off() -> TestResult {
     }
     Ok(())
 }
+
+/// SIGTERM of the metadata leader hands the metadata leadership off too: its log says so,
+/// another node reports itself metadata leader, and a CreateStream through a survivor works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_metadata_leader_hands_it_off() -> TestResult {
+    let Some(nats) = NatsServer::start_or_skip("sigterm_of_the_metadata_leader_hands_it_off")
+    else {
+        return Ok(());
+    };
+    let mut specs = cluster_specs(std::path::Path::new(BIN), &nats.url(), 3)?;
+    let mut metrics = Vec::new();
+    for spec in &mut specs {
+        let port = drawbridge_tests::ports::free_port()?;
+        let conf = spec.data_dir.with_file_name(format!("{}-m.yaml", spec.id));
+        std::fs::write(&conf, format!("metrics.listen: 127.0.0.1:{port}\n"))?;
+        spec.args
+            .extend(["--config".into(), conf.display().to_string()]);
+        metrics.push(port);
+    }
+    let mut servers: Vec<DrawbridgeServer> = cluster(&specs)?;
+
+    // The node whose `drawbridge_metadata_leader` gauge is 1 (≤ 20 s), other than `not`.
+    async fn metadata_leader(metrics: &[u16], not: Option<usize>) -> TestResult<usize> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, port) in metrics.iter().enumerate() {
+                if Some(i) == not {
+                    continue;
+                }
+                if let Ok((200, body)) = crate::single::get(*port, "/metrics").await {
+                    if body
+                        .lines()
+                        .any(|l| l.trim() == "drawbridge_metadata_leader 1")
+                    {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("no metadata leader".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let leader = metadata_leader(&metrics, None).await?;
+    assert!(
+        servers[leader].stop(Duration::from_secs(25)),
+        "{}",
+        servers[leader].log_tail()
+    );
+    let log = std::fs::read_to_string(servers[leader].spec.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("metadata leadership handed off"),
+        "no metadata hand-off in the stopped leader's log:\n{log}"
+    );
+    let new_leader = metadata_leader(&metrics, Some(leader)).await?;
+    let mut c = client(&servers[(leader + 1) % 3]).await?;
+    c.create_stream(create_req("after-handoff", "after-handoff"))
+        .await?;
+    eprintln!("metadata leadership moved from node {leader} to node {new_leader}");
+    for (i, s) in servers.iter_mut().enumerate() {
+        if i != leader {
+            assert!(s.stop(Duration::from_secs(25)), "{}", s.log_tail());
+        }
+    }
+    Ok(())
+}
