@@ -81,7 +81,7 @@ pub use options::{
 };
 pub use partitioner::{key_partition, KeyPartitioner, Partitioner, RoundRobinPartitioner};
 pub use pipeline::{AckFuture, Publisher, PublisherOptions};
-pub use publish::{new_correlation_id, PublishMessage};
+pub use publish::{new_correlation_id, PublishMessage, PRODUCER_ID_HEADER, PRODUCER_SEQ_HEADER};
 pub use retry::RetryPolicy;
 pub use subscribe::{EndReason, Subscription};
 pub use verify::{common_range, PartitionCheck, ReplicaReport, ReplicaState, VerifyReport};

@@ -25,6 +25,11 @@ use crate::message::{ack_from_proto, Ack};
 use crate::options::AckPolicy;
 use crate::partitioner::{KeyPartitioner, Partitioner, Target};
 
+/// Header naming the producer of an idempotent publish ([`PublishMessage::idempotent`]).
+pub const PRODUCER_ID_HEADER: &str = "drawbridge-producer-id";
+/// Header carrying an idempotent publish's sequence number (ASCII decimal).
+pub const PRODUCER_SEQ_HEADER: &str = "drawbridge-producer-seq";
+
 /// A message to publish, built with chained setters.
 ///
 /// ```no_run
@@ -119,6 +124,26 @@ impl PublishMessage {
     /// When the message is acknowledged.
     pub fn ack_policy(mut self, policy: AckPolicy) -> Self {
         self.ack_policy = policy;
+        self
+    }
+
+    /// Makes the publish idempotent (a Drawbridge extension): the message carries `producer`
+    /// and `sequence` in the [`PRODUCER_ID_HEADER`] and [`PRODUCER_SEQ_HEADER`] headers, and the
+    /// partition leader stores it once even when it is published again — a retry after a
+    /// timeout, or on a new leader after a failover. A repeat is acknowledged with the offset
+    /// of the stored message (or -1 when that is no longer known).
+    ///
+    /// Rules: `producer` names one writer (non-empty); `sequence` increases per producer and
+    /// partition (gaps allowed); a sequence not above the highest one stored for the producer
+    /// counts as a repeat. The server remembers the newest 10,000 producers per partition and
+    /// each one's last 64 sequences (see the operations guide).
+    pub fn idempotent(mut self, producer: impl Into<Bytes>, sequence: u64) -> Self {
+        self.headers
+            .insert(PRODUCER_ID_HEADER.to_owned(), producer.into());
+        self.headers.insert(
+            PRODUCER_SEQ_HEADER.to_owned(),
+            Bytes::from(sequence.to_string()),
+        );
         self
     }
 

@@ -270,6 +270,74 @@ async fn expected_offset_is_checked() -> TestResult {
     Ok(())
 }
 
+/// Idempotent publish: a (producer, sequence) published again — unary or pipelined, from the
+/// library or the CLI — is stored once and acknowledged with the stored offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_publish_stores_a_message_once() -> TestResult {
+    let srv = shared_server();
+    let c = client(&[srv.addr()]).await?;
+    let name = unique("idem");
+    c.create_stream(&name, &name, StreamOptions::default())
+        .await?;
+    let first = c
+        .publish(&name, PublishMessage::new("a").idempotent("p1", 1))
+        .await?
+        .ok_or("no ack")?;
+    let again = c
+        .publish(&name, PublishMessage::new("a").idempotent("p1", 1))
+        .await?
+        .ok_or("no ack")?;
+    assert_eq!(
+        again.offset, first.offset,
+        "a repeat is acked at the stored offset"
+    );
+    let publisher = c.publisher()?;
+    let next = publisher
+        .publish(&name, PublishMessage::new("b").idempotent("p1", 2))
+        .await?
+        .ok_or("no ack")?;
+    let repeat = publisher
+        .publish(&name, PublishMessage::new("b").idempotent("p1", 2))
+        .await?
+        .ok_or("no ack")?;
+    assert_eq!(repeat.offset, next.offset);
+    // Another producer's sequence 1 is its own.
+    c.publish(&name, PublishMessage::new("c").idempotent("p2", 1))
+        .await?
+        .ok_or("no ack")?;
+    // The CLI: two lines with sequences 3 and 4, then the same again.
+    let addr = srv.addr();
+    let args = [
+        "publish",
+        name.as_str(),
+        "--lines",
+        "--producer-id",
+        "p1",
+        "--sequence",
+        "3",
+    ];
+    let out1 = crate::cli::cli(&addr, &args, Some("d\ne\n")).await?.ok()?;
+    let out2 = crate::cli::cli(&addr, &args, Some("d\ne\n")).await?.ok()?;
+    assert_eq!(
+        out1, out2,
+        "a repeated CLI run is acked at the same offsets"
+    );
+    assert_eq!(out1.lines().count(), 2, "{out1}");
+    let mut sub = c
+        .subscribe(&name, from(StartAt::Earliest, StopAt::Latest))
+        .await?;
+    let read = read_to_end(&mut sub, 20, EACH).await?;
+    assert_eq!(values(&read), vec!["a", "b", "c", "d", "e"]);
+    assert_eq!(
+        read[0]
+            .headers
+            .get(drawbridge_client::PRODUCER_ID_HEADER)
+            .map(|v| &v[..]),
+        Some(&b"p1"[..])
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishing_gives_dense_offsets() -> TestResult {
     const N: usize = 3000;

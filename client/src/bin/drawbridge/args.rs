@@ -239,6 +239,14 @@ pub struct PublishArgs {
     /// Publish each stdin line as its own message (pipelined).
     #[arg(long, conflicts_with = "value")]
     pub lines: bool,
+    /// Idempotent publish: the producer id (needs --sequence). The server stores a message
+    /// once per (producer, sequence), even when it is published again.
+    #[arg(long, requires = "sequence")]
+    pub producer_id: Option<String>,
+    /// Idempotent publish: the message's sequence number (with --lines, the first line's;
+    /// each next line takes the next number).
+    #[arg(long, requires = "producer_id")]
+    pub sequence: Option<u64>,
 }
 
 /// Output format of `subscribe`.

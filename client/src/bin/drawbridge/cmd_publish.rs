@@ -7,8 +7,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use crate::args::PublishArgs;
 use crate::{CliError, CliResult};
 
-/// The message the flags describe, with `value` as its payload.
-pub fn build_message(args: &PublishArgs, value: Bytes) -> PublishMessage {
+/// The message the flags describe, with `value` as its payload; `nth` counts the messages of
+/// one invocation (0 for the first), added to `--sequence`.
+pub fn build_message(args: &PublishArgs, value: Bytes, nth: u64) -> PublishMessage {
     let mut msg = PublishMessage::new(value)
         .headers(args.headers.iter().cloned())
         .ack_policy(args.ack_policy.into());
@@ -22,6 +23,12 @@ pub fn build_message(args: &PublishArgs, value: Bytes) -> PublishMessage {
     };
     if let Some(offset) = args.expected_offset {
         msg = msg.expected_offset(offset);
+    }
+    if let (Some(producer), Some(seq)) = (&args.producer_id, args.sequence) {
+        msg = msg.idempotent(
+            Bytes::copy_from_slice(producer.as_bytes()),
+            seq.saturating_add(nth),
+        );
     }
     msg
 }
@@ -42,7 +49,7 @@ pub async fn run(client: &Client, args: PublishArgs) -> CliResult {
         }
     };
     match client
-        .publish(&args.stream, build_message(&args, value))
+        .publish(&args.stream, build_message(&args, value, 0))
         .await?
     {
         Some(ack) => println!(
@@ -65,7 +72,7 @@ async fn publish_lines(client: &Client, args: &PublishArgs) -> CliResult {
         .await
         .map_err(|e| CliError::io("reading stdin", e))?
     {
-        let msg = build_message(args, Bytes::from(line.into_bytes()));
+        let msg = build_message(args, Bytes::from(line.into_bytes()), count);
         acks.push_back(publisher.send(&args.stream, msg).await?);
         count += 1;
         // Keep memory bounded on long inputs: settle the oldest acks as we go.
@@ -109,7 +116,7 @@ mod tests {
     #[test]
     fn message_from_flags() {
         let a = args(&["v", "-k", "key", "-H", "x=1", "--expected-offset", "3"]);
-        let msg = build_message(&a, Bytes::from_static(b"v"));
+        let msg = build_message(&a, Bytes::from_static(b"v"), 0);
         assert_eq!(msg.policy(), AckPolicy::Leader);
         let dbg = format!("{msg:?}");
         assert!(
@@ -118,8 +125,24 @@ mod tests {
         );
         assert!(dbg.contains("expected_offset: Some(3)"), "{dbg}");
         let a = args(&["v", "-k", "key", "-p", "2", "--ack-policy", "none"]);
-        let msg = build_message(&a, Bytes::from_static(b"v"));
+        let msg = build_message(&a, Bytes::from_static(b"v"), 0);
         assert!(format!("{msg:?}").contains("Partition(2)"));
         assert_eq!(msg.policy(), AckPolicy::None);
+    }
+
+    #[test]
+    fn idempotent_flags_set_the_producer_headers() {
+        let a = args(&["v", "--producer-id", "p1", "--sequence", "7"]);
+        let dbg = format!("{:?}", build_message(&a, Bytes::from_static(b"v"), 2));
+        assert!(dbg.contains("drawbridge-producer-id"), "{dbg}");
+        assert!(
+            dbg.contains("b\"9\""),
+            "the third message takes sequence 9: {dbg}"
+        );
+        let no_seq = ["drawbridge", "publish", "s", "v", "--producer-id", "p1"];
+        assert!(
+            Cli::try_parse_from(no_seq).is_err(),
+            "--producer-id needs --sequence"
+        );
     }
 }
