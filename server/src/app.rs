@@ -65,6 +65,10 @@ pub struct Extra {
     pub raft_listen: Option<String>,
     /// Raft address advertised to peers; default: the advertised client host and raft port.
     pub raft_advertise: Option<String>,
+    /// Master keys for encryption at rest (normally [`Keyring::from_env`]); empty = none.
+    ///
+    /// [`Keyring::from_env`]: crate::encryption::Keyring::from_env
+    pub keyring: Arc<crate::encryption::Keyring>,
 }
 
 /// A running server.
@@ -191,6 +195,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         groups: Default::default(),
         shutdown: shutdown_rx,
         stats: Default::default(),
+        keyring: extra.keyring.clone(),
     });
     if let Some(listen) = &ctx.config.metrics.listen {
         let host = if listen.host.is_empty() {

@@ -226,6 +226,10 @@ pub struct CreateStreamSpec {
     pub config: BTreeMap<String, String>,
     /// Creation time, ms.
     pub created_at_ms: i64,
+    /// Encrypt values at rest: the metadata leader generates and wraps one data key per
+    /// partition ([`crate::encryption`]), and fails with FailedPrecondition without a key.
+    #[serde(default)]
+    pub encryption: bool,
 }
 
 /// An admin operation that runs on the metadata leader.
@@ -413,6 +417,13 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
             };
             let partitions = usize::try_from(spec.partitions.max(1)).unwrap_or(1);
             let replicas = placement::place(&state, &brokers, partitions, rf)?;
+            let mut data_keys = Vec::new();
+            if spec.encryption {
+                for p in 0..replicas.len() {
+                    let p = i32::try_from(p).unwrap_or(i32::MAX);
+                    data_keys.push(ctx.keyring.new_data_key(&spec.name, p, 0)?);
+                }
+            }
             MetadataCommand::CreateStream {
                 name: spec.name,
                 subject: spec.subject,
@@ -420,6 +431,7 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
                 replicas,
                 config: spec.config,
                 created_at_ms: spec.created_at_ms,
+                data_keys,
             }
         }
         Propagated::DeleteStream { name } => MetadataCommand::DeleteStream { name },

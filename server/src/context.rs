@@ -47,6 +47,8 @@ pub struct Node {
     /// Node-wide counters and latency histograms (bumped by the API and the leadership
     /// watches, read by [`crate::metrics`]).
     pub stats: NodeStats,
+    /// Master keys for encryption at rest ([`crate::encryption`]); fixed for the run.
+    pub keyring: Arc<crate::encryption::Keyring>,
 }
 
 impl Node {

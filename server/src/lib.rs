@@ -27,6 +27,8 @@
 //! - [`placement`]: replica placement; [`names`]: name and subject rules; [`identity`]: ids.
 //! - [`context`]: the shared server state; [`nats_conn`]: the NATS connection.
 //! - [`error`] / [`status`]: the server's errors and their one mapping to gRPC statuses.
+//! - [`encryption`]: encryption at rest of record values (AES-256-GCM data keys per
+//!   partition, wrapped by the master key in `LIFTBRIDGE_ENCRYPTION_KEY`).
 //! - [`limits`]: caps on streams, partitions, subscriptions, connections, message size.
 //! - [`tls`]: TLS and mutual TLS on the API port, the client identity (certificate CN);
 //!   [`authz`]: Liftbridge's casbin ACLs; [`authz_api`]: the API behind them.
@@ -44,6 +46,7 @@ pub mod config;
 pub mod context;
 pub mod dedup;
 pub mod embedded_nats;
+pub mod encryption;
 pub mod envelope;
 pub mod error;
 pub mod groups;
