@@ -220,6 +220,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     partitions::spawn_reconciler(ctx.clone());
     crate::auto_pause::spawn(ctx.clone());
     crate::activity::spawn(ctx.clone());
+    crate::key_rotation::spawn(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
     crate::api::cursors::spawn_stream_creator(ctx.clone());

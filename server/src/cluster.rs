@@ -61,6 +61,10 @@ pub struct ServerInfo {
     pub metadata_leader: Option<NodeId>,
     /// Whether this server belongs to an initialized metadata group.
     pub initialized: bool,
+    /// Id of its current master key for encryption at rest (never the key), if it has one;
+    /// read by [`crate::key_rotation`].
+    #[serde(default)]
+    pub master_key_id: Option<String>,
 }
 
 /// Known brokers: node id → (info, when last heard from).
@@ -112,6 +116,7 @@ pub fn self_info(node: &Node) -> ServerInfo {
         raft_addr: node.raft_addr.clone(),
         metadata_leader: node.raft.metadata().leader().map(|(id, _)| id),
         initialized: !voters.is_empty() || !learners.is_empty(),
+        master_key_id: node.keyring.current_id().map(str::to_owned),
     }
 }
 

@@ -140,6 +140,18 @@ pub enum MetadataCommand {
         /// Last published event id (raft index).
         through: u64,
     },
+    /// Replaces the wrapping of a partition's data keys (after a master key rotation): the
+    /// same key ids, wrapped by another master key. Rejected unless the partition is encrypted
+    /// and `keys` has exactly the ids it has. The keys themselves must be unchanged: the
+    /// proposer unwraps and wraps again, it never draws new ones here.
+    RewrapDataKeys {
+        /// Stream name.
+        stream: String,
+        /// Partition number.
+        partition: i32,
+        /// The re-wrapped keys.
+        keys: Vec<WrappedDataKey>,
+    },
     /// Records a partition's in-sync replicas, as computed by its leader from raft replication
     /// progress. Ignored unless `leader`/`leader_epoch` are the recorded leader and epoch (a
     /// deposed leader's late write cannot overwrite its successor's view).

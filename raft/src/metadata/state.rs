@@ -397,6 +397,27 @@ impl MetadataState {
                     group_epoch: Some(g.epoch),
                 }
             }
+            C::RewrapDataKeys {
+                stream,
+                partition,
+                keys,
+            } => match self.partition_mut(stream, *partition) {
+                Err(r) => rejected(r),
+                Ok(p) => {
+                    let ids =
+                        |k: &[WrappedDataKey]| k.iter().map(|k| k.id).collect::<BTreeSet<_>>();
+                    if !p.encrypted()
+                        || keys.len() != p.data_keys.len()
+                        || ids(keys) != ids(&p.data_keys)
+                    {
+                        return rejected(Rejection::Invalid(format!(
+                            "partition {stream}/{partition}: a re-wrap must keep the data key ids"
+                        )));
+                    }
+                    p.data_keys = keys.clone();
+                    applied()
+                }
+            },
             C::ActivityPublished { through } => {
                 self.activity.retain(|i, _| i > through);
                 applied()
@@ -565,6 +586,27 @@ mod tests {
         assert!(parts[&0].encrypted());
         s.apply(&create("plain", vec![vec![1]]));
         assert!(!s.streams["plain"].partitions[&0].encrypted());
+
+        // Re-wrap: same ids only, encrypted partitions only.
+        let rewrap = |stream: &str, keys: Vec<WrappedDataKey>| MetadataCommand::RewrapDataKeys {
+            stream: stream.into(),
+            partition: 0,
+            keys,
+        };
+        let mut k2 = key(0, 9);
+        k2.master_key_id = "m2".into();
+        assert_eq!(s.apply(&rewrap("enc", vec![k2.clone()])), applied());
+        assert_eq!(s.streams["enc"].partitions[&0].data_keys, vec![k2]);
+        for bad in [
+            rewrap("enc", vec![key(1, 9)]),
+            rewrap("enc", vec![]),
+            rewrap("plain", vec![key(0, 9)]),
+        ] {
+            assert!(
+                matches!(s.apply(&bad), MetadataResponse::Rejected(_)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

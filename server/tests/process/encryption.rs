@@ -1,6 +1,7 @@
 //! Encryption at rest with real servers on a real `nats-server`: values round-trip while the
 //! bytes on disk hold no plaintext; restarts with the same key, without a key, with another
-//! key, and with the old key supplied after a rotation; CreateStream without a key; and, on
+//! key, and with the old key supplied after a rotation (then the data keys are re-wrapped and
+//! the old key is no longer needed); CreateStream without a key; and, on
 //! three nodes, a new leader after failover decrypts what the old one sealed.
 
 use std::path::{Path, PathBuf};
@@ -242,7 +243,30 @@ async fn encrypted_values_round_trip_survive_restarts_and_need_the_key() -> Test
         server.log_tail()
     );
     let rotated = with_keys(&base, Some(OTHER_KEY), Some(&format!("hex:{KEY}")));
-    let server = DrawbridgeServer::start(&rotated)?;
+    let mut server = DrawbridgeServer::start(&rotated)?;
+    let mut c = client(&server).await?;
+    assert_eq!(read_values(&mut c, "vault", 0, 10).await?, p0);
+    assert_eq!(read_values(&mut c, "vault", 1, 11).await?, want1);
+
+    // The metadata leader re-wraps the data keys with the new key; after that the old key is
+    // no longer needed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(base.log_path())?
+        .contains("every data key is wrapped with the current master key")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "data keys not re-wrapped within 20 s:\n{}",
+            server.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        server.stop(Duration::from_secs(10)),
+        "{}",
+        server.log_tail()
+    );
+    let server = DrawbridgeServer::start(&with_keys(&base, Some(OTHER_KEY), None))?;
     let mut c = client(&server).await?;
     assert_eq!(read_values(&mut c, "vault", 0, 10).await?, p0);
     assert_eq!(read_values(&mut c, "vault", 1, 11).await?, want1);
