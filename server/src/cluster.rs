@@ -426,7 +426,13 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
             if spec.encryption {
                 for p in 0..replicas.len() {
                     let p = i32::try_from(p).unwrap_or(i32::MAX);
-                    data_keys.push(ctx.keyring.new_data_key(&spec.name, p, 0)?);
+                    let key = ctx.keyring.new_data_key(&spec.name, p, 0).map_err(|e| {
+                        ServerError::FailedPrecondition(format!(
+                            "metadata leader {}: {e}",
+                            ctx.server_id
+                        ))
+                    })?;
+                    data_keys.push(key);
                 }
             }
             MetadataCommand::CreateStream {

@@ -339,10 +339,11 @@ impl Keyring {
         if !meta.encrypted() {
             return None;
         }
-        Some(self.cipher_from_keys(stream, partition, &meta.data_keys))
+        Some(self.cipher(stream, partition, &meta.data_keys))
     }
 
-    fn cipher_from_keys(
+    /// The cipher of `stream`/`partition` over its wrapped data keys (at least one).
+    pub fn cipher(
         &self,
         stream: &str,
         partition: i32,
