@@ -33,6 +33,9 @@
 //! 1. Only record values are encrypted; keys, headers, timestamps and offsets are not.
 //! 2. A value is sealed for exactly the offset it will be stored at (the ingest knows it, see
 //!    [`crate::ingest`]); opening checks that offset, so a record cannot be replayed elsewhere.
+//!    The ingest's offsets are exact while its proposals succeed; should raft ever store a
+//!    batch at other offsets than the ingest expected (the ingest then stops), those values
+//!    would fail authentication on read (an error, not garbage) rather than decrypt.
 //! 3. Decryption never returns unauthenticated bytes: a wrong or missing key, a tampered or
 //!    truncated value is an [`EncryptionError`], never garbage, never a panic.
 //! 4. Key material is never logged or formatted (`Debug` shows ids only).
