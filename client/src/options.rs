@@ -91,7 +91,10 @@ pub struct StreamOptions {
     pub min_isr: Option<i32>,
     /// Check expected offsets on publish.
     pub optimistic_concurrency_control: Option<bool>,
-    /// Encrypt values at rest (the server needs a key).
+    /// Encrypt values at rest: `Some(true)` asks for it, `Some(false)` refuses it, `None`
+    /// keeps the server's `streams.encryption`. The servers need `LIFTBRIDGE_ENCRYPTION_KEY`;
+    /// without it creation fails with [`Error::FailedPrecondition`](crate::Error::FailedPrecondition). Only values
+    /// are encrypted (keys and headers are not), and subscribers receive them decrypted.
     pub encryption: Option<bool>,
 }
 

@@ -138,6 +138,7 @@ async fn run_once(ctx: &Ctx) -> Duration {
             partitions: 1,
             config: Default::default(),
             created_at_ms: crate::acks::now_ns() / 1_000_000,
+            encryption: false,
         };
         match execute(ctx, Propagated::CreateStream(spec)).await {
             Ok(_) => info!("activity stream created"),

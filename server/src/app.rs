@@ -65,6 +65,10 @@ pub struct Extra {
     pub raft_listen: Option<String>,
     /// Raft address advertised to peers; default: the advertised client host and raft port.
     pub raft_advertise: Option<String>,
+    /// Master keys for encryption at rest (normally [`Keyring::from_env`]); empty = none.
+    ///
+    /// [`Keyring::from_env`]: crate::encryption::Keyring::from_env
+    pub keyring: Arc<crate::encryption::Keyring>,
 }
 
 /// A running server.
@@ -195,6 +199,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         shutdown: shutdown_rx,
         stats: Default::default(),
         compaction_slots,
+        keyring: extra.keyring.clone(),
     });
     if let Some(listen) = &ctx.config.metrics.listen {
         let host = if listen.host.is_empty() {
@@ -219,6 +224,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     partitions::spawn_reconciler(ctx.clone());
     crate::auto_pause::spawn(ctx.clone());
     crate::activity::spawn(ctx.clone());
+    crate::key_rotation::spawn(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());
     cluster::spawn_survey_loop(ctx.clone());
     crate::api::cursors::spawn_stream_creator(ctx.clone());

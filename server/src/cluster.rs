@@ -61,6 +61,10 @@ pub struct ServerInfo {
     pub metadata_leader: Option<NodeId>,
     /// Whether this server belongs to an initialized metadata group.
     pub initialized: bool,
+    /// Id of its current master key for encryption at rest (never the key), if it has one;
+    /// read by [`crate::key_rotation`].
+    #[serde(default)]
+    pub master_key_id: Option<String>,
 }
 
 /// Known brokers: node id → (info, when last heard from).
@@ -112,6 +116,7 @@ pub fn self_info(node: &Node) -> ServerInfo {
         raft_addr: node.raft_addr.clone(),
         metadata_leader: node.raft.metadata().leader().map(|(id, _)| id),
         initialized: !voters.is_empty() || !learners.is_empty(),
+        master_key_id: node.keyring.current_id().map(str::to_owned),
     }
 }
 
@@ -226,6 +231,10 @@ pub struct CreateStreamSpec {
     pub config: BTreeMap<String, String>,
     /// Creation time, ms.
     pub created_at_ms: i64,
+    /// Encrypt values at rest: the metadata leader generates and wraps one data key per
+    /// partition ([`crate::encryption`]), and fails with FailedPrecondition without a key.
+    #[serde(default)]
+    pub encryption: bool,
 }
 
 /// An admin operation that runs on the metadata leader.
@@ -413,6 +422,19 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
             };
             let partitions = usize::try_from(spec.partitions.max(1)).unwrap_or(1);
             let replicas = placement::place(&state, &brokers, partitions, rf)?;
+            let mut data_keys = Vec::new();
+            if spec.encryption {
+                for p in 0..replicas.len() {
+                    let p = i32::try_from(p).unwrap_or(i32::MAX);
+                    let key = ctx.keyring.new_data_key(&spec.name, p, 0).map_err(|e| {
+                        ServerError::FailedPrecondition(format!(
+                            "metadata leader {}: {e}",
+                            ctx.server_id
+                        ))
+                    })?;
+                    data_keys.push(key);
+                }
+            }
             MetadataCommand::CreateStream {
                 name: spec.name,
                 subject: spec.subject,
@@ -420,6 +442,7 @@ pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
                 replicas,
                 config: spec.config,
                 created_at_ms: spec.created_at_ms,
+                data_keys,
             }
         }
         Propagated::DeleteStream { name } => MetadataCommand::DeleteStream { name },

@@ -50,6 +50,8 @@ pub struct Node {
     /// Bounds how many partition replicas compact at once on this node
     /// (`streams.compact.max.goroutines` permits; see [`crate::retention`]).
     pub compaction_slots: Arc<tokio::sync::Semaphore>,
+    /// Master keys for encryption at rest ([`crate::encryption`]); fixed for the run.
+    pub keyring: Arc<crate::encryption::Keyring>,
 }
 
 impl Node {

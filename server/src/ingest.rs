@@ -12,7 +12,8 @@
 //!   3. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
 //!      Publish envelope or keep the whole payload raw, check the expected offset on streams
 //!      with optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and
-//!      `reply` headers, stamp the leader's time (ns);
+//!      `reply` headers, stamp the leader's time (ns); on an encrypted stream seal the value for
+//!      the record's offset ([`crate::encryption`]; ENCRYPTION ack and not stored on failure);
 //!   4. take an in-flight slot (at most [`MAX_IN_FLIGHT`] proposals), submit the batch with
 //!      [`PartitionReplica::propose_in_order`] and hand it to the acker; do not wait for it;
 //! - the **acker** (`ack_loop`) takes the proposals in submission order, waits until each is
@@ -54,6 +55,7 @@ use tracing::{debug, info, warn};
 use crate::acks::{self, PendingAck};
 use crate::context::Ctx;
 use crate::dedup::{self, Dedup, Verdict};
+use crate::encryption::PartitionCipher;
 use crate::envelope;
 use crate::error::{Result, ServerError};
 use crate::stats::PartitionStats;
@@ -85,6 +87,20 @@ pub struct IngestParams {
     pub occ: bool,
     /// The replica's counters (messages and bytes in, reception times).
     pub stats: Arc<PartitionStats>,
+    /// How values are stored ([`crate::encryption`]).
+    pub cipher: Cipher,
+}
+
+/// How an ingest stores values.
+#[derive(Debug, Clone)]
+pub enum Cipher {
+    /// In plaintext (the stream is not encrypted).
+    Plain,
+    /// Sealed with the partition's data key, for the offset each record gets.
+    Sealed(Arc<PartitionCipher>),
+    /// The stream is encrypted but its data key cannot be unwrapped here: every message gets
+    /// an ENCRYPTION ack and nothing is stored (the reason is logged once at start).
+    Unavailable(String),
 }
 
 /// A submitted batch on its way to the acker.
@@ -338,6 +354,27 @@ pub async fn run(
                     }
                     None => (None, msg.payload.clone(), Vec::new()),
                 };
+            // Encryption at rest: sealed for exactly the offset this record gets (`next`, exact
+            // while proposals succeed, see the module invariants); a record that cannot be
+            // sealed is not stored.
+            let value = match &p.cipher {
+                Cipher::Plain => value,
+                Cipher::Sealed(c) => match c.seal(next, &value) {
+                    Ok(v) => Bytes::from(v),
+                    Err(e) => {
+                        warn!(stream = %p.stream, partition = p.partition, error = %e,
+                            "sealing a value failed: message dropped");
+                        send_encryption_ack(&ctx, &p, pending.as_ref()).await;
+                        continue;
+                    }
+                },
+                Cipher::Unavailable(reason) => {
+                    debug!(stream = %p.stream, partition = p.partition, %reason,
+                        "no usable data key: message dropped");
+                    send_encryption_ack(&ctx, &p, pending.as_ref()).await;
+                    continue;
+                }
+            };
             headers.sort_by(|a, b| a.0.cmp(&b.0));
             headers.push(("subject".to_owned(), Bytes::from(subject.clone())));
             headers.push(("reply".to_owned(), Bytes::from(reply)));
@@ -422,6 +459,17 @@ pub async fn run(
     }
     info!(stream = %p.stream, subject = %p.subject, "ingest stopped");
     result
+}
+
+/// Sends the ENCRYPTION error ack of a message that could not be sealed (if it has an inbox).
+async fn send_encryption_ack(ctx: &Ctx, p: &IngestParams, pending: Option<&PendingAck>) {
+    if let Some(pa) = pending {
+        acks::send(
+            &ctx.nats,
+            &acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::Encryption),
+        )
+        .await;
+    }
 }
 
 /// Acknowledges duplicates of stored messages (see [`crate::dedup`]), each once the offset it

@@ -115,6 +115,16 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&config);
+    let keyring = match drawbridge_server::encryption::Keyring::from_env() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("drawbridge-server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Some(id) = keyring.current_id() {
+        tracing::info!(master_key_id = id, old_keys = ?keyring.old_ids(), "encryption at rest: master key loaded");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,6 +138,7 @@ fn main() -> std::process::ExitCode {
     let extra = Extra {
         raft_listen: cli.raft_listen,
         raft_advertise: cli.raft_advertise,
+        keyring: std::sync::Arc::new(keyring),
     };
     runtime.block_on(async move {
         let running = tokio::select! {

@@ -248,6 +248,19 @@ async fn remove(ctx: &Ctx, id: &PartitionId) {
 fn ingest_params(ctx: &Ctx, id: &PartitionId, local: &Local) -> Option<IngestParams> {
     let state = ctx.raft.metadata().state().state;
     let s = state.streams.get(&id.stream)?;
+    let cipher = match s
+        .partitions
+        .get(&id.partition)
+        .and_then(|m| ctx.keyring.partition_cipher(&id.stream, id.partition, m))
+    {
+        None => ingest::Cipher::Plain,
+        Some(Ok(c)) => ingest::Cipher::Sealed(Arc::new(c)),
+        Some(Err(e)) => {
+            warn!(partition = %id, error = %e,
+                "encrypted partition without a usable key: publishes will get ENCRYPTION acks");
+            ingest::Cipher::Unavailable(e.to_string())
+        }
+    };
     Some(IngestParams {
         stream: id.stream.clone(),
         partition: id.partition,
@@ -256,6 +269,7 @@ fn ingest_params(ctx: &Ctx, id: &PartitionId, local: &Local) -> Option<IngestPar
         group: s.group.clone(),
         occ: occ_of(s),
         stats: local.stats.clone(),
+        cipher,
     })
 }
 

@@ -62,6 +62,9 @@ pub struct ServerSpec {
     pub namespace: String,
     /// Extra arguments.
     pub args: Vec<String>,
+    /// Extra environment variables. The encryption key variables are never inherited from the
+    /// test's own environment: a server has a key only when its spec sets one here.
+    pub env: Vec<(String, String)>,
     /// Keeps the temp dir alive as long as any spec clone lives.
     _tmp: Arc<tempfile::TempDir>,
 }
@@ -80,6 +83,7 @@ impl ServerSpec {
             data_dir: tmp.path().join("data"),
             namespace: format!("test-{}", std::process::id()),
             args: Vec::new(),
+            env: Vec::new(),
             _tmp: Arc::new(tmp),
         })
     }
@@ -126,6 +130,9 @@ impl ServerSpec {
             }
         }
         cmd.args(&self.args);
+        cmd.env_remove("LIFTBRIDGE_ENCRYPTION_KEY")
+            .env_remove("DRAWBRIDGE_ENCRYPTION_OLD_KEYS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -6,6 +6,8 @@
 //! - `pause`: pause, resume, readonly and reverse reads through the library and the CLI;
 //! - `examples`: the programs in `client/examples/` against that server;
 //! - `groups`: cursors and consumer groups (library and CLI) on their own standalone server;
+//! - `encryption`: encrypted streams (`StreamOptions::encryption`, `stream create --encrypt`)
+//!   on a server with a master key, and the errors of one without.
 //! - `failover`: three servers on a real `nats-server`, SIGKILL of a partition leader during a
 //!   subscription and during pipelined publishing.
 //! - `tls`: the library and the CLI over mutual TLS with authorization (certificates minted
@@ -18,6 +20,7 @@
 
 mod cli;
 mod common;
+mod encryption;
 mod examples;
 mod failover;
 mod groups;

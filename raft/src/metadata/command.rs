@@ -38,6 +38,10 @@ pub enum MetadataCommand {
         config: BTreeMap<String, String>,
         /// Creation time chosen by the proposer, ms since the epoch.
         created_at_ms: i64,
+        /// Encryption at rest: one wrapped data key per partition (index = partition number),
+        /// generated and wrapped by the proposer; empty for a stream stored in plaintext.
+        /// Anything else than empty or one key per partition is rejected.
+        data_keys: Vec<WrappedDataKey>,
     },
     /// Deletes a stream and all of its partitions.
     DeleteStream {
@@ -136,6 +140,18 @@ pub enum MetadataCommand {
         /// Last published event id (raft index).
         through: u64,
     },
+    /// Replaces the wrapping of a partition's data keys (after a master key rotation): the
+    /// same key ids, wrapped by another master key. Rejected unless the partition is encrypted
+    /// and `keys` has exactly the ids it has. The keys themselves must be unchanged: the
+    /// proposer unwraps and wraps again, it never draws new ones here.
+    RewrapDataKeys {
+        /// Stream name.
+        stream: String,
+        /// Partition number.
+        partition: i32,
+        /// The re-wrapped keys.
+        keys: Vec<WrappedDataKey>,
+    },
     /// Records a partition's in-sync replicas, as computed by its leader from raft replication
     /// progress. Ignored unless `leader`/`leader_epoch` are the recorded leader and epoch (a
     /// deposed leader's late write cannot overwrite its successor's view).
@@ -151,6 +167,29 @@ pub enum MetadataCommand {
         /// The in-sync replicas (the leader among them).
         isr: Vec<NodeId>,
     },
+}
+
+/// A partition's data key for encryption at rest, wrapped (encrypted and authenticated) by a
+/// master key that never leaves the servers' environment. The metadata group stores it as
+/// opaque bytes: wrapping, unwrapping and the record format belong to the server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedDataKey {
+    /// Id of the data key within its partition (carried by every value it sealed).
+    pub id: u32,
+    /// Id of the master key that wrapped it (a digest of the master key, not the key).
+    pub master_key_id: String,
+    /// The wrapped key: nonce, ciphertext and tag.
+    pub wrapped: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedDataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedDataKey")
+            .field("id", &self.id)
+            .field("master_key_id", &self.master_key_id)
+            .field("wrapped_len", &self.wrapped.len())
+            .finish()
+    }
 }
 
 impl fmt::Display for MetadataCommand {

@@ -16,6 +16,7 @@ pub(crate) mod state_machine;
 pub use command::MetadataCommand;
 pub use command::MetadataResponse;
 pub use command::Rejection;
+pub use command::WrappedDataKey;
 pub use handle::MetadataHandle;
 pub use state::MetadataState;
 pub(crate) use state_machine::MetaStateMachine;

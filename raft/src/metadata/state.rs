@@ -26,6 +26,7 @@ use super::activity::{self, ActivityOp, ACTIVITY_STREAM};
 use super::command::MetadataCommand;
 use super::command::MetadataResponse;
 use super::command::Rejection;
+use super::command::WrappedDataKey;
 use crate::types::NodeId;
 
 /// One partition of a stream.
@@ -47,6 +48,15 @@ pub struct PartitionMeta {
     pub pause_times: EventTimes,
     /// First and latest change of `readonly`.
     pub readonly_times: EventTimes,
+    /// Wrapped data keys for encryption at rest (empty: values are stored in plaintext).
+    pub data_keys: Vec<WrappedDataKey>,
+}
+
+impl PartitionMeta {
+    /// Whether the partition's values are encrypted at rest.
+    pub fn encrypted(&self) -> bool {
+        !self.data_keys.is_empty()
+    }
 }
 
 /// First and latest occurrence of an event, ns since the epoch (0 = never).
@@ -156,6 +166,7 @@ impl MetadataState {
                 replicas,
                 config,
                 created_at_ms,
+                data_keys,
             } => {
                 if self.streams.contains_key(name) {
                     return rejected(Rejection::StreamExists(name.clone()));
@@ -163,6 +174,11 @@ impl MetadataState {
                 if name.is_empty() || replicas.is_empty() {
                     return rejected(Rejection::Invalid(
                         "a stream needs a name and at least one partition".into(),
+                    ));
+                }
+                if !data_keys.is_empty() && data_keys.len() != replicas.len() {
+                    return rejected(Rejection::Invalid(
+                        "an encrypted stream needs one data key per partition".into(),
                     ));
                 }
                 let mut partitions = BTreeMap::new();
@@ -187,6 +203,7 @@ impl MetadataState {
                             isr: r.clone(),
                             pause_times: EventTimes::default(),
                             readonly_times: EventTimes::default(),
+                            data_keys: data_keys.get(i).cloned().into_iter().collect(),
                         },
                     );
                 }
@@ -380,6 +397,27 @@ impl MetadataState {
                     group_epoch: Some(g.epoch),
                 }
             }
+            C::RewrapDataKeys {
+                stream,
+                partition,
+                keys,
+            } => match self.partition_mut(stream, *partition) {
+                Err(r) => rejected(r),
+                Ok(p) => {
+                    let ids =
+                        |k: &[WrappedDataKey]| k.iter().map(|k| k.id).collect::<BTreeSet<_>>();
+                    if !p.encrypted()
+                        || keys.len() != p.data_keys.len()
+                        || ids(keys) != ids(&p.data_keys)
+                    {
+                        return rejected(Rejection::Invalid(format!(
+                            "partition {stream}/{partition}: a re-wrap must keep the data key ids"
+                        )));
+                    }
+                    p.data_keys = keys.clone();
+                    applied()
+                }
+            },
             C::ActivityPublished { through } => {
                 self.activity.retain(|i, _| i > through);
                 applied()
@@ -518,6 +556,56 @@ mod tests {
             replicas,
             config: BTreeMap::new(),
             created_at_ms: 5,
+            data_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn data_keys_go_to_their_partitions_and_must_cover_all_of_them() {
+        let key = |id: u32, byte: u8| WrappedDataKey {
+            id,
+            master_key_id: "m1".into(),
+            wrapped: vec![byte; 60],
+        };
+        let mut s = MetadataState::default();
+        let mut cmd = create("enc", vec![vec![1], vec![2]]);
+        if let MetadataCommand::CreateStream { data_keys, .. } = &mut cmd {
+            *data_keys = vec![key(0, 1)];
+        }
+        assert!(matches!(
+            s.apply(&cmd),
+            MetadataResponse::Rejected(Rejection::Invalid(_))
+        ));
+        if let MetadataCommand::CreateStream { data_keys, .. } = &mut cmd {
+            *data_keys = vec![key(0, 1), key(0, 2)];
+        }
+        assert_eq!(s.apply(&cmd), applied());
+        let parts = &s.streams["enc"].partitions;
+        assert_eq!(parts[&0].data_keys, vec![key(0, 1)]);
+        assert_eq!(parts[&1].data_keys, vec![key(0, 2)]);
+        assert!(parts[&0].encrypted());
+        s.apply(&create("plain", vec![vec![1]]));
+        assert!(!s.streams["plain"].partitions[&0].encrypted());
+
+        // Re-wrap: same ids only, encrypted partitions only.
+        let rewrap = |stream: &str, keys: Vec<WrappedDataKey>| MetadataCommand::RewrapDataKeys {
+            stream: stream.into(),
+            partition: 0,
+            keys,
+        };
+        let mut k2 = key(0, 9);
+        k2.master_key_id = "m2".into();
+        assert_eq!(s.apply(&rewrap("enc", vec![k2.clone()])), applied());
+        assert_eq!(s.streams["enc"].partitions[&0].data_keys, vec![k2]);
+        for bad in [
+            rewrap("enc", vec![key(1, 9)]),
+            rewrap("enc", vec![]),
+            rewrap("plain", vec![key(0, 9)]),
+        ] {
+            assert!(
+                matches!(s.apply(&bad), MetadataResponse::Rejected(_)),
+                "{bad}"
+            );
         }
     }
 

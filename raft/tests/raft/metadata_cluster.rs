@@ -21,6 +21,7 @@ fn create(name: &str) -> MetadataCommand {
         replicas: vec![vec![1, 2, 3]],
         config: BTreeMap::new(),
         created_at_ms: 1,
+        data_keys: Vec::new(),
     }
 }
 

@@ -4,7 +4,9 @@
 //! Invariants: a CreateStream that returns OK has been committed to the metadata group; it then
 //! waits (bounded) until every partition has a leader that is recording its subject, so a
 //! publish right after creation is not lost. Durations in per-stream overrides are
-//! milliseconds, stored under Liftbridge's `streams.*` key names.
+//! milliseconds, stored under Liftbridge's `streams.*` key names. A stream is encrypted at rest
+//! when the request asks for it, or leaves it unset and `streams.encryption` is on; without a
+//! master key that is FailedPrecondition ([`crate::encryption`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -93,10 +95,18 @@ pub async fn create_stream(ctx: &Ctx, r: CreateStreamRequest) -> Result<CreateSt
             )));
         }
     }
-    if r.encryption.is_some_and(|e| e.value) {
-        return Err(ServerError::FailedPrecondition(
-            "encryption at rest is not available on this server".into(),
-        ));
+    // Encryption at rest: asked for, else `streams.encryption`. The metadata leader generates
+    // the data keys (and checks its own key); this server checks first so a client gets a
+    // clear error from the server it asked.
+    let encryption = r
+        .encryption
+        .map_or(ctx.config.streams.encryption, |e| e.value);
+    if encryption && !ctx.keyring.can_encrypt() {
+        return Err(ServerError::FailedPrecondition(format!(
+            "encryption at rest requested for stream {}, but this server has no valid {}",
+            r.name,
+            crate::encryption::KEY_VAR
+        )));
     }
     let created_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -109,6 +119,7 @@ pub async fn create_stream(ctx: &Ctx, r: CreateStreamRequest) -> Result<CreateSt
         partitions: r.partitions.max(1),
         config: overrides(&r),
         created_at_ms,
+        encryption,
     };
     forward(ctx, Propagated::CreateStream(spec)).await?;
     wait_for_leaders(ctx, &r.name).await;

@@ -191,6 +191,7 @@ pub fn spawn_stream_creator(ctx: Ctx) {
                     created_at_ms: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    encryption: false,
                 };
                 match forward(&ctx, Propagated::CreateStream(spec)).await {
                     Ok(()) => info!(partitions, "created the cursors stream"),

@@ -31,6 +31,10 @@
 //!   clamped into [oldest, newest]) towards older records; a stop offset / timestamp is the
 //!   lower bound (ResourceExhausted after it); past the oldest record the call ends with
 //!   Unknown "EOF", as Liftbridge does. STOP_LATEST does not apply and is ignored.
+//! - Encrypted partitions ([`crate::encryption`]): values are opened for their offset before
+//!   they are sent. A server that cannot unwrap the partition's data key (no or another master
+//!   key) fails the call before the first frame with FailedPrecondition; a value that does not
+//!   authenticate ends the call with Internal. Ciphertext is never sent as a value.
 //! - While a subscription is open it is counted in the partition's `subscribers` gauge (read by
 //!   auto-pause when `auto.pause.disable.if.subscribers`).
 
@@ -49,6 +53,7 @@ use tonic::Status;
 use tracing::debug;
 
 use crate::context::Ctx;
+use crate::encryption::PartitionCipher;
 use crate::error::{Result, ServerError};
 use crate::partitions::Local;
 
@@ -57,7 +62,18 @@ const CHANNEL: usize = 256;
 /// How often a tailing subscription re-checks leadership and stream existence.
 const RECHECK: Duration = Duration::from_millis(500);
 
-fn to_message(stream: &str, partition: i32, r: RecordView) -> Message {
+/// The frame of a stored record; the value is opened first on an encrypted partition (an error
+/// then ends the call: a value that does not authenticate is never sent).
+fn to_message(
+    stream: &str,
+    partition: i32,
+    cipher: Option<&PartitionCipher>,
+    r: RecordView,
+) -> Result<Message> {
+    let value = match cipher {
+        None => r.value,
+        Some(c) => Bytes::from(c.open(r.offset, &r.value)?),
+    };
     let mut headers: HashMap<String, Bytes> = HashMap::with_capacity(r.headers.len());
     let mut subject = String::new();
     let mut reply = String::new();
@@ -69,10 +85,10 @@ fn to_message(stream: &str, partition: i32, r: RecordView) -> Message {
         }
         headers.insert(k, v);
     }
-    Message {
+    Ok(Message {
         offset: i64::try_from(r.offset).unwrap_or(i64::MAX),
         key: r.key.unwrap_or_default(),
-        value: r.value,
+        value,
         timestamp: r.timestamp,
         stream: stream.to_owned(),
         partition,
@@ -80,7 +96,7 @@ fn to_message(stream: &str, partition: i32, r: RecordView) -> Message {
         reply_subject: reply,
         headers,
         ..Default::default()
-    }
+    })
 }
 
 /// Start offset and optional inclusive stop offset of a request against `log`.
@@ -180,14 +196,21 @@ pub async fn subscribe(
         }
     }
     let state = ctx.raft.metadata().state().state;
-    if state
+    let Some(pmeta) = state
         .streams
         .get(&r.stream)
         .and_then(|s| s.partitions.get(&r.partition))
-        .is_none()
-    {
+    else {
         return Err(ServerError::NotFound("No such partition".into()));
-    }
+    };
+    // An encrypted partition whose data key this server cannot unwrap fails here, before any
+    // frame (FailedPrecondition naming the missing key), instead of sending ciphertext.
+    let cipher: Option<Arc<PartitionCipher>> =
+        match ctx.keyring.partition_cipher(&r.stream, r.partition, pmeta) {
+            None => None,
+            Some(Ok(c)) => Some(Arc::new(c)),
+            Some(Err(e)) => return Err(e.into()),
+        };
     let in_isr = state
         .streams
         .get(&r.stream)
@@ -231,7 +254,7 @@ pub async fn subscribe(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            produce_reverse(ctx, local, id, start, stop, tx).await;
+            produce_reverse(ctx, local, id, cipher, start, stop, tx).await;
         });
         return Ok(ReceiverStream::new(rx));
     }
@@ -256,7 +279,7 @@ pub async fn subscribe(
     let any_replica = r.read_isr_replica;
     tokio::spawn(async move {
         let _guard = guard;
-        produce(ctx, local, id, any_replica, start, stop, tx).await;
+        produce(ctx, local, id, cipher, any_replica, start, stop, tx).await;
     });
     Ok(ReceiverStream::new(rx))
 }
@@ -331,6 +354,7 @@ async fn produce_reverse(
     ctx: Ctx,
     local: Arc<Local>,
     id: PartitionId,
+    cipher: Option<Arc<PartitionCipher>>,
     start: Option<u64>,
     stop: Option<u64>,
     tx: mpsc::Sender<Result<Message, Status>>,
@@ -380,11 +404,15 @@ async fn produce_reverse(
                     .await;
                 return;
             }
-            if tx
-                .send(Ok(to_message(&id.stream, id.partition, rec)))
-                .await
-                .is_err()
-            {
+            let msg = match to_message(&id.stream, id.partition, cipher.as_deref(), rec) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(partition = %id, offset, error = %e, "decrypting a record failed");
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(msg)).await.is_err() {
                 return;
             }
             local.stats.sent(value_len);
@@ -411,10 +439,12 @@ fn flags(view: &drawbridge_raft::MetadataView, id: &PartitionId) -> (bool, bool)
         .map_or((false, false), |p| (p.paused, p.readonly))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     ctx: Ctx,
     local: Arc<Local>,
     id: PartitionId,
+    cipher: Option<Arc<PartitionCipher>>,
     any_replica: bool,
     start: u64,
     stop: Option<u64>,
@@ -514,11 +544,15 @@ async fn produce(
                     .await;
                 return;
             }
-            if tx
-                .send(Ok(to_message(&id.stream, id.partition, rec)))
-                .await
-                .is_err()
-            {
+            let msg = match to_message(&id.stream, id.partition, cipher.as_deref(), rec) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(partition = %id, offset, error = %e, "decrypting a record failed");
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(msg)).await.is_err() {
                 return;
             }
             local.stats.sent(value_len);

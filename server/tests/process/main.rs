@@ -13,6 +13,8 @@
 //! - `cursors`, `groups`: cursors and consumer groups on one server, and their failover on
 //!   three servers;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes;
+//! - `encryption`: encryption at rest — round trip, no plaintext on disk, restarts with and
+//!   without the key, key rotation, a new leader decrypting after failover.
 //! - `handoff`: SIGTERM of a partition leader hands its leadership to a follower.
 //! - `limits`: `limits.*` and the message size limit refuse with clear statuses, and count.
 //! - `nats_auth`: `nats.user`/`nats.password` against `nats-server --user --pass`.
@@ -25,6 +27,7 @@ mod common;
 mod compaction;
 mod compose;
 mod cursors;
+mod encryption;
 mod groups;
 mod handoff;
 mod idempotent;

@@ -187,9 +187,13 @@ pub struct CreateArgs {
     /// Check expected offsets on publish (true/false).
     #[arg(long)]
     pub optimistic_concurrency_control: Option<bool>,
-    /// Encrypt values at rest (true/false).
-    #[arg(long)]
+    /// Encrypt values at rest (true/false; unset: the server's `streams.encryption`). The
+    /// servers need `LIFTBRIDGE_ENCRYPTION_KEY`.
+    #[arg(long, conflicts_with = "encrypt")]
     pub encryption: Option<bool>,
+    /// Encrypt values at rest: the same as `--encryption true`.
+    #[arg(long)]
+    pub encrypt: bool,
 }
 
 /// Ack policy on the command line.

@@ -113,7 +113,11 @@ pub fn stream_options(args: &CreateArgs) -> StreamOptions {
         auto_pause_disable_if_subscribers: args.auto_pause_disable_if_subscribers,
         min_isr: args.min_isr,
         optimistic_concurrency_control: args.optimistic_concurrency_control,
-        encryption: args.encryption,
+        encryption: if args.encrypt {
+            Some(true)
+        } else {
+            args.encryption
+        },
     }
 }
 
@@ -245,5 +249,20 @@ mod tests {
         assert_eq!(o.encryption, Some(false));
         assert_eq!(o.compact_enabled, None);
         assert_eq!(o.retention_max_age, None);
+    }
+
+    #[test]
+    fn encrypt_is_encryption_true_and_excludes_it() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["drawbridge", "stream", "create", "s"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Stream(StreamCommand::Create(c)) => stream_options(&c).encryption,
+                _ => None,
+            })
+        };
+        assert_eq!(parse(&["--encrypt"]).expect("parses"), Some(true));
+        assert_eq!(parse(&[]).expect("parses"), None);
+        assert!(parse(&["--encrypt", "--encryption", "false"]).is_err());
     }
 }
