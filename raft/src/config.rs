@@ -149,6 +149,15 @@ impl GroupTimings {
             // is logged. With it the leader restarts that follower's replication from its real
             // log end (a WARN on the leader); the quorum-accepted commit index never moves back.
             allow_log_reversion: Some(true),
+            // A restarted leader must win a new election, never resume its old term (openraft's
+            // default). A leader sends entries to followers before its own fsync completes, so
+            // a power loss can drop entries from the leader that a follower already holds in
+            // the same term; resuming that term, the leader would write *different* entries at
+            // those (term, index) positions, the follower would keep its own as "matching",
+            // and a committed entry could be lost (found by the power-loss test,
+            // `raft/tests/raft/power_loss.rs`). A new term makes every such entry a conflict
+            // that replication truncates. Cost: one election after a leader restarts.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         c.validate()

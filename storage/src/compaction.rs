@@ -159,6 +159,7 @@ struct Out {
 impl Out {
     fn create(path: PathBuf) -> Result<Out> {
         let f = File::create(&path).map_err(|e| StorageError::io("creating", &path, e))?;
+        crate::powerloss::created(&path);
         Ok(Out {
             path,
             w: BufWriter::with_capacity(1 << 20, f),
@@ -301,6 +302,7 @@ fn rewrite(
     let time_tmp = tix.finish()?;
     for (from, to) in [(&time_tmp, &time_p), (&idx_tmp, &idx_p), (&log_tmp, &log_p)] {
         std::fs::rename(from, to).map_err(|e| StorageError::io("renaming", to, e))?;
+        crate::powerloss::renamed(from, to);
     }
     fsutil::fsync_dir(dir)?;
     Ok(Some((removed, pos)))

@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{Result, StorageError};
+use crate::powerloss;
 
 /// Reserves `[0, len)` of `file` (extending it to at least `len`).
 pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
@@ -45,11 +46,13 @@ pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
     }
 }
 
-/// Makes `[pos, pos + len)` read as zeros, keeping the file size.
+/// Makes `[pos, pos + len)` read as zeros, keeping the file size. Only used on a file's tail:
+/// its data ends at `pos` afterwards.
 pub(crate) fn zero_range(file: &File, path: &Path, pos: u64, len: u64) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
+    powerloss::truncated(path, pos);
     if let (Ok(p), Ok(l)) = (libc::off_t::try_from(pos), libc::off_t::try_from(len)) {
         // SAFETY: plain syscall on a valid file descriptor; no memory is passed.
         let rc = unsafe {
@@ -77,21 +80,19 @@ pub(crate) fn zero_range(file: &File, path: &Path, pos: u64, len: u64) -> Result
     Ok(())
 }
 
-/// `fdatasync(2)`.
+/// `fdatasync(2)` (through [`powerloss`], which records the durable length in test builds).
 pub(crate) fn fdatasync(file: &File, path: &Path) -> Result<()> {
-    file.sync_data()
-        .map_err(|e| StorageError::io("syncing", path, e))
+    powerloss::sync_file(file, path, true).map_err(|e| StorageError::io("syncing", path, e))
 }
 
 /// `fsync(2)` of a directory, making creations, renames and unlinks in it durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| StorageError::io("opening directory", dir, e))?;
-    d.sync_all()
-        .map_err(|e| StorageError::io("syncing directory", dir, e))
+    powerloss::sync_dir(dir).map_err(|e| StorageError::io("syncing directory", dir, e))
 }
 
 /// Writes all of `bufs` at `pos` with `pwritev(2)`, looping over short writes.
 pub(crate) fn pwritev_all(file: &File, path: &Path, mut pos: u64, bufs: &[&[u8]]) -> Result<()> {
+    let start = pos;
     let mut idx = 0usize;
     let mut skip = 0usize;
     while idx < bufs.len() {
@@ -143,6 +144,7 @@ pub(crate) fn pwritev_all(file: &File, path: &Path, mut pos: u64, bufs: &[&[u8]]
             }
         }
     }
+    powerloss::wrote(path, start, pos);
     Ok(())
 }
 

@@ -34,6 +34,7 @@ use memmap2::Mmap;
 
 use crate::error::{Result, StorageError};
 use crate::fsutil;
+use crate::powerloss;
 
 /// A fixed-size entry of an index file.
 pub(crate) trait Entry: Copy + std::fmt::Debug {
@@ -211,9 +212,11 @@ impl<E: Entry> EntryFile<E> {
         for (i, e) in v[self.flushed..].iter().enumerate() {
             e.encode(&mut raw[i * E::LEN..(i + 1) * E::LEN]);
         }
+        let start = (self.flushed * E::LEN) as u64;
         self.file
-            .write_all_at(&raw, (self.flushed * E::LEN) as u64)
+            .write_all_at(&raw, start)
             .map_err(|e| StorageError::io("writing index", &self.path, e))?;
+        powerloss::wrote(&self.path, start, start + raw.len() as u64);
         self.flushed = v.len();
         Ok(())
     }
@@ -225,8 +228,10 @@ impl<E: Entry> EntryFile<E> {
             v.truncate(n);
         }
         self.flushed = self.flushed.min(n);
+        let len = (self.flushed * E::LEN) as u64;
+        powerloss::truncated(&self.path, len);
         self.file
-            .set_len((self.flushed * E::LEN) as u64)
+            .set_len(len)
             .map_err(|e| StorageError::io("truncating index", &self.path, e))
     }
 
@@ -236,12 +241,14 @@ impl<E: Entry> EntryFile<E> {
         for (i, e) in entries.iter().enumerate() {
             e.encode(&mut raw[i * E::LEN..(i + 1) * E::LEN]);
         }
+        powerloss::truncated(&self.path, 0);
         self.file
             .set_len(0)
             .map_err(|e| StorageError::io("truncating index", &self.path, e))?;
         self.file
             .write_all_at(&raw, 0)
             .map_err(|e| StorageError::io("writing index", &self.path, e))?;
+        powerloss::wrote(&self.path, 0, raw.len() as u64);
         self.flushed = entries.len();
         self.store = Store::Owned(entries);
         Ok(())
@@ -260,6 +267,7 @@ impl<E: Entry> EntryFile<E> {
     pub(crate) fn seal(&mut self, sync: bool) -> Result<()> {
         self.flush()?;
         let len = (self.len() * E::LEN) as u64;
+        powerloss::truncated(&self.path, len);
         self.file
             .set_len(len)
             .map_err(|e| StorageError::io("truncating index", &self.path, e))?;

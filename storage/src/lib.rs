@@ -24,6 +24,7 @@
 //! | [`reader`] | offset / reverse / timestamp reads and the async [`TailReader`] |
 //! | [`checksum`] | [`RangeChecksum`]: a layout-independent checksum of committed records, to compare replicas |
 //! | [`group_commit`] | [`GroupCommit`]: one flusher thread that syncs many logs per round and completes waiters |
+//! | [`powerloss`] | sync wrappers and write hooks; with the `power-loss-sim` feature (tests only) a registry of durable lengths and a simulated power cut |
 //! | [`retention`] | deleting whole sealed segments by bytes, messages and age |
 //! | [`compaction`] | rewriting sealed segments keeping the newest record per key, crash-safe |
 //!
@@ -114,6 +115,7 @@ mod fsutil;
 pub mod group_commit;
 mod index;
 pub mod log;
+pub mod powerloss;
 pub mod reader;
 pub mod record;
 pub mod record_set;

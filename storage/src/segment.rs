@@ -39,6 +39,7 @@ use crate::config::LogConfig;
 use crate::error::{DecodeError, Result, StorageError};
 use crate::fsutil;
 use crate::index::{map_file, EntryFile, IndexEntry};
+use crate::powerloss;
 use crate::record_set::RecordSetHeader;
 use crate::time_index::TimeEntry;
 
@@ -283,6 +284,11 @@ impl Segment {
         index.replace(Vec::new())?;
         let mut time_index = EntryFile::open_owned(&time_path)?;
         time_index.replace(Vec::new())?;
+        for p in [&log_path, &index_path, &time_path] {
+            powerloss::created(p);
+        }
+        // The `.log` is preallocated: its data ends at 0, not at its size.
+        powerloss::truncated(&log_path, 0);
         Ok(Segment {
             base_offset,
             log_path,
@@ -376,6 +382,8 @@ impl Segment {
             return Ok((seg, lost));
         }
         let lost = seg.recover_scan(config, trusted_len, clean)?;
+        // The active `.log` may be preallocated past its data: its data ends at `len`.
+        powerloss::truncated(&seg.log_path, seg.len);
         Ok((seg, lost))
     }
 
@@ -804,6 +812,7 @@ impl Segment {
     fn seal_files(&mut self, sync: bool) -> Result<()> {
         let len = self.len;
         let f = fm(&mut self.files, &self.log_path)?;
+        powerloss::truncated(&self.log_path, len);
         f.file
             .set_len(len)
             .map_err(|e| StorageError::io("shrinking segment", &self.log_path, e))?;

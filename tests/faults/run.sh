@@ -5,7 +5,8 @@
 #
 # Each round runs the process fault tests (tests/tests/faults.rs, one cluster at a time) and
 # the in-process network-partition tests of drawbridge-raft with a fresh random seed
-# (RAFT_FAULT_SEED), until the time is up. Every checker report line ("checker: attempted ...")
+# (RAFT_FAULT_SEED) and its power-loss tests (POWER_LOSS_SEED, 4 cuts each), until the time
+# is up. Every checker report line ("checker: attempted ...")
 # is summed; a failing round keeps its output in $OUT/round-<n>.log and the script exits
 # non-zero at the end. The seed of a failing raft round is printed so it replays.
 set -u -o pipefail
@@ -44,6 +45,8 @@ failed=0
 declare -A total=([attempted]=0 [acknowledged]=0 [read]=0 [lost]=0 [duplicated]=0 [divergent]=0)
 reports=0
 raft_runs=0
+power_runs=0
+declare -A ptotal=([attempted]=0 [acked]=0 [lost]=0 [dup]=0 [divergent]=0)
 while [ "$(date +%s)" -lt "$end" ]; do
   round=$((round + 1))
   log="$OUT/round-$round.log"
@@ -56,6 +59,16 @@ while [ "$(date +%s)" -lt "$end" ]; do
     RAFT_FAULT_SEED=$seed cargo test -p drawbridge-raft --test raft --locked -- --nocapture \
       network_partitions >>"$log" 2>&1 || { ok=0; echo "raft seed $seed FAILED (replay: RAFT_FAULT_SEED=$seed)"; }
     raft_runs=$((raft_runs + 1))
+    pseed=$(( (RANDOM << 15) | RANDOM ))
+    POWER_LOSS_SEED=$pseed POWER_LOSS_ROUNDS=4 cargo test -p drawbridge-raft --test raft --locked \
+      -- --nocapture power_loss >>"$log" 2>&1 || { ok=0; echo "power-loss seed $pseed FAILED (replay: POWER_LOSS_SEED=$pseed)"; }
+    while read -r line; do
+      power_runs=$((power_runs + 1))
+      for k in attempted acked lost dup divergent; do
+        v=$(sed -n "s/.* $k \([0-9]\+\).*/\1/p" <<<" ${line#*seed}")
+        ptotal[$k]=$(( ptotal[$k] + ${v:-0} ))
+      done
+    done < <(grep -o '^power loss .* attempted.*' "$log" || true)
   fi
   while read -r line; do
     reports=$((reports + 1))
@@ -76,4 +89,6 @@ done
 echo "rounds: $round, failed: $failed, checker reports: $reports, raft seeded runs: $raft_runs"
 echo "totals: attempted ${total[attempted]} acknowledged ${total[acknowledged]} read ${total[read]}" \
   "lost ${total[lost]} duplicated ${total[duplicated]} divergent ${total[divergent]}"
+echo "power-loss runs (4 seeded cuts each): $power_runs; attempted ${ptotal[attempted]}" \
+  "acked ${ptotal[acked]} lost ${ptotal[lost]} dup ${ptotal[dup]} divergent ${ptotal[divergent]}"
 [ "$failed" = 0 ]

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use drawbridge_storage::powerloss;
 use openraft::alias::LogIdOf;
 use openraft::entry::RaftEntry;
 use openraft::RaftTypeConfig;
@@ -111,9 +112,11 @@ where
             .open(path)?;
         if (pos as u64) < bytes.len() as u64 {
             warn!(path = %path.display(), valid = pos, len = bytes.len(), "cutting torn tail of raft log");
+            powerloss::truncated(path, pos as u64);
             file.set_len(pos as u64)?;
-            file.sync_all()?;
+            powerloss::sync_file(&file, path, false)?;
         } else if bytes.is_empty() {
+            powerloss::created(path);
             sync_dir(path)?;
         }
         let sync_handle = Arc::new(file.try_clone()?);
@@ -137,7 +140,7 @@ where
 {
     fn sync_now(&self) -> io::Result<()> {
         let handle = self.inner.lock().sync_handle.clone();
-        handle.sync_data()
+        powerloss::sync_file(&handle, &self.path, true)
     }
 }
 
@@ -166,6 +169,7 @@ where
             placed.push((index, start, e));
         }
         inner.file.write_all(&buf)?;
+        powerloss::wrote(&self.path, inner.len, inner.len + buf.len() as u64);
         inner.len += buf.len() as u64;
         for (index, start, e) in placed {
             inner.entries.insert(index, (start, e));
@@ -202,8 +206,9 @@ where
             return Ok(());
         };
         let pos = *pos;
+        powerloss::truncated(&self.path, pos);
         inner.file.set_len(pos)?;
-        inner.file.sync_all()?;
+        powerloss::sync_file(&inner.file, &self.path, false)?;
         inner.len = pos;
         let _removed = inner.entries.split_off(&from);
         Ok(())
@@ -224,10 +229,12 @@ where
         let tmp = PathBuf::from(tmp);
         {
             let mut f = File::create(&tmp)?;
+            powerloss::created(&tmp);
             f.write_all(&buf)?;
-            f.sync_all()?;
+            powerloss::sync_file(&f, &tmp, false)?;
         }
         fs::rename(&tmp, &self.path)?;
+        powerloss::renamed(&tmp, &self.path);
         sync_dir(&self.path)?;
         let file = OpenOptions::new()
             .read(true)

@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -240,14 +241,19 @@ fn clone_err(e: &io::Error) -> io::Error {
 }
 
 /// fsyncs every target (and the journal handle, last slot) concurrently.
-fn sync_parallel(targets: &[Arc<dyn SyncTarget>], journal: Option<&File>) -> Vec<io::Result<()>> {
+fn sync_parallel(
+    targets: &[Arc<dyn SyncTarget>],
+    journal: Option<&(File, PathBuf)>,
+) -> Vec<io::Result<()>> {
     let n = targets.len() + usize::from(journal.is_some());
     let one = |i: usize| -> io::Result<()> {
         use crate::fsync_stats::{timed, FsyncKind};
         match targets.get(i) {
             Some(t) => timed(FsyncKind::Log, || t.sync_now()),
             None => match journal {
-                Some(f) => timed(FsyncKind::Journal, || f.sync_data()),
+                Some((f, path)) => timed(FsyncKind::Journal, || {
+                    drawbridge_storage::powerloss::sync_file(f, path, true)
+                }),
                 None => Ok(()),
             },
         }

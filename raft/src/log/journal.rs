@@ -29,6 +29,7 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
+use drawbridge_storage::powerloss;
 use tracing::warn;
 
 use super::meta_file::sync_dir;
@@ -132,16 +133,18 @@ impl Journal {
             .append(true)
             .open(path)?;
         if bytes.is_empty() {
+            powerloss::created(path);
             let mut header = Vec::with_capacity(HEADER_LEN);
             header.extend_from_slice(MAGIC);
             header.extend_from_slice(&VERSION.to_le_bytes());
             file.write_all(&header)?;
-            file.sync_all()?;
+            powerloss::sync_file(&file, path, false)?;
             sync_dir(path)?;
         } else if valid < bytes.len() {
             warn!(path = %path.display(), valid, len = bytes.len(), "cutting torn tail of raft state journal");
+            powerloss::truncated(path, valid as u64);
             file.set_len(valid as u64)?;
-            file.sync_all()?;
+            powerloss::sync_file(&file, path, false)?;
         }
         let len = if bytes.is_empty() {
             HEADER_LEN as u64
@@ -169,6 +172,7 @@ impl Journal {
             encode_frame(k, v.as_deref(), &mut buf)?;
         }
         self.file.write_all(&buf)?;
+        powerloss::wrote(&self.path, self.len, self.len + buf.len() as u64);
         self.len += buf.len() as u64;
         for (k, v) in records {
             match v {
@@ -179,9 +183,9 @@ impl Journal {
         Ok(())
     }
 
-    /// A handle for `fdatasync` from another thread.
-    pub(crate) fn sync_handle(&self) -> io::Result<File> {
-        self.file.try_clone()
+    /// A handle for `fdatasync` from another thread, and the file's path.
+    pub(crate) fn sync_handle(&self) -> io::Result<(File, PathBuf)> {
+        Ok((self.file.try_clone()?, self.path.clone()))
     }
 
     /// Rewrites the file with only the live records when it has grown large and mostly stale.
@@ -204,10 +208,12 @@ impl Journal {
         let tmp = PathBuf::from(tmp);
         {
             let mut f = File::create(&tmp)?;
+            powerloss::created(&tmp);
             f.write_all(&buf)?;
-            f.sync_all()?;
+            powerloss::sync_file(&f, &tmp, false)?;
         }
         fs::rename(&tmp, &self.path)?;
+        powerloss::renamed(&tmp, &self.path);
         sync_dir(&self.path)?;
         self.file = OpenOptions::new()
             .read(true)

@@ -8,6 +8,8 @@
 //! Invariants:
 //! - A framed file is replaced atomically: write `<name>.tmp`, fsync it, rename over `<name>`,
 //!   fsync the directory. A crash leaves either the old or the new value, never a mix.
+//! - Every sync, create and rename is reported to `drawbridge_storage::powerloss` (no-ops
+//!   outside the power-loss tests).
 //! - A file that fails its checksum is an error at open, never silently reset.
 
 use std::fs;
@@ -17,6 +19,7 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
+use drawbridge_storage::powerloss;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -75,10 +78,12 @@ pub(crate) fn store_framed<T: Serialize>(path: &Path, value: &T) -> io::Result<(
     let tmp = tmp_path(path);
     {
         let mut f = File::create(&tmp)?;
+        powerloss::created(&tmp);
         f.write_all(&buf)?;
-        f.sync_all()?;
+        powerloss::sync_file(&f, &tmp, false)?;
     }
     fs::rename(&tmp, path)?;
+    powerloss::renamed(&tmp, path);
     sync_dir(path)
 }
 
@@ -91,7 +96,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// fsyncs the directory holding `path`, so a rename or create in it is durable.
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        Some(dir) if !dir.as_os_str().is_empty() => powerloss::sync_dir(dir),
         _ => Ok(()),
     }
 }

@@ -43,21 +43,30 @@ pub struct Cluster {
     partition_timings: GroupTimings,
     /// Faults every node's raft RPCs pass through (tests of network partitions).
     faults: Option<NetworkFaults>,
+    /// Per-node configuration changes, applied at every start and restart.
+    tweak: Option<Tweak>,
     _shared: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     _tmp: tempfile::TempDir,
 }
+
+/// A change to one node's configuration (e.g. its `partition_log_sync`).
+pub type Tweak = fn(NodeId, &mut RaftConfig);
 
 fn config(
     id: NodeId,
     addr: &str,
     partition: &GroupTimings,
     faults: &Option<NetworkFaults>,
+    tweak: Option<Tweak>,
 ) -> RaftConfig {
     let mut c = RaftConfig::new(id, addr);
     c.network_faults = faults.clone();
     c.metadata = fast_timings();
     c.partition = partition.clone();
     c.max_metadata_voters = 3;
+    if let Some(t) = tweak {
+        t(id, &mut c);
+    }
     c
 }
 
@@ -65,7 +74,15 @@ impl Cluster {
     /// Starts `n` nodes (ids 1..=n) and bootstraps the metadata group with all of them.
     pub async fn start(n: u64, partition_timings: GroupTimings) -> Cluster {
         let guard = MACHINE.read().await;
-        let mut c = Self::start_with(n, partition_timings, None).await;
+        let mut c = Self::start_with(n, partition_timings, None, None).await;
+        c._shared = Some(guard);
+        c
+    }
+
+    /// [`Cluster::start`] with `tweak` applied to every node's configuration (also on restart).
+    pub async fn start_tweaked(n: u64, partition_timings: GroupTimings, tweak: Tweak) -> Cluster {
+        let guard = MACHINE.read().await;
+        let mut c = Self::start_with(n, partition_timings, None, Some(tweak)).await;
         c._shared = Some(guard);
         c
     }
@@ -77,20 +94,21 @@ impl Cluster {
         faults: NetworkFaults,
     ) -> Cluster {
         let guard = MACHINE.read().await;
-        let mut c = Self::start_with(n, partition_timings, Some(faults)).await;
+        let mut c = Self::start_with(n, partition_timings, Some(faults), None).await;
         c._shared = Some(guard);
         c
     }
 
     /// [`Cluster::start`] for a caller that holds [`MACHINE`] itself.
     pub async fn start_unguarded(n: u64, partition_timings: GroupTimings) -> Cluster {
-        Self::start_with(n, partition_timings, None).await
+        Self::start_with(n, partition_timings, None, None).await
     }
 
     async fn start_with(
         n: u64,
         partition_timings: GroupTimings,
         faults: Option<NetworkFaults>,
+        tweak: Option<Tweak>,
     ) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -101,7 +119,7 @@ impl Cluster {
         for id in 1..=n {
             let dir = tmp.path().join(format!("node-{id}"));
             let node = RaftNode::start(
-                config(id, "", &partition_timings, &faults),
+                config(id, "", &partition_timings, &faults, tweak),
                 &dir,
                 "127.0.0.1:0".parse().expect("addr"),
             )
@@ -118,6 +136,7 @@ impl Cluster {
             members,
             partition_timings,
             faults,
+            tweak,
             _shared: None,
             _tmp: tmp,
         };
@@ -190,7 +209,13 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         let node = loop {
             match RaftNode::start(
-                config(id, &addr.to_string(), &self.partition_timings, &self.faults),
+                config(
+                    id,
+                    &addr.to_string(),
+                    &self.partition_timings,
+                    &self.faults,
+                    self.tweak,
+                ),
                 &dir,
                 addr,
             )

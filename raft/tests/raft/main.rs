@@ -7,5 +7,6 @@ mod lazy_sync;
 mod metadata_cluster;
 mod network_partitions;
 mod partition_cluster;
+mod power_loss;
 mod storage_faults;
 mod storage_suite;
