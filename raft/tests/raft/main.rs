@@ -6,5 +6,6 @@ mod lazy_sync;
 mod metadata_cluster;
 mod network_partitions;
 mod partition_cluster;
+mod quiescence;
 mod storage_faults;
 mod storage_suite;
