@@ -22,8 +22,9 @@
 //!    `lease + (t - election_timeout_min)` with `lease = election_timeout_max`, openraft's own
 //!    leader lease. While that lease runs a voter refuses votes and openraft refuses to even
 //!    start a pre-vote, so asking earlier would be a wasted call. Non-leaders are looked at at
-//!    least every heartbeat interval, so a node that just won an election starts heartbeating
-//!    well before any follower's timeout.
+//!    least every heartbeat interval (followers of a known leader: every half minimum election
+//!    timeout), so a node that just won an election (or got leadership transferred) starts
+//!    heartbeating well before any follower's timeout.
 //! 5. Learners and stopped groups: nothing.
 //!
 //! Quiescence (CockroachDB-style, issue 3). Heartbeats of idle groups were most of the idle cost
@@ -104,6 +105,10 @@ use crate::types::PartitionTypes;
 
 /// How long a single-voter leader is left alone before it is looked at again.
 pub(crate) const ALONE_RECHECK: Duration = Duration::from_secs(30);
+
+/// How often a quiesced led group is looked at besides the liveness round (which re-checks
+/// every quiesced group every heartbeat interval anyway).
+pub(crate) const QUIESCED_RECHECK: Duration = Duration::from_secs(30);
 
 /// Consecutive heartbeat deadlines at which a led group must look idle (and unchanged) before
 /// it is quiesced.
@@ -266,7 +271,21 @@ impl Quiet {
 struct Mark {
     term: u64,
     last_index: Option<u64>,
+    /// Log index of the effective membership config (a change moves it).
+    membership: Option<u64>,
+    /// The other members (voters and learners), as of `membership`.
     followers: Vec<NodeId>,
+}
+
+impl Mark {
+    /// Whether `m` (a leader's metrics) is still at this mark; allocates nothing.
+    fn holds(&self, m: &RaftMetrics<PartitionTypes>) -> bool {
+        m.state == ServerState::Leader
+            && m.running_state.is_ok()
+            && m.current_term == self.term
+            && m.last_log_index == self.last_index
+            && m.membership_config.log_id().as_ref().map(|l| l.index) == self.membership
+    }
 }
 
 /// What a group looks like right now, read from its server metrics.
@@ -335,8 +354,8 @@ impl Entry {
     }
 
     /// Whether the group is still as it was quiesced at `mark`.
-    fn still_quiet(&self, me: NodeId, mark: &Mark) -> bool {
-        leading_mark(&self.metrics.borrow_watched(), me).as_ref() == Some(mark)
+    fn still_quiet(&self, mark: &Mark) -> bool {
+        mark.holds(&self.metrics.borrow_watched())
     }
 
     /// Leaves the quiesced state (if in it); returns whether it was quiesced.
@@ -367,6 +386,7 @@ fn leading_mark(m: &RaftMetrics<PartitionTypes>, me: NodeId) -> Option<Mark> {
     Some(Mark {
         term: m.current_term,
         last_index: m.last_log_index,
+        membership: m.membership_config.log_id().as_ref().map(|l| l.index),
         followers,
     })
 }
@@ -613,7 +633,7 @@ impl Shared {
                 let Quiet::Quiesced(mark) = &e.quiet else {
                     continue;
                 };
-                if !e.still_quiet(self.me, mark) {
+                if !e.still_quiet(mark) {
                     e.unquiesce();
                     e.next_heartbeat = Some(now);
                     e.due = now;
@@ -641,7 +661,8 @@ impl Shared {
                 from: self.me,
                 groups,
             };
-            let ttl = self.timing.heartbeat;
+            // Answers that arrive late still count (beats overlap, each in its own task).
+            let ttl = self.timing.election_min;
             tokio::spawn(async move {
                 let answers = match shared.router.liveness(peer, &beat, ttl).await {
                     Ok(a) if a.len() == beat.groups.len() => a,
@@ -750,8 +771,9 @@ fn step(
                 return (None, now + ALONE_RECHECK);
             }
             if let Quiet::Quiesced(mark) = &e.quiet {
-                if e.still_quiet(me, mark) {
-                    return (None, now + t.heartbeat);
+                if e.still_quiet(mark) {
+                    // Every liveness round re-checks it (and wakes it if it changed).
+                    return (None, now + QUIESCED_RECHECK);
                 }
                 // Woken (a proposal, a new term or membership): beat at once.
                 e.unquiesce();
@@ -815,7 +837,16 @@ fn step(
                 e.timeout = rng.between(t.election_min, t.election_max);
                 return (Some(Action::Elect), now + t.heartbeat.min(e.timeout));
             }
-            (None, due.min(now + t.heartbeat))
+            // A follower that follows a leader becomes one only through an election this
+            // scheduler triggers (looked at again within a heartbeat, above) or a leadership
+            // transfer; half the minimum election timeout is early enough for the latter's
+            // first heartbeat (followers wait out the lease first).
+            let recheck = if v.following && v.state == ServerState::Follower {
+                (t.election_min / 2).max(t.heartbeat)
+            } else {
+                t.heartbeat
+            };
+            (None, due.min(now + recheck))
         }
         _ => {
             e.next_heartbeat = None;

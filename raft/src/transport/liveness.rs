@@ -7,11 +7,12 @@
 //! `Vec<QuietAnswer>`). Both ends run the same crate version (see `crate::codec`).
 //!
 //! Invariants:
-//! - A receiver stamps a group's clock only if its own state matches the beat exactly: it
-//!   follows (or learns from) the sender under a committed vote of that term, and its log ends
-//!   and is committed at that index. So a beat never keeps a follower from electing unless the
-//!   sender really won that term and the follower has everything it committed.
-//! - Any other listed group it hosts is answered [`QuietAnswer::Wake`], so the leader resumes
+//! - A receiver stamps a group's clock only if it follows (or learns from) the sender under a
+//!   committed vote of that term: so a beat never keeps a follower from electing unless the
+//!   sender really won that term, as a heartbeat of that leader would.
+//! - Only if, in addition, its log ends and is committed at that index does it answer
+//!   [`QuietAnswer::Follows`] (and mark the group quiet, see `GroupClock::quiet_lease_runs`).
+//!   Any other listed group it hosts is answered [`QuietAnswer::Wake`], so the leader resumes
 //!   heartbeats and openraft reconciles (catch-up, a higher term, a lost commit index). A group
 //!   the receiver does not host is answered [`QuietAnswer::NotHosted`] and left alone:
 //!   heartbeats could not reach it either.
@@ -53,20 +54,40 @@ pub(crate) struct LivenessBeat {
     pub(crate) groups: Vec<QuietGroup>,
 }
 
-/// Whether the local replica of a group matches a quiesced group `q` led by `from` (see the
+/// How the local replica of a group stands towards a quiesced group `q` led by `from` (see the
 /// module invariants).
-pub(crate) fn follows_quietly(g: &PartitionGroup, from: NodeId, q: &QuietGroup) -> bool {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Same leader and term, same log end, all committed: the beat counts as contact.
+    Matches,
+    /// Same leader and term, but the log differs: contact (the leader is alive and leads in
+    /// the term this replica voted for), and the group must wake so the leader reconciles.
+    Lags,
+    /// Another vote, an uncommitted vote or a stopped group: no contact, wake.
+    Differs,
+}
+
+/// How the local replica of a group stands towards `q`, led by `from`.
+pub(crate) fn standing(g: &PartitionGroup, from: NodeId, q: &QuietGroup) -> Standing {
     use openraft::async_runtime::watch::WatchReceiver;
     let rx = g.raft.metrics();
     let m = rx.borrow_watched();
-    m.running_state.is_ok()
+    let same_leader = m.running_state.is_ok()
         && m.state != openraft::ServerState::Leader
         && m.state != openraft::ServerState::Candidate
         && m.vote.committed
         && m.vote.leader_id.term == q.term
-        && m.vote.leader_id.voted_for == from
-        && m.last_log_index == q.last_index
+        && m.vote.leader_id.voted_for == from;
+    if !same_leader {
+        return Standing::Differs;
+    }
+    if m.last_log_index == q.last_index
         && m.local_committed.as_ref().map(|l| l.index) == q.last_index
+    {
+        Standing::Matches
+    } else {
+        Standing::Lags
+    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@
 //!   voted for: when an append-entries or snapshot arrives under a committed vote not older
 //!   than the local one, when the group accepted one (the reply carries no higher vote), and
 //!   when it granted a vote.
-//! - A liveness beat (`super::liveness`) stamps the clock of each listed group whose local
-//!   state matches it, and marks it quiet; any append-entries or snapshot for a group clears the
-//!   mark. While a group is quiet and the beat is younger than openraft's lease, pre-votes for it
-//!   are refused (a quiesced follower's openraft lease has run out; this stands in for it).
+//! - A liveness beat (`super::liveness`) stamps the clock of each listed group that follows
+//!   the sender in that term, and marks it quiet if its log matches too; any append-entries,
+//!   snapshot or vote for a group clears the mark. While a group is quiet and the beat is
+//!   younger than openraft's lease, pre-votes for it are refused (a quiesced follower's
+//!   openraft lease has run out; this stands in for it). A pre-vote for a group this node leads
+//!   quiesced is refused too, and wakes the group: a member lost contact, heartbeats resume.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -45,6 +47,7 @@ use super::group_kind::GroupKind;
 use super::liveness;
 use super::liveness::LivenessBeat;
 use super::liveness::QuietAnswer;
+use super::liveness::Standing;
 use super::registry::GroupRegistry;
 use super::wire;
 use crate::codec;
@@ -126,6 +129,15 @@ impl TransportService {
                 None => wire::failure(Code::GroupNotFound, format!("group {group} not hosted")),
             },
             GroupId::Partition(p) => match self.registry.partition(p) {
+                Some(g) if matches!(rpc, Rpc::PreVote) && g.clock.is_quiesced() => {
+                    // This node leads the group quiesced and a member is looking for a leader:
+                    // heartbeats resume (which reach it if it can be reached at all).
+                    g.waker.wake();
+                    wire::failure(
+                        Code::Unknown,
+                        format!("group {group} is led from here; heartbeats resume"),
+                    )
+                }
                 Some(g) if matches!(rpc, Rpc::PreVote) && g.clock.quiet_lease_runs() => {
                     wire::failure(
                         Code::Unknown,
@@ -133,7 +145,7 @@ impl TransportService {
                     )
                 }
                 Some(g) => {
-                    if matches!(rpc, Rpc::Append | Rpc::Snapshot) {
+                    if matches!(rpc, Rpc::Append | Rpc::Snapshot | Rpc::Vote) {
                         g.clock.wake();
                     }
                     let clock = g.clock.clone();
@@ -162,11 +174,17 @@ impl TransportService {
             .iter()
             .map(|q| match self.registry.partition(&q.id) {
                 None => QuietAnswer::NotHosted,
-                Some(g) if liveness::follows_quietly(&g, beat.from, q) => {
-                    g.clock.touch_quiet();
-                    QuietAnswer::Follows
-                }
-                Some(_) => QuietAnswer::Wake,
+                Some(g) => match liveness::standing(&g, beat.from, q) {
+                    Standing::Matches => {
+                        g.clock.touch_quiet();
+                        QuietAnswer::Follows
+                    }
+                    Standing::Lags => {
+                        g.clock.touch();
+                        QuietAnswer::Wake
+                    }
+                    Standing::Differs => QuietAnswer::Wake,
+                },
             })
             .collect();
         match codec::encode(&answers) {
