@@ -38,16 +38,17 @@
 //! - A quiesced group gets no heartbeats. Instead, every heartbeat interval, the scheduler
 //!   sends each peer one liveness beat (`crate::transport::liveness`) listing the groups this
 //!   node leads quiesced that the peer is a member of, with their term and last log index. A
-//!   follower whose own state matches (its committed vote is that term for the sender, its log
-//!   ends and is committed at that index) stamps the group's clock, so rule 4 does not fire
-//!   while the leader's node lives; one that does not match answers with the group's id and the
-//!   leader wakes it.
+//!   follower whose committed vote is that term for the sender stamps the group's clock, so
+//!   rule 4 does not fire while the leader's node lives; if its log also ends and is committed
+//!   at that index it answers "follows" (an acknowledgement, for the ISR), otherwise "wake" and
+//!   the leader resumes heartbeats.
 //! - A quiesced group wakes (heartbeats resume at once) when its leader sees the term, the last
 //!   log index, the membership or the leadership change (a proposal, a membership change, a
-//!   transfer or a vote), when a follower asks for it, and when its raft stops. This is checked
-//!   at each heartbeat deadline and again just before every liveness beat, so a beat never
-//!   lists a group this node no longer leads. A proposal replicates by itself (openraft's
-//!   replication streams do not wait for heartbeats).
+//!   transfer or a vote), when a follower asks for it, when a member asks it for a pre-vote,
+//!   and when its raft stops. Every quiesced group is re-checked just before every liveness
+//!   beat, so a beat never lists a group this node no longer leads. A proposal first wakes its
+//!   group and waits for a heartbeat quorum (`PartitionGroup::ensure_awake`): openraft refuses
+//!   writes on a leader whose lease ran out, as a quiesced leader's does.
 //! - When a leader's node dies or is cut off, its liveness beats stop, its followers' clocks go
 //!   stale, and rule 4 elects as before: fail-over keeps its bounds.
 //!
@@ -122,7 +123,7 @@ pub(crate) struct GroupClock {
     /// Milliseconds since `epoch` of the last contact.
     last_contact_ms: AtomicU64,
     /// The last contact was a liveness beat of the leader's node listing the group quiesced
-    /// (cleared by any append-entries or snapshot for the group).
+    /// (cleared by any append-entries, snapshot or vote for the group).
     quiet: AtomicBool,
     /// openraft's leader lease (`election_timeout_max`): how long after the last liveness beat
     /// a quiesced follower refuses pre-votes.
