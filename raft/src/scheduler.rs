@@ -22,9 +22,8 @@
 //!    `lease + (t - election_timeout_min)` with `lease = election_timeout_max`, openraft's own
 //!    leader lease. While that lease runs a voter refuses votes and openraft refuses to even
 //!    start a pre-vote, so asking earlier would be a wasted call. Non-leaders are looked at at
-//!    least every heartbeat interval (followers of a known leader: every half minimum election
-//!    timeout), so a node that just won an election (or got leadership transferred) starts
-//!    heartbeating well before any follower's timeout.
+//!    least every heartbeat interval, so a node that just won an election starts heartbeating
+//!    well before any follower's timeout.
 //! 5. Learners and stopped groups: nothing.
 //!
 //! Quiescence (CockroachDB-style, issue 3). Heartbeats of idle groups were most of the idle cost
@@ -32,8 +31,8 @@
 //! liveness beat per peer and heartbeat interval instead:
 //! - A leader quiesces a group when, at [`QUIESCE_AFTER`] consecutive heartbeat deadlines, its
 //!   term and last log index did not move, the last log index is committed and applied, every
-//!   other member has matched it, every other member acknowledged a message sent within the last
-//!   two heartbeat intervals, and the membership is not joint. The heartbeats sent meanwhile
+//!   other member has matched it, every other member acknowledged a message sent within the
+//!   minimum election timeout, and the membership is not joint. The heartbeats sent meanwhile
 //!   carried the final commit index to the followers.
 //! - A quiesced group gets no heartbeats. Instead, every heartbeat interval, the scheduler
 //!   sends each peer one liveness beat (`crate::transport::liveness`) listing the groups this
@@ -783,7 +782,7 @@ fn step(
             // A new leader replicates its first entry at once; the first beat can wait.
             let at = *e.next_heartbeat.get_or_insert(now + t.heartbeat);
             if now >= at {
-                if let Some(mark) = quiesce.then(|| e.idle_mark(me, t.heartbeat * 2)).flatten() {
+                if let Some(mark) = quiesce.then(|| e.idle_mark(me, t.election_min)).flatten() {
                     let idle = match &e.quiet {
                         Quiet::Active {
                             idle,
@@ -838,16 +837,7 @@ fn step(
                 e.timeout = rng.between(t.election_min, t.election_max);
                 return (Some(Action::Elect), now + t.heartbeat.min(e.timeout));
             }
-            // A follower that follows a leader becomes one only through an election this
-            // scheduler triggers (looked at again within a heartbeat, above) or a leadership
-            // transfer; half the minimum election timeout is early enough for the latter's
-            // first heartbeat (followers wait out the lease first).
-            let recheck = if v.following && v.state == ServerState::Follower {
-                (t.election_min / 2).max(t.heartbeat)
-            } else {
-                t.heartbeat
-            };
-            (None, due.min(now + recheck))
+            (None, due.min(now + t.heartbeat))
         }
         _ => {
             e.next_heartbeat = None;
