@@ -2,13 +2,16 @@
 //!
 //! | bench | what | baseline |
 //! | --- | --- | --- |
-//! | `idle` | CPU time (`/proc/self/stat` utime+stime) and RSS (`/proc/self/statm`) of (a) one node holding N idle single-replica partition groups, (b) 3 in-process nodes holding N idle 3-replica groups; each in the default mode (node scheduler, coalesced heartbeats) and, full run only, with one RPC per heartbeat and with openraft's per-group tick (the former design) | the same node(s) with no partition group, same window, same run |
+//! | `idle` | CPU time (`/proc/self/stat` utime+stime) and RSS (`/proc/self/statm`) of (a) one node holding N idle single-replica partition groups, (b) 3 in-process nodes holding N idle 3-replica groups; each in the default mode (node scheduler, coalesced heartbeats, idle groups quiesced) and, full run only, without quiescence, with one RPC per heartbeat and with openraft's per-group tick (the former designs) | the same node(s) with no partition group, same window, same run |
 //! | `replicated` | one partition group on 3 in-process nodes over loopback gRPC: proposals of pre-encoded record sets, each awaited until committed (ALL ack) | `drawbridge_storage::Log::append` + `GroupCommit::sync` of the same bodies, one at a time, in the same run |
 //!
 //! Run: `cargo bench -p drawbridge-benches --bench raft`. Smoke (CI):
 //! `cargo bench -p drawbridge-benches --bench raft -- --test` (20 groups, 1 s windows, default mode
 //! only, a few hundred batches). Full run: 1,000 groups, 10 s windows, 2,000 batches of
 //! 64 x 100 B.
+//! A first non-flag argument runs only the benches whose name contains it: `idle/<replicas>/<mode>`
+//! (modes `default`, `no-quiesce`, `single-rpc`, `tick`) and `replicated`, e.g.
+//! `cargo bench -p drawbridge-benches --bench raft -- idle/3/default`.
 //! `DRAWBRIDGE_BENCH_DIR` picks the directory for temp data (default: the system temp dir).
 
 use std::collections::BTreeMap;
@@ -33,6 +36,15 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn smoke() -> bool {
     std::env::args().any(|a| a == "--test")
+}
+
+/// Whether the bench named `name` runs: every bench without a filter, else those whose name
+/// contains the first non-flag argument (e.g. `idle/3/default`, `idle/1`, `replicated`).
+fn selected(name: &str) -> bool {
+    match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        Some(filter) => name.contains(&filter),
+        None => true,
+    }
 }
 
 fn base_dir() -> PathBuf {
@@ -83,23 +95,40 @@ struct Mode {
     tick: bool,
     /// Heartbeats of all groups to one peer in one RPC.
     coalesce: bool,
+    /// Quiesce idle groups (no heartbeats; one liveness beat per peer).
+    quiesce: bool,
     name: &'static str,
+    /// Short name for the command-line filter (`idle/<replicas>/<key>`).
+    key: &'static str,
 }
 
 const SCHEDULER: Mode = Mode {
     tick: false,
     coalesce: true,
-    name: "node scheduler + coalesced heartbeats (default)",
+    quiesce: true,
+    name: "node scheduler + coalesced heartbeats + quiescence (default)",
+    key: "default",
+};
+const NO_QUIESCE: Mode = Mode {
+    tick: false,
+    coalesce: true,
+    quiesce: false,
+    name: "node scheduler + coalesced heartbeats, no quiescence (before)",
+    key: "no-quiesce",
 };
 const SCHEDULER_SINGLE_RPCS: Mode = Mode {
     tick: false,
     coalesce: false,
-    name: "node scheduler, one RPC per heartbeat",
+    quiesce: false,
+    name: "node scheduler, one RPC per heartbeat, no quiescence",
+    key: "single-rpc",
 };
 const TICK: Mode = Mode {
     tick: true,
     coalesce: false,
+    quiesce: false,
     name: "openraft per-group tick, one RPC per heartbeat (before)",
+    key: "tick",
 };
 
 async fn start_node(id: u64, dir: &std::path::Path) -> BenchResult<RaftNode> {
@@ -111,6 +140,7 @@ async fn start_node_with(id: u64, dir: &std::path::Path, mode: Mode) -> BenchRes
     cfg.partition = GroupTimings::partition_defaults();
     cfg.partition_openraft_tick = mode.tick;
     cfg.coalesce_heartbeats = mode.coalesce;
+    cfg.quiesce_partition_groups = mode.quiesce;
     Ok(RaftNode::start(cfg, dir, "127.0.0.1:0".parse()?).await?)
 }
 
@@ -176,8 +206,28 @@ async fn idle(groups: i32, replicas: u64, window: Duration, mode: Mode) -> Bench
     }
     // Let creation work (fsyncs, first entries) settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Replicated groups quiesce a few heartbeats after they go idle: measure once they all have
+    // (bounded; a group that does not is still measured, and the count is printed).
+    let quiesced = || {
+        nodes
+            .iter()
+            .map(RaftNode::quiesced_partition_groups)
+            .sum::<usize>()
+    };
+    if mode.quiesce && replicas > 1 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while quiesced() < groups as usize && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let quiesced_before = quiesced();
     let cpu1 = cpu_over(window).await?;
     let rss1 = rss_kib()?;
+    println!(
+        "idle {}: {quiesced_before} of {groups} groups quiesced before the window, {} after",
+        mode.key,
+        quiesced()
+    );
     for n in &nodes {
         n.shutdown().await;
     }
@@ -322,9 +372,12 @@ fn main() -> BenchResult<()> {
                 (true, _) => &[SCHEDULER],
                 // Without peers there are no heartbeats to coalesce.
                 (false, 1) => &[SCHEDULER, TICK],
-                (false, _) => &[SCHEDULER, SCHEDULER_SINGLE_RPCS, TICK],
+                (false, _) => &[SCHEDULER, NO_QUIESCE, SCHEDULER_SINGLE_RPCS, TICK],
             };
             for mode in modes {
+                if !selected(&format!("idle/{replicas}/{}", mode.key)) {
+                    continue;
+                }
                 let what = format!("{replicas}-replica, {}", mode.name);
                 match idle(groups, replicas, window, *mode).await {
                     Ok(m) => report_idle(&what, groups, replicas, &m),
@@ -333,6 +386,9 @@ fn main() -> BenchResult<()> {
                     Err(e) => return Err(e),
                 }
             }
+        }
+        if !selected("replicated") {
+            return Ok(());
         }
         let (records, size) = (64usize, 100usize);
         let body = batch_body(records, size)?;

@@ -197,6 +197,13 @@ pub struct RaftConfig {
     #[doc(hidden)]
     #[serde(default = "yes")]
     pub coalesce_heartbeats: bool,
+    /// Quiesce idle partition groups: their leader stops heartbeating them and sends one
+    /// liveness beat per peer instead (`crate::scheduler`, "Quiescence"). On by default; kept so
+    /// benchmarks can measure both in one run. Without the node scheduler (with
+    /// `partition_openraft_tick`) nothing is quiesced.
+    #[doc(hidden)]
+    #[serde(default = "yes")]
+    pub quiesce_partition_groups: bool,
     /// Tests only: faults every raft RPC of this node passes through
     /// ([`crate::testing::NetworkFaults`]). `None` in production.
     #[doc(hidden)]
@@ -254,6 +261,7 @@ impl RaftConfig {
             partition_log_sync: LogSyncPolicy::Always,
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
+            quiesce_partition_groups: true,
             network_faults: None,
         }
     }

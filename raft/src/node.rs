@@ -232,7 +232,12 @@ impl RaftNode {
                 warn!(error = %e, "raft transport server ended with an error");
             }
         });
-        let scheduler = Scheduler::start(config.node_id, Timing::of(&config.partition));
+        let scheduler = Scheduler::start(
+            config.node_id,
+            Timing::of(&config.partition),
+            config.quiesce_partition_groups,
+            router.clone(),
+        );
         info!(node = config.node_id, addr = %local_addr, "raft node started");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -279,6 +284,13 @@ impl RaftNode {
             journal_syncs: s.journal_syncs,
             records: s.records,
         }
+    }
+
+    /// How many partition groups this node leads *quiesced*: idle, fully replicated, without
+    /// per-group heartbeats (their followers rely on this node's liveness beats; see
+    /// `crate::scheduler`). A gauge for metrics and tests.
+    pub fn quiesced_partition_groups(&self) -> usize {
+        self.inner.scheduler.quiesced()
     }
 
     /// The metadata group.
@@ -385,7 +397,9 @@ impl RaftNode {
                 Err(e) => return Err(RaftError::Membership(e.to_string())),
             }
         }
-        let clock = Arc::new(GroupClock::new());
+        let clock = Arc::new(GroupClock::new(Duration::from_millis(
+            self.inner.config.partition.election_timeout_max_ms,
+        )));
         let group = Arc::new(PartitionGroup {
             id: id.clone(),
             node_id: self.id(),
@@ -393,6 +407,7 @@ impl RaftNode {
             sm,
             acks,
             clock: clock.clone(),
+            waker: self.inner.scheduler.waker(id.clone()),
         });
         if !self
             .inner

@@ -26,6 +26,35 @@
 //!    well before any follower's timeout.
 //! 5. Learners and stopped groups: nothing.
 //!
+//! Quiescence (CockroachDB-style, issue 3). Heartbeats of idle groups were most of the idle cost
+//! of replicated groups, so a leader stops heartbeating a group that is idle and relies on ONE
+//! liveness beat per peer and heartbeat interval instead:
+//! - A leader quiesces a group when, at [`QUIESCE_AFTER`] consecutive heartbeat deadlines, its
+//!   term and last log index did not move, the last log index is committed and applied, every
+//!   other member has matched it, every other member acknowledged a message sent within the
+//!   minimum election timeout, and the membership is not joint. The heartbeats sent meanwhile
+//!   carried the final commit index to the followers.
+//! - A quiesced group gets no heartbeats. Instead, every heartbeat interval, the scheduler
+//!   sends each peer one liveness beat (`crate::transport::liveness`) listing the groups this
+//!   node leads quiesced that the peer is a member of, with their term and last log index. A
+//!   follower whose committed vote is that term for the sender stamps the group's clock, so
+//!   rule 4 does not fire while the leader's node lives; if its log also ends and is committed
+//!   at that index it answers "follows" (an acknowledgement, for the ISR), otherwise "wake" and
+//!   the leader resumes heartbeats.
+//! - A quiesced group wakes (heartbeats resume at once) when its leader sees the term, the last
+//!   log index, the membership or the leadership change (a proposal, a membership change, a
+//!   transfer or a vote), when a follower asks for it, when a member asks it for a pre-vote,
+//!   and when its raft stops. Every quiesced group is re-checked just before every liveness
+//!   beat, so a beat never lists a group this node no longer leads. A proposal first wakes its
+//!   group and waits for a heartbeat quorum (`PartitionGroup::ensure_awake`): openraft refuses
+//!   writes on a leader whose lease ran out, as a quiesced leader's does.
+//! - When a leader's node dies or is cut off, its liveness beats stop, its followers' clocks go
+//!   stale, and rule 4 elects as before: fail-over keeps its bounds.
+//!
+//! A quiesced follower's openraft lease runs out (no heartbeats renew it), so openraft alone
+//! would grant a pre-vote to any candidate; the transport refuses pre-votes for a group whose
+//! leader's liveness beat listed it within the lease instead (`GroupClock::quiet_lease_runs`).
+//!
 //! "Last contact" is stamped by the transport ([`GroupClock::touch`]) when the group accepted
 //! an append-entries (heartbeats included) or a snapshot, i.e. one from the current leader, and
 //! when it granted a vote; and by the scheduler when it triggers an election or sees the group
@@ -40,10 +69,13 @@
 //!   again at its next deadline.
 //! - A group is scheduled from [`Scheduler::register`] until [`Scheduler::unregister`]; a
 //!   stale heap slot (the group was re-armed or removed) is skipped, never acted on.
+//! - A group is quiesced only on its leader; a liveness beat lists only groups the sender leads
+//!   quiesced, checked against the group's metrics just before the beat is built.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,7 +83,9 @@ use std::time::Duration;
 
 use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::metrics::RaftMetrics;
 use openraft::metrics::RaftServerMetrics;
+use openraft::Instant as _;
 use openraft::ServerState;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -60,6 +94,10 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::config::GroupTimings;
+use crate::transport::liveness::LivenessBeat;
+use crate::transport::liveness::QuietAnswer;
+use crate::transport::liveness::QuietGroup;
+use crate::transport::Router;
 use crate::types::NodeId;
 use crate::types::PartitionId;
 use crate::types::PartitionRaft;
@@ -68,6 +106,14 @@ use crate::types::PartitionTypes;
 /// How long a single-voter leader is left alone before it is looked at again.
 pub(crate) const ALONE_RECHECK: Duration = Duration::from_secs(30);
 
+/// How often a quiesced led group is looked at besides the liveness round (which re-checks
+/// every quiesced group every heartbeat interval anyway).
+pub(crate) const QUIESCED_RECHECK: Duration = Duration::from_secs(30);
+
+/// Consecutive heartbeat deadlines at which a led group must look idle (and unchanged) before
+/// it is quiesced.
+pub(crate) const QUIESCE_AFTER: u32 = 3;
+
 /// The last time a group heard from its leader (or granted a vote). Shared between the group's
 /// transport handler, which stamps it, and the scheduler, which reads it.
 #[derive(Debug)]
@@ -75,15 +121,73 @@ pub(crate) struct GroupClock {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last contact.
     last_contact_ms: AtomicU64,
+    /// The last contact was a liveness beat of the leader's node listing the group quiesced
+    /// (cleared by any append-entries, snapshot or vote for the group).
+    quiet: AtomicBool,
+    /// openraft's leader lease (`election_timeout_max`): how long after the last liveness beat
+    /// a quiesced follower refuses pre-votes.
+    lease: Duration,
+    /// On the leader: the scheduler holds the group quiesced (a proposal must wake it first,
+    /// see [`GroupWaker`]).
+    quiesced: AtomicBool,
+    /// On the leader of a quiesced group: per follower, when the last liveness beat it
+    /// confirmed (its state matched the group's) was sent. Stands in for openraft's heartbeat
+    /// acknowledgements, which a quiesced group does not get, in the ISR rule.
+    quiet_acks: Mutex<Vec<(NodeId, Instant)>>,
 }
 
 impl GroupClock {
-    /// A clock whose last contact is now.
-    pub(crate) fn new() -> Self {
+    /// A clock whose last contact is now; `lease` as in [`GroupClock::quiet_lease_runs`].
+    pub(crate) fn new(lease: Duration) -> Self {
         Self {
             epoch: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
+            quiet: AtomicBool::new(false),
+            lease,
+            quiesced: AtomicBool::new(false),
+            quiet_acks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether this node's scheduler holds the group quiesced (it leads it).
+    pub(crate) fn is_quiesced(&self) -> bool {
+        self.quiesced.load(Ordering::Relaxed)
+    }
+
+    /// Records that `follower` confirmed a liveness beat sent at `sent` listing the group.
+    pub(crate) fn record_quiet_ack(&self, follower: NodeId, sent: Instant) {
+        let mut acks = self.quiet_acks.lock();
+        match acks.iter_mut().find(|(id, _)| *id == follower) {
+            Some((_, t)) => *t = (*t).max(sent),
+            None => acks.push((follower, sent)),
+        }
+    }
+
+    /// How long ago the last liveness beat `follower` confirmed for the group was sent.
+    pub(crate) fn quiet_ack_age(&self, follower: NodeId) -> Option<Duration> {
+        self.quiet_acks
+            .lock()
+            .iter()
+            .find(|(id, _)| *id == follower)
+            .map(|(_, t)| t.elapsed())
+    }
+
+    /// Records a liveness beat of the leader's node that lists the group quiesced.
+    pub(crate) fn touch_quiet(&self) {
+        self.touch();
+        self.quiet.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that the group's leader sent it raft traffic (it is not quiesced, or woke).
+    pub(crate) fn wake(&self) {
+        self.quiet.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the group is quiesced under a leader whose node's liveness beat listed it within
+    /// the lease: the same window in which openraft's own lease (renewed by heartbeats, which
+    /// a quiesced group does not get) makes a follower refuse votes.
+    pub(crate) fn quiet_lease_runs(&self) -> bool {
+        self.quiet.load(Ordering::Relaxed) && self.last_contact().elapsed() < self.lease
     }
 
     /// Records contact from the group's leader (or a granted vote) now.
@@ -133,6 +237,9 @@ struct Entry {
     raft: PartitionRaft,
     clock: Arc<GroupClock>,
     server: WatchReceiverOf<PartitionTypes, RaftServerMetrics<PartitionTypes>>,
+    metrics: WatchReceiverOf<PartitionTypes, RaftMetrics<PartitionTypes>>,
+    /// Whether (and how long) the group has been idle, while this node leads it.
+    quiet: Quiet,
     /// The deadline this entry is armed for (a heap slot with another time is stale).
     due: Instant,
     /// Next heartbeat, while leader.
@@ -141,6 +248,44 @@ struct Entry {
     last_attempt: Option<Instant>,
     /// The current sample of the election timeout, `[min, max)`.
     timeout: Duration,
+}
+
+/// Where a led group stands towards quiescence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Quiet {
+    /// Heartbeating; `idle` consecutive heartbeat deadlines found it idle at `mark`.
+    Active { idle: u32, mark: Option<Mark> },
+    /// Quiesced at `mark`: no heartbeats, listed in liveness beats to `mark.followers`.
+    Quiesced(Mark),
+}
+
+impl Quiet {
+    const ACTIVE: Quiet = Quiet::Active {
+        idle: 0,
+        mark: None,
+    };
+}
+
+/// The state of an idle led group: term, last log index and the other members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mark {
+    term: u64,
+    last_index: Option<u64>,
+    /// Log index of the effective membership config (a change moves it).
+    membership: Option<u64>,
+    /// The other members (voters and learners), as of `membership`.
+    followers: Vec<NodeId>,
+}
+
+impl Mark {
+    /// Whether `m` (a leader's metrics) is still at this mark; allocates nothing.
+    fn holds(&self, m: &RaftMetrics<PartitionTypes>) -> bool {
+        m.state == ServerState::Leader
+            && m.running_state.is_ok()
+            && m.current_term == self.term
+            && m.last_log_index == self.last_index
+            && m.membership_config.log_id().as_ref().map(|l| l.index) == self.membership
+    }
 }
 
 /// What a group looks like right now, read from its server metrics.
@@ -180,6 +325,72 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// The group's mark if this node leads it and it is idle now (see the module docs): log
+    /// committed, applied and matched by every other member, each of which acknowledged a
+    /// message sent within `fresh`; one uniform membership config.
+    fn idle_mark(&self, me: NodeId, fresh: Duration) -> Option<Mark> {
+        let m = self.metrics.borrow_watched();
+        let mark = leading_mark(&m, me)?;
+        let last = mark.last_index;
+        if m.local_committed.as_ref().map(|l| l.index) != last
+            || m.last_applied.as_ref().map(|l| l.index) != last
+            || m.membership_config.membership().get_joint_config().len() != 1
+        {
+            return None;
+        }
+        let matched = m.replication.as_ref()?;
+        let acked = m.heartbeat.as_ref()?;
+        for f in &mark.followers {
+            if matched.get(f)?.as_ref().map(|l| l.index) != last {
+                return None;
+            }
+            let sent = acked.get(f)?.as_ref()?;
+            if sent.elapsed() > fresh {
+                return None;
+            }
+        }
+        Some(mark)
+    }
+
+    /// Whether the group is still as it was quiesced at `mark`.
+    fn still_quiet(&self, mark: &Mark) -> bool {
+        mark.holds(&self.metrics.borrow_watched())
+    }
+
+    /// Leaves the quiesced state (if in it); returns whether it was quiesced.
+    fn unquiesce(&mut self) -> bool {
+        let was = matches!(self.quiet, Quiet::Quiesced(_));
+        if was {
+            self.clock.quiesced.store(false, Ordering::Relaxed);
+            // Heartbeat replies (or a new leadership) take over the followers' acknowledgements.
+            self.clock.quiet_acks.lock().clear();
+        }
+        self.quiet = Quiet::ACTIVE;
+        was
+    }
+}
+
+/// Term, last log index and other members of a group this node leads (with a running raft).
+fn leading_mark(m: &RaftMetrics<PartitionTypes>, me: NodeId) -> Option<Mark> {
+    if m.state != ServerState::Leader || m.running_state.is_err() {
+        return None;
+    }
+    let followers: Vec<NodeId> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != me)
+        .collect();
+    Some(Mark {
+        term: m.current_term,
+        last_index: m.last_log_index,
+        membership: m.membership_config.log_id().as_ref().map(|l| l.index),
+        followers,
+    })
+}
+
 /// SplitMix64: enough randomness to spread election timeouts, no dependency.
 struct Rng(u64);
 
@@ -211,9 +422,37 @@ struct State {
 struct Shared {
     me: NodeId,
     timing: Timing,
+    /// Quiesce idle led groups (`RaftConfig::quiesce_partition_groups`).
+    quiesce: bool,
+    /// Sends liveness beats to peers.
+    router: Router,
     state: Mutex<State>,
     /// Wakes the task when a group is registered (its first deadline may be the earliest).
     wake: Notify,
+}
+
+/// Wakes one group from quiescence (see the module docs): the scheduler resumes its heartbeats
+/// at once. Held by the group, for proposals: openraft refuses writes on a leader whose lease
+/// (renewed by heartbeat acknowledgements, which a quiesced group does not get) has run out.
+#[derive(Clone)]
+pub(crate) struct GroupWaker {
+    shared: std::sync::Weak<Shared>,
+    id: PartitionId,
+}
+
+impl std::fmt::Debug for GroupWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWaker").field("id", &self.id).finish()
+    }
+}
+
+impl GroupWaker {
+    /// Wakes the group if it is quiesced (a no-op once the scheduler stopped).
+    pub(crate) fn wake(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.wake_groups(std::slice::from_ref(&self.id));
+        }
+    }
 }
 
 /// Handle on the node's scheduler task; dropping it stops the task.
@@ -246,8 +485,9 @@ fn round_up(t: Instant, base: Instant, res: Duration) -> Instant {
 }
 
 impl Scheduler {
-    /// Starts the scheduler task of node `me` (needs a tokio runtime).
-    pub(crate) fn start(me: NodeId, timing: Timing) -> Self {
+    /// Starts the scheduler task of node `me` (needs a tokio runtime); liveness beats go out
+    /// through `router`.
+    pub(crate) fn start(me: NodeId, timing: Timing, quiesce: bool, router: Router) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -256,6 +496,8 @@ impl Scheduler {
         let shared = Arc::new(Shared {
             me,
             timing,
+            quiesce,
+            router,
             state: Mutex::new(State {
                 entries: HashMap::new(),
                 heap: BinaryHeap::new(),
@@ -280,12 +522,15 @@ impl Scheduler {
                 self.shared.timing.election_max,
             );
             let server = raft.server_metrics();
+            let metrics = raft.metrics();
             st.entries.insert(
                 id.clone(),
                 Entry {
                     raft,
                     clock,
                     server,
+                    metrics,
+                    quiet: Quiet::ACTIVE,
                     due: now,
                     next_heartbeat: None,
                     last_attempt: None,
@@ -297,9 +542,28 @@ impl Scheduler {
         self.shared.wake.notify_one();
     }
 
+    /// The waker of group `id` (valid once it is registered).
+    pub(crate) fn waker(&self, id: PartitionId) -> GroupWaker {
+        GroupWaker {
+            shared: Arc::downgrade(&self.shared),
+            id,
+        }
+    }
+
     /// Stops scheduling a group.
     pub(crate) fn unregister(&self, id: &PartitionId) {
         self.shared.state.lock().entries.remove(id);
+    }
+
+    /// How many groups this node leads quiesced right now.
+    pub(crate) fn quiesced(&self) -> usize {
+        self.shared
+            .state
+            .lock()
+            .entries
+            .values()
+            .filter(|e| matches!(e.quiet, Quiet::Quiesced(_)))
+            .count()
     }
 
     /// Stops the task and forgets every group.
@@ -315,15 +579,19 @@ impl Scheduler {
 
 async fn run(shared: Arc<Shared>) {
     let origin = Instant::now();
+    let mut next_liveness = origin + shared.timing.heartbeat;
     loop {
         let next = shared.state.lock().heap.peek().map(|Reverse((t, _))| *t);
-        let sleep =
-            tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + ALONE_RECHECK));
+        let next = next.map_or(next_liveness, |t| t.min(next_liveness));
         tokio::select! {
-            _ = sleep => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = shared.wake.notified() => {}
         }
         let now = Instant::now();
+        if now >= next_liveness {
+            next_liveness = now + shared.timing.heartbeat;
+            shared.send_liveness(now);
+        }
         let actions = shared.poll(now, origin);
         if actions.is_empty() {
             continue;
@@ -352,6 +620,105 @@ async fn run(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    /// Builds and sends this round's liveness beats: to each peer, the groups this node leads
+    /// quiesced that it is a member of. A group found changed is woken instead of listed.
+    fn send_liveness(self: &Arc<Self>, now: Instant) {
+        type Listed = (Vec<QuietGroup>, Vec<Arc<GroupClock>>);
+        let mut beats: HashMap<NodeId, Listed> = HashMap::new();
+        let mut woke = false;
+        {
+            let mut st = self.state.lock();
+            let State { entries, heap, .. } = &mut *st;
+            for (id, e) in entries.iter_mut() {
+                let Quiet::Quiesced(mark) = &e.quiet else {
+                    continue;
+                };
+                if !e.still_quiet(mark) {
+                    e.unquiesce();
+                    e.next_heartbeat = Some(now);
+                    e.due = now;
+                    heap.push(Reverse((now, id.clone())));
+                    woke = true;
+                    continue;
+                }
+                for f in &mark.followers {
+                    let (groups, clocks) = beats.entry(*f).or_default();
+                    groups.push(QuietGroup {
+                        id: id.clone(),
+                        term: mark.term,
+                        last_index: mark.last_index,
+                    });
+                    clocks.push(e.clock.clone());
+                }
+            }
+        }
+        if woke {
+            self.wake.notify_one();
+        }
+        for (peer, (groups, clocks)) in beats {
+            let shared = self.clone();
+            let beat = LivenessBeat {
+                from: self.me,
+                groups,
+            };
+            // Answers that arrive late still count (beats overlap, each in its own task).
+            let ttl = self.timing.election_min;
+            tokio::spawn(async move {
+                let answers = match shared.router.liveness(peer, &beat, ttl).await {
+                    Ok(a) if a.len() == beat.groups.len() => a,
+                    Ok(a) => {
+                        let (got, sent) = (a.len(), beat.groups.len());
+                        debug!(
+                            node = shared.me,
+                            peer, got, sent, "malformed liveness reply"
+                        );
+                        return;
+                    }
+                    // The peer is down or cut off: its groups' elections are its business.
+                    Err(e) => {
+                        debug!(node = shared.me, peer, error = %e, "liveness beat failed");
+                        return;
+                    }
+                };
+                let mut wake = Vec::new();
+                for ((q, clock), a) in beat.groups.into_iter().zip(clocks).zip(answers) {
+                    match a {
+                        QuietAnswer::Follows => clock.record_quiet_ack(peer, now),
+                        QuietAnswer::Wake => wake.push(q.id),
+                        QuietAnswer::NotHosted => {}
+                    }
+                }
+                if !wake.is_empty() {
+                    shared.wake_groups(&wake);
+                }
+            });
+        }
+    }
+
+    /// Wakes quiesced groups a follower asked for: they heartbeat at once.
+    fn wake_groups(&self, ids: &[PartitionId]) {
+        let now = Instant::now();
+        let mut woke = false;
+        {
+            let mut st = self.state.lock();
+            let State { entries, heap, .. } = &mut *st;
+            for id in ids {
+                if let Some(e) = entries.get_mut(id) {
+                    if e.unquiesce() {
+                        debug!(node = self.me, group = %id, "follower asked to wake the group");
+                        e.next_heartbeat = Some(now);
+                        e.due = now;
+                        heap.push(Reverse((now, id.clone())));
+                        woke = true;
+                    }
+                }
+            }
+        }
+        if woke {
+            self.wake.notify_one();
+        }
+    }
+
     /// Evaluates every group due by `now`, re-arms it, and returns what to trigger.
     fn poll(&self, now: Instant, origin: Instant) -> Vec<(PartitionRaft, Action)> {
         let t = self.timing;
@@ -371,7 +738,7 @@ impl Shared {
             if e.due != due {
                 continue;
             }
-            let (action, next) = step(e, self.me, now, &t, rng);
+            let (action, next) = step(e, self.me, self.quiesce, now, &t, rng);
             if let Some(a) = action {
                 out.push((e.raft.clone(), a));
             }
@@ -387,20 +754,56 @@ impl Shared {
 fn step(
     e: &mut Entry,
     me: NodeId,
+    quiesce: bool,
     now: Instant,
     t: &Timing,
     rng: &mut Rng,
 ) -> (Option<Action>, Instant) {
     let v = e.view(me);
+    if v.state != ServerState::Leader {
+        e.unquiesce();
+    }
     match v.state {
         ServerState::Leader => {
             if !v.others {
                 e.next_heartbeat = None;
+                e.unquiesce();
                 return (None, now + ALONE_RECHECK);
+            }
+            if let Quiet::Quiesced(mark) = &e.quiet {
+                if e.still_quiet(mark) {
+                    // Every liveness round re-checks it (and wakes it if it changed).
+                    return (None, now + QUIESCED_RECHECK);
+                }
+                // Woken (a proposal, a new term or membership): beat at once.
+                e.unquiesce();
+                e.next_heartbeat = Some(now);
             }
             // A new leader replicates its first entry at once; the first beat can wait.
             let at = *e.next_heartbeat.get_or_insert(now + t.heartbeat);
             if now >= at {
+                if let Some(mark) = quiesce.then(|| e.idle_mark(me, t.election_min)).flatten() {
+                    let idle = match &e.quiet {
+                        Quiet::Active {
+                            idle,
+                            mark: Some(m),
+                        } if *m == mark => idle + 1,
+                        _ => 1,
+                    };
+                    if idle >= QUIESCE_AFTER {
+                        debug!(node = me, term = mark.term, "group quiesced");
+                        e.quiet = Quiet::Quiesced(mark);
+                        e.clock.quiesced.store(true, Ordering::Relaxed);
+                        e.next_heartbeat = None;
+                        return (None, now + t.heartbeat);
+                    }
+                    e.quiet = Quiet::Active {
+                        idle,
+                        mark: Some(mark),
+                    };
+                } else {
+                    e.quiet = Quiet::ACTIVE;
+                }
                 let next = now + t.heartbeat;
                 e.next_heartbeat = Some(next);
                 return (Some(Action::Heartbeat), next);
@@ -472,10 +875,15 @@ mod tests {
 
     #[test]
     fn clock_keeps_the_latest_contact() {
-        let c = GroupClock::new();
+        let c = GroupClock::new(Duration::from_secs(3));
+        assert!(!c.quiet_lease_runs());
         let first = c.last_contact();
         c.touch();
         assert!(c.last_contact() >= first);
+        c.touch_quiet();
+        assert!(c.quiet_lease_runs());
+        c.wake();
+        assert!(!c.quiet_lease_runs());
     }
 
     #[test]

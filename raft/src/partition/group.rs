@@ -15,8 +15,11 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::EntryPayload;
+use openraft::Instant as _;
+use openraft::ServerState;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
@@ -26,6 +29,8 @@ use crate::log::store::AppendHook;
 use crate::log::store::FlushHook;
 use crate::log::store::StoreHooks;
 use crate::scheduler::GroupClock;
+use crate::scheduler::GroupWaker;
+use crate::types::GroupId;
 use crate::types::NodeId;
 use crate::types::PartitionId;
 use crate::types::PartitionRaft;
@@ -114,6 +119,8 @@ pub(crate) struct PartitionGroup {
     /// Last contact from the group's leader: stamped by the transport, read by the node's
     /// [`Scheduler`](crate::scheduler::Scheduler) to decide when to elect.
     pub(crate) clock: Arc<GroupClock>,
+    /// Wakes the group from quiescence before a proposal (see [`PartitionGroup::ensure_awake`]).
+    pub(crate) waker: GroupWaker,
 }
 
 impl std::fmt::Debug for PartitionGroup {
@@ -128,5 +135,32 @@ impl PartitionGroup {
     /// The raft handle (for the transport).
     pub(crate) fn raft(&self) -> &PartitionRaft {
         &self.raft
+    }
+
+    /// Before a proposal: if this node holds the group quiesced, wakes it and waits (at most
+    /// one leader lease) until a quorum acknowledged a heartbeat again. openraft refuses writes
+    /// on a leader whose lease ran out, and a quiesced group's lease does (no heartbeats). A
+    /// timeout is not an error here: the proposal then fails or retries as any proposal to a
+    /// leader without a quorum does.
+    pub(crate) async fn ensure_awake(&self) {
+        if !self.clock.is_quiesced() {
+            return;
+        }
+        self.waker.wake();
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let gid = GroupId::Partition(self.id.clone());
+        let _ = crate::wait::until(
+            &self.raft,
+            &gid,
+            "leader lease after a wake-up",
+            lease,
+            |m| {
+                m.state != ServerState::Leader
+                    || m.last_quorum_acked
+                        .as_ref()
+                        .is_some_and(|t| t.elapsed() < lease)
+            },
+        )
+        .await;
     }
 }

@@ -27,8 +27,10 @@
 //! elections and no extra task runs per group.
 //!
 //! ISR: [`PartitionReplica::replication_progress`] (leader only) exposes openraft's
-//! per-follower matched index and acknowledgement times; [`PartitionReplica::in_sync_replicas`]
-//! applies the rule of [`super::isr`].
+//! per-follower matched index and acknowledgement times (for a quiesced group, the follower's
+//! confirmations of this node's liveness beats count as acknowledgements, see
+//! `crate::scheduler`); [`PartitionReplica::in_sync_replicas`] applies the rule of
+//! [`super::isr`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,6 +272,7 @@ impl PartitionReplica {
         let gid2 = gid.clone();
         let retry_until = tokio::time::Instant::now() + Duration::from_secs(5);
         tokio::spawn(async move {
+            group.ensure_awake().await;
             let r = loop {
                 let r = match group.raft.client_write(req.clone()).await {
                     Ok(resp) => match resp.data {
@@ -328,6 +331,7 @@ impl PartitionReplica {
             base_offset: None,
         };
         let (responder, resp_rx) = ProgressResponder::<PartitionTypes, _>::complete_only();
+        self.group.ensure_awake().await;
         if let Err(e) = self
             .group
             .raft
@@ -442,10 +446,17 @@ impl PartitionReplica {
             .iter()
             .filter(|(id, _)| **id != me)
             .map(|(id, matched)| {
-                let ack_age = heartbeat
+                let raft_ack = heartbeat
                     .and_then(|h| h.get(id))
                     .and_then(|t| t.as_ref())
                     .map(|t| t.elapsed());
+                // A quiesced group gets no heartbeat replies; the follower's confirmations of
+                // the leader node's liveness beats stand in for them (`crate::scheduler`).
+                let quiet_ack = self.group.clock.quiet_ack_age(*id);
+                let ack_age = match (raft_ack, quiet_ack) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 (
                     *id,
                     FollowerProgress {

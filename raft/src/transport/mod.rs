@@ -12,10 +12,13 @@
 //! - [`faults`]: tests only: blocked, dropped and delayed RPCs between chosen nodes.
 //! - [`coalesce`]: heartbeats (append-entries without entries) of many groups to one peer in one
 //!   RPC.
+//! - [`liveness`]: one beat per peer listing the groups this node leads quiesced (in place of
+//!   their heartbeats).
 
 pub(crate) mod coalesce;
 pub mod faults;
 pub(crate) mod group_kind;
+pub(crate) mod liveness;
 pub(crate) mod network;
 pub(crate) mod registry;
 pub(crate) mod router;

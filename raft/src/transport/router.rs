@@ -44,6 +44,8 @@ use super::coalesce;
 use super::coalesce::Beat;
 use super::faults::NetworkFaults;
 use super::group_kind::GroupKind;
+use super::liveness::LivenessBeat;
+use super::liveness::QuietAnswer;
 use super::wire;
 use crate::codec;
 use crate::types::GroupId;
@@ -245,6 +247,47 @@ impl Router {
             .get(&id)
             .map(|(_, c)| c.clone())
             .ok_or_else(|| SendError::Unreachable(format!("no address for node {id}")))
+    }
+
+    /// Sends a liveness beat (`super::liveness`) to `target`; returns its answer per group.
+    pub(crate) async fn liveness(
+        &self,
+        target: NodeId,
+        beat: &LivenessBeat,
+        ttl: Duration,
+    ) -> Result<Vec<QuietAnswer>, SendError> {
+        self.fault_gate(target).await?;
+        let payload = codec::encode(beat).map_err(|e| SendError::Network(e.to_string()))?;
+        let mut client = self.client(target)?;
+        let request = pb::RaftRequest {
+            group: None,
+            payload: payload.into(),
+        };
+        let reply = match tokio::time::timeout(ttl, client.liveness(request)).await {
+            Err(_) => {
+                return Err(SendError::Unreachable(format!(
+                    "liveness beat to node {target} timed out"
+                )))
+            }
+            Ok(Err(status)) => {
+                return Err(SendError::Unreachable(format!(
+                    "liveness beat to node {target}: {status}"
+                )))
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        self.fault_reply(target)?;
+        match reply.result {
+            Some(pb::raft_reply::Result::Payload(bytes)) => codec::decode("liveness reply", &bytes)
+                .map_err(|e| SendError::Network(e.to_string())),
+            Some(pb::raft_reply::Result::Failure(f)) => Err(SendError::Unreachable(format!(
+                "node {target} liveness: {} ({})",
+                f.message, f.code
+            ))),
+            None => Err(SendError::Network(format!(
+                "empty liveness reply from node {target}"
+            ))),
+        }
     }
 
     /// Sends one encoded request and decodes the reply.

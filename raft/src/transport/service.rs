@@ -11,6 +11,12 @@
 //!   voted for: when an append-entries or snapshot arrives under a committed vote not older
 //!   than the local one, when the group accepted one (the reply carries no higher vote), and
 //!   when it granted a vote.
+//! - A liveness beat (`super::liveness`) stamps the clock of each listed group that follows
+//!   the sender in that term, and marks it quiet if its log matches too; any append-entries,
+//!   snapshot or vote for a group clears the mark. While a group is quiet and the beat is
+//!   younger than openraft's lease, pre-votes for it are refused (a quiesced follower's
+//!   openraft lease has run out; this stands in for it). A pre-vote for a group this node leads
+//!   quiesced is refused too, and wakes the group: a member lost contact, heartbeats resume.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -38,6 +44,10 @@ use super::coalesce::answer_within;
 use super::coalesce::BeatBatch;
 use super::coalesce::BeatReply;
 use super::group_kind::GroupKind;
+use super::liveness;
+use super::liveness::LivenessBeat;
+use super::liveness::QuietAnswer;
+use super::liveness::Standing;
 use super::registry::GroupRegistry;
 use super::wire;
 use crate::codec;
@@ -119,7 +129,25 @@ impl TransportService {
                 None => wire::failure(Code::GroupNotFound, format!("group {group} not hosted")),
             },
             GroupId::Partition(p) => match self.registry.partition(p) {
+                Some(g) if matches!(rpc, Rpc::PreVote) && g.clock.is_quiesced() => {
+                    // This node leads the group quiesced and a member is looking for a leader:
+                    // heartbeats resume (which reach it if it can be reached at all).
+                    g.waker.wake();
+                    wire::failure(
+                        Code::Unknown,
+                        format!("group {group} is led from here; heartbeats resume"),
+                    )
+                }
+                Some(g) if matches!(rpc, Rpc::PreVote) && g.clock.quiet_lease_runs() => {
+                    wire::failure(
+                        Code::Unknown,
+                        format!("group {group} is quiesced under a live leader"),
+                    )
+                }
                 Some(g) => {
+                    if matches!(rpc, Rpc::Append | Rpc::Snapshot | Rpc::Vote) {
+                        g.clock.wake();
+                    }
                     let clock = g.clock.clone();
                     let touch = move || clock.touch();
                     let (reply, contact) = handle(g.raft(), rpc, payload, touch).await;
@@ -130,6 +158,38 @@ impl TransportService {
                 }
                 None => wire::failure(Code::GroupNotFound, format!("group {group} not hosted")),
             },
+        }
+    }
+}
+
+impl TransportService {
+    /// Handles a liveness beat (see `super::liveness`): one answer per listed group.
+    fn liveness_beat(&self, payload: &[u8]) -> pb::RaftReply {
+        let beat = match codec::decode::<LivenessBeat>("liveness beat", payload) {
+            Ok(b) => b,
+            Err(e) => return wire::failure(Code::BadRequest, e.to_string()),
+        };
+        let answers: Vec<QuietAnswer> = beat
+            .groups
+            .iter()
+            .map(|q| match self.registry.partition(&q.id) {
+                None => QuietAnswer::NotHosted,
+                Some(g) => match liveness::standing(&g, beat.from, q) {
+                    Standing::Matches => {
+                        g.clock.touch_quiet();
+                        QuietAnswer::Follows
+                    }
+                    Standing::Lags => {
+                        g.clock.touch();
+                        QuietAnswer::Wake
+                    }
+                    Standing::Differs => QuietAnswer::Wake,
+                },
+            })
+            .collect();
+        match codec::encode(&answers) {
+            Ok(bytes) => wire::success(bytes),
+            Err(e) => wire::failure(Code::Unknown, e.to_string()),
         }
     }
 }
@@ -267,5 +327,12 @@ impl RaftTransport for TransportService {
         Ok(Response::new(
             self.dispatch(req.into_inner(), Rpc::TransferLeader).await,
         ))
+    }
+
+    async fn liveness(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        Ok(Response::new(self.liveness_beat(&req.into_inner().payload)))
     }
 }

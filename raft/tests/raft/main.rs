@@ -8,5 +8,6 @@ mod metadata_cluster;
 mod network_partitions;
 mod partition_cluster;
 mod power_loss;
+mod quiescence;
 mod storage_faults;
 mod storage_suite;

@@ -163,6 +163,61 @@ async fn a_leader_cut_off_from_the_majority_cannot_commit() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiesced_leader_cut_off_is_replaced_and_nothing_committed_is_lost() {
+    let faults = NetworkFaults::new(3);
+    let c = Cluster::start_faulty(3, fast_timings(), faults.clone()).await;
+    let p = PartitionId::new("quiet-partitioned", 0);
+    let replicas = c.create_partition(&p).await;
+    let old = partition_leader(&replicas, T).await;
+    let old_id = old.group_node();
+    let mut acked = Acked::new();
+    for i in 0..3 {
+        let v = format!("before-{i}");
+        let o = old.append(batch(&v), 1, T).await.expect("append before");
+        acked.insert(o.base_offset, v);
+    }
+    // Idle: the leader quiesces the group (no more heartbeats, only liveness beats).
+    let deadline = Instant::now() + T;
+    while c.node(old_id).quiesced_partition_groups() != 1 {
+        assert!(Instant::now() < deadline, "the group did not quiesce");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old_term = old.term();
+    let majority: Vec<NodeId> = (1..=3).filter(|n| *n != old_id).collect();
+    faults.partition(&[old_id], &majority);
+
+    // The majority stops getting the old leader's liveness beats and elects a new leader.
+    let deadline = Instant::now() + T;
+    let new = loop {
+        if let Some(r) = replicas
+            .iter()
+            .find(|r| r.group_node() != old_id && r.is_leader())
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no leader on the majority side");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(new.term() > old_term);
+    for i in 0..3 {
+        let v = format!("majority-{i}");
+        let o = new
+            .append(batch(&v), 1, T)
+            .await
+            .expect("append on the majority");
+        acked.insert(o.base_offset, v);
+    }
+    faults.heal();
+    converged(&replicas, &acked, "after healing").await;
+    let deadline = Instant::now() + T;
+    while old.is_leader() || old.leader().is_none() {
+        assert!(Instant::now() < deadline, "the old leader did not rejoin");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.shutdown().await;
+}
+
 /// SplitMix64: the test's own seeded generator.
 struct Rng(u64);
 

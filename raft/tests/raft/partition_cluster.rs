@@ -385,7 +385,11 @@ async fn many_idle_groups_on_three_nodes_all_elect_leaders_and_stay_stable() {
         .map(|(g, (t, l))| format!("{} (was term {t} leader {l:?})", describe(g)))
         .collect();
     for id in 1..=3 {
-        eprintln!("node {id} io: {:?}", c.node(id).io_stats());
+        eprintln!(
+            "node {id} io: {:?}; leads {} groups quiesced",
+            c.node(id).io_stats(),
+            c.node(id).quiesced_partition_groups()
+        );
     }
     eprintln!(
         "all {groups} groups led after {elected:?}; {} changed leader or term over 8 s",
