@@ -14,6 +14,8 @@
 #   SYSTEMS            space-separated subset of: embedded-sync embedded-lazy nats-sync
 #                      nats-lazy cluster3-sync jetstream liftbridge (default: all)
 #   WORKLOADS          comma-separated subset of sync,pipelined,consume,e2e (default: all)
+#   CONSUME_ROUNDS     reads of the preloaded partition per consume workload; the median
+#                      round is reported (default 1)
 #   RESULTS_NAME       output base name in benches/results (default: latest; quick for QUICK=1)
 #   KEEP=1             keep the temporary directory (logs, data) for inspection
 #   SKIP_BUILD=1       use the release binaries already in $CARGO_TARGET_DIR
@@ -193,7 +195,7 @@ ensure_nats() {
 }
 
 LOADGEN_ARGS=(--workloads "${WORKLOADS:-sync,pipelined,consume,e2e}" --sync-messages "$SYNC_MESSAGES" --shapes "$SHAPES" --pipelined-secs "$PIPELINED_SECS"
-  --consume-messages "$CONSUME_MESSAGES" --e2e-rate "$E2E_RATE" --e2e-secs "$E2E_SECS")
+  --consume-messages "$CONSUME_MESSAGES" --consume-rounds "${CONSUME_ROUNDS:-1}" --e2e-rate "$E2E_RATE" --e2e-secs "$E2E_SECS")
 FAILED=()
 loadgen_run() { # SYSTEM loadgen-args...
   local system=$1; shift

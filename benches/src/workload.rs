@@ -6,7 +6,8 @@
 //!   for a fixed time. Throughput counts acked messages over the time until the last ack;
 //!   latency is send-to-ack of every message.
 //! - [`consume`]: preload N messages (4 publishers × 1024 in flight, not measured), then read
-//!   them from the earliest offset; the clock runs from subscribing to the N-th message.
+//!   them from the earliest offset; the clock runs from subscribing to the N-th message. With
+//!   several rounds the round of median throughput is reported.
 //! - [`end_to_end`]: a subscriber for new messages, then one publisher at a steady rate for a
 //!   fixed time; each payload carries its send time (nanoseconds since the run's epoch, the
 //!   first 8 bytes, little-endian) and latency is send-to-receive in the same process.
@@ -263,12 +264,15 @@ pub async fn pipelined(
     .await
 }
 
-/// Preloads `messages` and reads them back from the earliest offset.
+/// Preloads `messages` and reads them back from the earliest offset, `rounds` times (each a
+/// fresh subscription; at least once). The result is the round with the median throughput,
+/// so one disturbed round on a shared machine does not decide the figure.
 pub async fn consume(
     target: &Target,
     system: &str,
     size: usize,
     messages: u64,
+    rounds: u32,
 ) -> Result<Measurement> {
     on_fresh_stream(target, "consume", size, |name| async move {
         let budget = Arc::new(AtomicU64::new(messages));
@@ -295,29 +299,42 @@ pub async fn consume(
             "  preloaded {stored} messages in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
-        let start = Instant::now();
-        let mut sub = target.subscribe(&name, From::Earliest).await?;
-        let mut got = 0u64;
-        while got < stored {
-            match sub.next().await {
-                Some(Ok(_)) => got += 1,
-                Some(Err(e)) => return Err(e),
-                None => {
-                    return Err(BenchError::Other(format!(
-                        "subscription ended after {got} of {stored} messages"
-                    )))
+        let mut results = Vec::new();
+        for round in 0..rounds.max(1) {
+            let start = Instant::now();
+            let mut sub = target.subscribe(&name, From::Earliest).await?;
+            let mut got = 0u64;
+            while got < stored {
+                match sub.next().await {
+                    Some(Ok(_)) => got += 1,
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        return Err(BenchError::Other(format!(
+                            "subscription ended after {got} of {stored} messages"
+                        )))
+                    }
                 }
             }
+            let secs = start.elapsed().as_secs_f64();
+            drop(sub);
+            if rounds > 1 {
+                eprintln!(
+                    "  round {round}: {:.0} msgs/s",
+                    got as f64 / secs.max(f64::EPSILON)
+                );
+            }
+            results.push(Measurement::new(
+                system,
+                "consume",
+                size,
+                got,
+                secs,
+                &new_histogram(),
+            ));
         }
-        let secs = start.elapsed().as_secs_f64();
-        Ok(Measurement::new(
-            system,
-            "consume",
-            size,
-            got,
-            secs,
-            &new_histogram(),
-        ))
+        results.sort_by(|a, b| a.msgs_per_sec.total_cmp(&b.msgs_per_sec));
+        let median = results.len() / 2;
+        Ok(results.swap_remove(median))
     })
     .await
 }

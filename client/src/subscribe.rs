@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use drawbridge_proto::api;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -44,8 +44,11 @@ use crate::error::{lost_connection, Call, Error, Result};
 use crate::message::Message;
 use crate::options::{StartAt, StopAt, SubscribeOptions};
 
-/// Records buffered between the subscription's task and its consumer.
-const BUFFER: usize = 128;
+/// Chunks buffered between the subscription's task and its consumer.
+const BUFFER: usize = 8;
+/// Most records handed over in one chunk: the frames already received and decoded together,
+/// so the task and the consumer meet once per chunk rather than once per record.
+const CHUNK: usize = 256;
 /// Resubscription rounds after one loss of the server (module invariant 3).
 const MAX_RESUBSCRIBE_ROUNDS: u32 = 32;
 
@@ -85,7 +88,7 @@ impl EndReason {
 /// What the task sends to the consumer.
 #[derive(Debug)]
 enum Item {
-    Msg(Message),
+    Msgs(Vec<Message>),
     Fail(Error),
     End(EndReason),
 }
@@ -115,6 +118,8 @@ enum Item {
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<Item>,
+    /// Records of the last chunk not yet yielded.
+    buf: std::vec::IntoIter<Message>,
     end: Option<EndReason>,
     finished: bool,
     task: Option<JoinHandle<()>>,
@@ -151,31 +156,36 @@ impl Stream for Subscription {
     type Item = Result<Message>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
+        loop {
+            if let Some(m) = self.buf.next() {
+                return Poll::Ready(Some(Ok(m)));
+            }
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            let item = match self.rx.poll_recv(cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => return Poll::Pending,
+            };
+            match item {
+                Some(Item::Msgs(chunk)) => self.buf = chunk.into_iter(),
+                Some(Item::Fail(e)) => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Some(Item::End(reason)) => {
+                    self.end = Some(reason);
+                    self.finished = true;
+                    return Poll::Ready(None);
+                }
+                None => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Err(Error::Protocol(
+                        "the subscription task stopped unexpectedly".into(),
+                    ))));
+                }
+            }
         }
-        let item = match self.rx.poll_recv(cx) {
-            Poll::Ready(item) => item,
-            Poll::Pending => return Poll::Pending,
-        };
-        Poll::Ready(match item {
-            Some(Item::Msg(m)) => Some(Ok(m)),
-            Some(Item::Fail(e)) => {
-                self.finished = true;
-                Some(Err(e))
-            }
-            Some(Item::End(reason)) => {
-                self.end = Some(reason);
-                self.finished = true;
-                None
-            }
-            None => {
-                self.finished = true;
-                Some(Err(Error::Protocol(
-                    "the subscription task stopped unexpectedly".into(),
-                )))
-            }
-        })
     }
 }
 
@@ -189,6 +199,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(BUFFER);
         let mut sub = Subscription {
             rx,
+            buf: Vec::new().into_iter(),
             end: None,
             finished: false,
             task: None,
@@ -301,6 +312,16 @@ struct LiveCall {
     first: Option<api::Message>,
 }
 
+/// Outcome of handing frames to the consumer.
+enum Delivered {
+    /// Every record was handed over (or dropped as a duplicate).
+    All,
+    /// The records before the call's error were handed over; the error follows.
+    Failed(Status),
+    /// The consumer is gone.
+    Gone,
+}
+
 /// What to do after the call failed.
 enum Next {
     Resume(Box<LiveCall>),
@@ -319,9 +340,10 @@ struct Pump {
 
 impl Pump {
     async fn run(mut self, live: LiveCall) {
-        let LiveCall { mut calls, first } = live;
+        let LiveCall { calls, first } = live;
+        let mut calls = calls.ready_chunks(CHUNK);
         if let Some(m) = first {
-            if !self.deliver(m).await {
+            if !matches!(self.deliver(vec![Ok(m)]).await, Delivered::All) {
                 return;
             }
         }
@@ -329,20 +351,16 @@ impl Pump {
         loop {
             let next = tokio::select! {
                 _ = tx.closed() => return,
-                next = calls.message() => next,
+                next = calls.next() => next,
             };
-            let status = match next {
-                Ok(Some(m)) => {
-                    if !self.deliver(m).await {
-                        return;
-                    }
-                    continue;
-                }
-                Ok(None) => {
-                    let _ = tx.send(Item::End(EndReason::ServerClosed)).await;
-                    return;
-                }
-                Err(status) => lost_connection(status),
+            let Some(frames) = next else {
+                let _ = tx.send(Item::End(EndReason::ServerClosed)).await;
+                return;
+            };
+            let status = match self.deliver(frames).await {
+                Delivered::Gone => return,
+                Delivered::All => continue,
+                Delivered::Failed(status) => lost_connection(status),
             };
             let next = tokio::select! {
                 _ = tx.closed() => return,
@@ -354,9 +372,9 @@ impl Pump {
                         calls: new_calls,
                         first,
                     } = *live;
-                    calls = new_calls;
+                    calls = new_calls.ready_chunks(CHUNK);
                     if let Some(m) = first {
-                        if !self.deliver(m).await {
+                        if !matches!(self.deliver(vec![Ok(m)]).await, Delivered::All) {
                             return;
                         }
                     }
@@ -369,29 +387,44 @@ impl Pump {
         }
     }
 
-    /// Hands a record to the consumer, dropping duplicates (module invariant 2). False when
-    /// the consumer is gone.
-    async fn deliver(&mut self, m: api::Message) -> bool {
-        if let Some(last) = self.last {
-            let seen = if self.options.reverse {
-                m.offset >= last
-            } else {
-                m.offset <= last
+    /// Hands the records of `frames` (up to its first error) to the consumer as one chunk,
+    /// dropping duplicates (module invariant 2).
+    async fn deliver(&mut self, frames: Vec<Result<api::Message, Status>>) -> Delivered {
+        let mut chunk = Vec::with_capacity(frames.len());
+        let mut failed = None;
+        for frame in frames {
+            let m = match frame {
+                Ok(m) => m,
+                Err(status) => {
+                    failed = Some(status);
+                    break;
+                }
             };
-            if seen {
-                tracing::debug!(
-                    offset = m.offset,
-                    last,
-                    "dropping a record already delivered"
-                );
-                return true;
+            if let Some(last) = self.last {
+                let seen = if self.options.reverse {
+                    m.offset >= last
+                } else {
+                    m.offset <= last
+                };
+                if seen {
+                    tracing::debug!(
+                        offset = m.offset,
+                        last,
+                        "dropping a record already delivered"
+                    );
+                    continue;
+                }
             }
+            self.last = Some(m.offset);
+            chunk.push(Message::from_proto(m));
         }
-        self.last = Some(m.offset);
-        self.tx
-            .send(Item::Msg(Message::from_proto(m)))
-            .await
-            .is_ok()
+        if !chunk.is_empty() && self.tx.send(Item::Msgs(chunk)).await.is_err() {
+            return Delivered::Gone;
+        }
+        match failed {
+            Some(status) => Delivered::Failed(status),
+            None => Delivered::All,
+        }
     }
 
     async fn after_error(&mut self, status: Status) -> Next {

@@ -134,6 +134,9 @@ struct BenchArgs {
     /// Messages preloaded and then consumed from the earliest offset.
     #[arg(long, default_value_t = 1_000_000)]
     consume_messages: u64,
+    /// Times the preloaded partition is read from the earliest offset; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    consume_rounds: u32,
     /// Steady publish rate of the end-to-end workload, msgs/s.
     #[arg(long, default_value_t = 5000)]
     e2e_rate: u64,
@@ -239,7 +242,14 @@ async fn bench(args: BenchArgs) -> Result<bool> {
                         }
                         (Workload::Pipelined, None) => unreachable!("pipelined runs carry a shape"),
                         (Workload::Consume, _) => {
-                            workload::consume(&target, system, size, args.consume_messages).await
+                            workload::consume(
+                                &target,
+                                system,
+                                size,
+                                args.consume_messages,
+                                args.consume_rounds,
+                            )
+                            .await
                         }
                         (Workload::E2e, _) => {
                             let d = secs(args.e2e_secs)?;
