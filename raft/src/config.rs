@@ -198,11 +198,14 @@ pub struct RaftConfig {
     #[serde(default = "yes")]
     pub coalesce_heartbeats: bool,
     /// Quiesce idle partition groups: their leader stops heartbeating them and sends one
-    /// liveness beat per peer instead (`crate::scheduler`, "Quiescence"). On by default; kept so
-    /// benchmarks can measure both in one run. Without the node scheduler (with
+    /// liveness beat per peer instead (`crate::scheduler`, "Quiescence"). It cuts the idle cost
+    /// of replicated groups about 8x, but it is **off by default**: with it on, the process
+    /// fault test that SIGSTOPs a busy partition leader saw publishes acknowledged again about
+    /// 9 s after the stop instead of 6 s, and the cause is not understood yet. The in-process
+    /// raft tests and the idle-cost benchmark turn it on. Without the node scheduler (with
     /// `partition_openraft_tick`) nothing is quiesced.
     #[doc(hidden)]
-    #[serde(default = "yes")]
+    #[serde(default)]
     pub quiesce_partition_groups: bool,
     /// Tests only: faults every raft RPC of this node passes through
     /// ([`crate::testing::NetworkFaults`]). `None` in production.
@@ -261,7 +264,7 @@ impl RaftConfig {
             partition_log_sync: LogSyncPolicy::Always,
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
-            quiesce_partition_groups: true,
+            quiesce_partition_groups: false,
             network_faults: None,
         }
     }

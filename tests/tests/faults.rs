@@ -937,7 +937,14 @@ async fn a_resumed_deposed_leader_neither_appends_nor_acks() -> TestResult {
         return Err("SIGSTOP failed".into());
     }
     let before = w.acked();
+    let stopped_at = Instant::now();
+    // At least PAUSE (past the election timeout), then until the new leader has acknowledged
+    // something (≤ 20 s in all): the pipelined publishers first wait out the 5 s ack timeouts
+    // of what they had sent to the stopped leader, so the first ack can land just after PAUSE.
     tokio::time::sleep(PAUSE).await;
+    while w.acked() == before && stopped_at.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let during = w.acked() - before;
     let md = cl.client.fetch_metadata().await?;
     let recorded = md
@@ -945,8 +952,9 @@ async fn a_resumed_deposed_leader_neither_appends_nor_acks() -> TestResult {
         .and_then(|s| s.partitions.get(&0))
         .and_then(|p| p.leader.clone());
     eprintln!(
-        "faults: deposed: {during} acks while {} was stopped; metadata names {recorded:?}",
-        cl.specs[leader].id
+        "faults: deposed: {during} acks while {} was stopped ({:?}); metadata names {recorded:?}",
+        cl.specs[leader].id,
+        stopped_at.elapsed()
     );
     let paused = cl.servers[leader].as_ref().ok_or("leader not running")?;
     if !paused.signal(libc::SIGCONT) {

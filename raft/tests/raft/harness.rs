@@ -64,6 +64,8 @@ fn config(
     c.metadata = fast_timings();
     c.partition = partition.clone();
     c.max_metadata_voters = 3;
+    // Off by default in the server (see the field's docs); these tests exercise it.
+    c.quiesce_partition_groups = true;
     if let Some(t) = tweak {
         t(id, &mut c);
     }
