@@ -13,6 +13,9 @@
 //!   when its partition's leader changes (or the partition disappears) before the ack, e.g. the
 //!   leader died — by an `asyncError` (INTERNAL, the code Liftbridge uses for "no leader to
 //!   serve this", or NOT_FOUND) shortly after this node sees the change ([`super::inflight`]).
+//! - When this node leads the target partition and its disk is below `storage.min.free.bytes`,
+//!   nothing is published: unary Publish answers ResourceExhausted, PublishAsync an `asyncError`
+//!   INTERNAL ([`crate::diskspace`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::inflight::{AckFate, Failed, InFlight, Leadership};
 use crate::context::{Ctx, Node};
@@ -99,6 +102,29 @@ fn target_subject(ctx: &Node, r: &PublishRequest) -> Result<String> {
     Ok(names::partition_subject(&s.subject, r.partition))
 }
 
+/// Refuses a publish up front when this node leads the target partition and its data
+/// directory is below `storage.min.free.bytes` ([`crate::diskspace`]); other nodes' leaders
+/// refuse in their ingest (an UNKNOWN error ack).
+fn leader_disk_check(ctx: &Node, r: &PublishRequest) -> Result<()> {
+    let leads = ctx
+        .partitions
+        .get(&PartitionId::new(&r.stream, r.partition))
+        .is_some_and(|l| l.replica.is_leader());
+    if !leads {
+        return Ok(());
+    }
+    ctx.stats
+        .disk
+        .check(&ctx.config.data_dir, ctx.config.storage.min_free_bytes)
+        .map_err(|full| {
+            if ctx.stats.disk.count_rejected(1) {
+                warn!(stream = %r.stream, partition = r.partition, error = %full,
+                    refused = ctx.stats.disk.rejected(), "disk full: publish refused");
+            }
+            ServerError::ResourceExhausted(full.to_string())
+        })
+}
+
 fn envelope_of(r: &PublishRequest, subject: &str, inbox: &str) -> bytes::Bytes {
     envelope::encode_publish(&Message {
         offset: r.expected_offset,
@@ -165,6 +191,7 @@ pub async fn publish(
     deadline: Option<Duration>,
 ) -> Result<PublishResponse> {
     let subject = target_subject(ctx, &r)?;
+    leader_disk_check(ctx, &r)?;
     let inbox = if r.ack_inbox.is_empty() {
         new_inbox(ctx)
     } else {
@@ -231,7 +258,10 @@ fn async_code(e: &ServerError) -> publish_async_error::Code {
         ServerError::FailedPrecondition(_) => Code::Readonly,
         // The enum has no UNAVAILABLE; INTERNAL is Liftbridge's class for "no leader to serve
         // this right now" (e.g. "no known metadata leader"), which clients retry.
-        ServerError::Internal(_) | ServerError::Unavailable(_) => Code::Internal,
+        // A full disk on the leader is transient too (it recovers once space is freed).
+        ServerError::Internal(_)
+        | ServerError::Unavailable(_)
+        | ServerError::ResourceExhausted(_) => Code::Internal,
         _ => Code::Unknown,
     }
 }
@@ -429,7 +459,9 @@ pub async fn publish_async(
                 }
                 None => break,
             };
-            let subject = match target_subject(&ctx, &req) {
+            let subject = match target_subject(&ctx, &req)
+                .and_then(|s| leader_disk_check(&ctx, &req).map(|()| s))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     let resp =
