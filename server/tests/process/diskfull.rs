@@ -3,7 +3,8 @@
 //! that namespace (`nsenter -t PID -m`).
 //!
 //! - `refuses_below_the_margin_and_recovers`: below `storage.min.free.bytes` publishes are
-//!   refused with a clear error (ResourceExhausted, PublishAsync INTERNAL asyncError), reads
+//!   refused with a clear error (ResourceExhausted, PublishAsync INTERNAL asyncError, an
+//!   UNKNOWN error ack for what reaches the leader's ingest via PublishToSubject), reads
 //!   keep working, publishes succeed again once space is freed, and every acked message is read
 //!   back exactly once.
 //! - `enospc_in_the_append_is_survived`: with the margin at 0 the log append itself hits
@@ -250,6 +251,24 @@ async fn refuses_below_the_margin_and_recovers() -> TestResult {
     assert!(e.message.contains("disk space"), "{e:?}");
     drop(resp);
 
+    // PublishToSubject skips the API check: the leader's ingest refuses it with an UNKNOWN
+    // error ack (as for messages published straight to NATS).
+    attempted += 1;
+    let mut r = tonic::Request::new(PublishToSubjectRequest {
+        subject: "df".into(),
+        value: Bytes::from_static(b"subject-during"),
+        ack_policy: AckPolicy::Leader as i32,
+        ..Default::default()
+    });
+    r.set_timeout(Duration::from_secs(5));
+    let ack = c
+        .publish_to_subject(r)
+        .await?
+        .into_inner()
+        .ack
+        .ok_or("PublishToSubject without an ack")?;
+    assert_eq!(ack.ack_error, ack::Error::Unknown as i32, "{ack:?}");
+
     // The server keeps serving reads.
     let md = c
         .fetch_metadata(FetchMetadataRequest {
@@ -264,7 +283,7 @@ async fn refuses_below_the_margin_and_recovers() -> TestResult {
     drop(sub);
     let text = metrics(metrics_port).await?;
     assert!(
-        counter(&text, "drawbridge_disk_full_rejections_total") >= 2,
+        counter(&text, "drawbridge_disk_full_rejections_total") >= 3,
         "{text}"
     );
 
