@@ -9,7 +9,8 @@
 //!   back exactly once.
 //! - `enospc_in_the_append_is_survived`: with the margin at 0 the log append itself hits
 //!   ENOSPC and openraft stops the partition group; once space is freed the supervisor reopens
-//!   it from disk and publishes succeed again, nothing acked lost or duplicated.
+//!   it from disk and publishes succeed again, nothing acked lost or duplicated; a subscription
+//!   open across the reopen ends with Unavailable.
 //!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise.
@@ -322,6 +323,10 @@ async fn enospc_in_the_append_is_survived() -> TestResult {
         acked.insert(v.clone(), publish(&mut c, "df", &v).await?);
     }
 
+    // A subscription open across the reopen ends with Unavailable (subscribe again), not
+    // with NotFound (which clients read as "stream deleted").
+    let mut sub = subscribe(&mut c, sub_req("df", 0, StartPosition::Earliest)).await?;
+
     // Nothing left: the appends use up the log's preallocation, then fail.
     fill(&s, 0)?;
     let mut failure = None;
@@ -359,6 +364,17 @@ async fn enospc_in_the_append_is_survived() -> TestResult {
         counter(&text, "drawbridge_partition_group_restarts_total") >= 1,
         "{text}"
     );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => break e,
+            Ok(None) => return Err("subscription ended without a status".into()),
+            Err(_) => return Err("subscription still open 10 s after the reopen".into()),
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    drop(sub);
     let log = std::fs::read_to_string(s.spec.log_path())?;
     let notable: Vec<&str> = log
         .lines()
