@@ -23,7 +23,8 @@ pub enum ServerError {
     /// The request cannot run here or now (not the partition leader, readonly, ...).
     #[error("{0}")]
     FailedPrecondition(String),
-    /// A bounded read reached its end (stop position, empty stream).
+    /// A bounded read reached its end (stop position, empty stream), or the partition
+    /// leader's disk is below `storage.min.free.bytes`.
     #[error("{0}")]
     ResourceExhausted(String),
     /// An ack did not arrive before the call's deadline.

@@ -8,7 +8,9 @@
 //!   2. if the stream has optimistic concurrency control and a message of the batch names an
 //!      expected offset, drain: wait until every proposal in flight is durable and acked; if the
 //!      partition is readonly, drop the batch; if it is paused, resume it first (a committed
-//!      `ResumePartition`; the batch is dropped if that fails);
+//!      `ResumePartition`; the batch is dropped if that fails); if `data.dir` is below
+//!      `storage.min.free.bytes`, drop the batch with UNKNOWN error acks ([`crate::diskspace`])
+//!      instead of proposing it;
 //!   3. per message: reject above `clustering.replication.max.bytes` (TOO_LARGE ack), decode a
 //!      Publish envelope or keep the whole payload raw, check the expected offset on streams
 //!      with optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and
@@ -270,6 +272,16 @@ pub async fn run(
             }
         }
 
+        // Disk full: refuse the batch rather than let the raft append hit ENOSPC.
+        if let Err(full) = ctx
+            .stats
+            .disk
+            .check(&ctx.config.data_dir, ctx.config.storage.min_free_bytes)
+        {
+            refuse_disk_full(&ctx, &p, &msgs, &decoded, full).await;
+            continue;
+        }
+
         let mut builder = RecordBatchBuilder::new();
         // Records and value bytes of this batch, first and last reception time (metrics).
         let (mut bytes_in, mut first_ns, mut last_ns) = (0u64, 0i64, 0i64);
@@ -459,6 +471,38 @@ pub async fn run(
     }
     info!(stream = %p.stream, subject = %p.subject, "ingest stopped");
     result
+}
+
+/// Drops a batch refused because the disk is below `storage.min.free.bytes` ([`crate::diskspace`]):
+/// counts it, logs (rate-limited) and sends an UNKNOWN error ack to every message with an inbox.
+async fn refuse_disk_full(
+    ctx: &Ctx,
+    p: &IngestParams,
+    msgs: &[async_nats::Message],
+    decoded: &[Option<drawbridge_proto::api::Message>],
+    full: crate::diskspace::DiskFull,
+) {
+    if ctx.stats.disk.count_rejected(msgs.len() as u64) {
+        warn!(stream = %p.stream, partition = p.partition, error = %full,
+            refused = ctx.stats.disk.rejected(), "disk full: messages dropped");
+    }
+    for (msg, m) in msgs.iter().zip(decoded) {
+        let Some(m) = m.as_ref().filter(|m| !m.ack_inbox.is_empty()) else {
+            continue;
+        };
+        let pa = PendingAck {
+            inbox: m.ack_inbox.clone(),
+            correlation_id: m.correlation_id.clone(),
+            policy: AckPolicy::try_from(m.ack_policy).unwrap_or(AckPolicy::Leader),
+            msg_subject: msg.subject.to_string(),
+            reception_ns: acks::now_ns(),
+        };
+        acks::send(
+            &ctx.nats,
+            &acks::build(&p.stream, &p.base_subject, &pa, 0, ack::Error::Unknown),
+        )
+        .await;
+    }
 }
 
 /// Sends the ENCRYPTION error ack of a message that could not be sealed (if it has an inbox).

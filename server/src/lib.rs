@@ -46,6 +46,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod dedup;
+pub mod diskspace;
 pub mod embedded_nats;
 pub mod encryption;
 pub mod envelope;

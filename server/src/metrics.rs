@@ -4,7 +4,8 @@
 //!
 //! - `/healthz`: 200 while the process serves HTTP at all.
 //! - `/readyz`: 200 once this node is a member of a metadata group that has a leader, NATS is
-//!   connected and every partition assigned here is hosted (and recording where this node leads);
+//!   connected, the metadata group has not stopped on a fatal error and every partition
+//!   assigned here is hosted (and recording where this node leads);
 //!   503 with the first unmet condition otherwise.
 //! - `/metrics`: gauges and counters computed when scraped (no background collection), in the
 //!   Prometheus text format 0.0.4. Names follow Prometheus conventions (`drawbridge_` prefix,
@@ -137,6 +138,9 @@ pub fn unready(ctx: &Ctx) -> Option<&'static str> {
     let (voters, learners) = meta.members();
     if !voters.contains(&ctx.node_id) && !learners.contains(&ctx.node_id) {
         return Some("not a member of the metadata group");
+    }
+    if meta.stopped().is_some() {
+        return Some("metadata group stopped on a fatal error (disk full?)");
     }
     if meta.leader().is_none() {
         return Some("metadata group has no leader");
@@ -302,6 +306,11 @@ pub fn render(ctx: &Ctx) -> String {
             &ctx.stats.compaction_runs,
         ),
         (
+            "drawbridge_partition_group_restarts_total",
+            "Partition raft groups reopened from disk after a fatal storage error stopped them.",
+            &ctx.stats.partition_group_restarts,
+        ),
+        (
             "drawbridge_compaction_records_removed_total",
             "Records removed by compaction on this node's partition replicas.",
             &ctx.stats.compaction_records_removed,
@@ -331,6 +340,18 @@ pub fn render(ctx: &Ctx) -> String {
         );
         let _ = writeln!(out, "drawbridge_storage_disk_free_bytes {free}");
     }
+    family(
+        &mut out,
+        "drawbridge_disk_full_rejections_total",
+        "counter",
+        "Messages this node refused as partition leader because data.dir had less than \
+         storage.min.free.bytes available.",
+    );
+    let _ = writeln!(
+        out,
+        "drawbridge_disk_full_rejections_total {}",
+        ctx.stats.disk.rejected()
+    );
     let io = ctx.raft.io_stats();
     for (name, help, v) in [
         (

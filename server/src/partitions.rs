@@ -14,18 +14,22 @@
 //! - A leader records itself in the metadata (`SetPartitionLeader` with its raft term), so every
 //!   node can answer FetchMetadata; stale records (older terms) are ignored by the state machine.
 //!   A failed record is retried after [`RECORD_RETRY`].
+//! - A group openraft stopped on a fatal error (a storage write failed, e.g. ENOSPC) is
+//!   removed, keeping its data, and reopened from disk by the reconciler once the disk has
+//!   space again, with a bounded backoff ([`supervise`]); nothing acknowledged is lost, as
+//!   the reopened log holds what was durably written and raft re-replicates the rest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drawbridge_raft::metadata::state::{MetadataState, StreamMeta};
 use drawbridge_raft::{IsrTracker, MetadataCommand, NodeId, PartitionId, PartitionReplica};
 use drawbridge_storage::Log;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cluster::{forward, Propagated};
 use crate::context::Ctx;
@@ -37,6 +41,16 @@ use crate::stats::PartitionStats;
 
 /// How long a leader waits before recording itself in the metadata again after a failure.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+/// Least free space before a group stopped by a fatal error is reopened, whatever
+/// `storage.min.free.bytes` says (reopening into a full disk only fails again).
+const RESTART_MIN_FREE: u64 = 1 << 20;
+/// First wait between two reopens of one group.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two reopens of one group.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A group that ran this long since its last reopen starts its backoff afresh.
+const RESTART_RESET: Duration = Duration::from_secs(120);
 
 /// Per-stream config key: optimistic concurrency control.
 pub const KEY_OCC: &str = "optimistic.concurrency.control";
@@ -76,6 +90,10 @@ impl Local {
 #[derive(Debug, Default)]
 pub struct Partitions {
     inner: RwLock<HashMap<PartitionId, Arc<Local>>>,
+    /// Reopen bookkeeping of groups stopped by a fatal error: (restarts in a row, last one).
+    restarts: Mutex<HashMap<PartitionId, (u32, Instant)>>,
+    /// Set once the metadata group's fatal stop has been logged.
+    metadata_stop_logged: AtomicBool,
 }
 
 impl Partitions {
@@ -156,11 +174,72 @@ pub fn spawn_reconciler(ctx: Ctx) {
     });
 }
 
+/// Reopens the hosted partition groups that openraft stopped on a fatal error (e.g. a log
+/// append that hit ENOSPC): once `data.dir` has at least `storage.min.free.bytes` (and never
+/// less than [`RESTART_MIN_FREE`]) available, the group is removed keeping its data, and the
+/// caller's reconcile pass opens it again from disk (recovery cuts a torn tail; raft then
+/// re-replicates what this replica lacks). Restarts of one group are spaced by a backoff that
+/// doubles from [`RESTART_BACKOFF_MIN`] up to [`RESTART_BACKOFF_MAX`] and resets after
+/// [`RESTART_RESET`] without one. Also logs, once, that the metadata group stopped (it is not
+/// reopened; `/readyz` reports it).
+async fn supervise(ctx: &Ctx) {
+    if let Some(why) = ctx.raft.metadata().stopped() {
+        if !ctx
+            .partitions
+            .metadata_stop_logged
+            .swap(true, Ordering::Relaxed)
+        {
+            error!(error = %why, "metadata raft group stopped on a fatal error (disk full?); \
+                this node no longer takes part in the metadata group until it is restarted");
+        }
+    }
+    let need = ctx.config.storage.min_free_bytes.max(RESTART_MIN_FREE);
+    for (id, local) in ctx.partitions.all() {
+        let Some(why) = local.replica.stopped() else {
+            continue;
+        };
+        let now = Instant::now();
+        let attempts = {
+            let restarts = ctx.partitions.restarts.lock();
+            match restarts.get(&id) {
+                Some((n, at)) if now.duration_since(*at) < RESTART_RESET => {
+                    let wait = RESTART_BACKOFF_MIN
+                        .saturating_mul(1u32 << (*n).min(16))
+                        .min(RESTART_BACKOFF_MAX);
+                    if now.duration_since(*at) < wait {
+                        continue;
+                    }
+                    *n
+                }
+                _ => 0,
+            }
+        };
+        match ctx.stats.disk.free_bytes(&ctx.config.data_dir) {
+            Some(free) if free < need => {
+                debug!(partition = %id, free, need, "stopped partition group waits for disk space");
+                continue;
+            }
+            _ => {}
+        }
+        ctx.partitions
+            .restarts
+            .lock()
+            .insert(id.clone(), (attempts + 1, now));
+        ctx.stats
+            .partition_group_restarts
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(partition = %id, error = %why, attempt = attempts + 1,
+            "partition raft group stopped on a fatal error; reopening it from disk");
+        remove(ctx, &id, false).await;
+    }
+}
+
 async fn reconcile(ctx: &Ctx, state: &MetadataState) {
+    supervise(ctx).await;
     let want = desired(state, ctx.node_id);
     for id in ctx.partitions.ids() {
         if !want.contains_key(&id) {
-            remove(ctx, &id).await;
+            remove(ctx, &id, true).await;
         }
     }
     for (id, replicas) in want {
@@ -233,14 +312,18 @@ async fn add(ctx: &Ctx, state: &MetadataState, id: PartitionId, replicas: &[Node
     Ok(())
 }
 
-async fn remove(ctx: &Ctx, id: &PartitionId) {
+/// Stops hosting a partition replica; with `delete_data` (the partition was deleted) its data
+/// goes too, without (a stopped group being reopened) it stays for the next open.
+async fn remove(ctx: &Ctx, id: &PartitionId, delete_data: bool) {
     let Some(local) = ctx.partitions.inner.write().remove(id) else {
         return;
     };
     local.stop.send_replace(true);
-    info!(partition = %id, "partition deleted; removing its replica");
-    // Raft owns the partition log: removing the group closes and deletes it.
-    if let Err(e) = ctx.raft.remove_partition_group(id, true).await {
+    if delete_data {
+        info!(partition = %id, "partition deleted; removing its replica");
+    }
+    // Raft owns the partition log: removing the group closes (and maybe deletes) it.
+    if let Err(e) = ctx.raft.remove_partition_group(id, delete_data).await {
         warn!(partition = %id, error = %e, "removing partition group failed");
     }
 }
@@ -376,7 +459,8 @@ async fn leadership_loop(
             }
         }
         drop(meta.borrow_and_update());
-        let leading = l.is_local && !ctx.stopping();
+        // A group stopped on a fatal error takes no proposals: no ingest until it is reopened.
+        let leading = l.is_local && !ctx.stopping() && local.replica.stopped().is_none();
         let finished = ingest
             .as_ref()
             .is_some_and(|i| i.done || i.task.is_finished());

@@ -175,6 +175,10 @@ pub struct NodeStats {
     pub compaction_runs: AtomicU64,
     /// Records removed by those passes.
     pub compaction_records_removed: AtomicU64,
+    /// The cached free-space reading of `data.dir` and the messages refused for lack of it.
+    pub disk: crate::diskspace::DiskGuard,
+    /// Partition raft groups reopened after openraft stopped them on a fatal error.
+    pub partition_group_restarts: AtomicU64,
 }
 
 /// Counters of one hosted partition replica.

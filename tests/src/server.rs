@@ -65,6 +65,10 @@ pub struct ServerSpec {
     /// Extra environment variables. The encryption key variables are never inherited from the
     /// test's own environment: a server has a key only when its spec sets one here.
     pub env: Vec<(String, String)>,
+    /// A command the server is started through (empty: started directly): the server's
+    /// program and arguments are appended to it, so it must end by exec-ing them (e.g.
+    /// `unshare -m sh -c '... && exec "$@"' sh`), which keeps the PID the harness stops.
+    pub wrapper: Vec<String>,
     /// Keeps the temp dir alive as long as any spec clone lives.
     _tmp: Arc<tempfile::TempDir>,
 }
@@ -84,6 +88,7 @@ impl ServerSpec {
             namespace: format!("test-{}", std::process::id()),
             args: Vec::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
             _tmp: Arc::new(tmp),
         })
     }
@@ -95,7 +100,14 @@ impl ServerSpec {
 
     fn command(&self) -> std::io::Result<Command> {
         std::fs::create_dir_all(&self.data_dir)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(&self.bin),
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&self.bin);
+                c
+            }
+        };
         cmd.arg("--server-id")
             .arg(&self.id)
             .arg("--namespace")
@@ -214,6 +226,11 @@ impl DrawbridgeServer {
     /// `http://127.0.0.1:<port>` for gRPC clients.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.spec.port)
+    }
+
+    /// The process id (of the server, or of its wrapper until that execs the server).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// SIGKILL.

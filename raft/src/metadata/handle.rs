@@ -87,6 +87,16 @@ impl MetadataHandle {
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
+    /// Why the metadata group stopped, when openraft stopped it on a fatal error (e.g. a
+    /// storage write failed with ENOSPC); `None` while it runs.
+    pub fn stopped(&self) -> Option<String> {
+        wait::metrics(&self.raft)
+            .running_state
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+    }
+
     /// The leader this node knows of, and its raft address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = wait::metrics(&self.raft);

@@ -407,6 +407,17 @@ impl PartitionReplica {
         self.leader().is_some() && self.group.clock.last_contact().elapsed() <= silence
     }
 
+    /// Why the group stopped, when openraft stopped it on a fatal error (a storage write that
+    /// failed, e.g. ENOSPC); `None` while it runs. A stopped group takes no proposals and does
+    /// not recover by itself: its owner removes it (keeping its data) and opens it again.
+    pub fn stopped(&self) -> Option<String> {
+        wait::metrics(&self.group.raft)
+            .running_state
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         wait::metrics(&self.group.raft).current_leader

@@ -13,6 +13,9 @@
 //!   when its partition's leader changes (or the partition disappears) before the ack, e.g. the
 //!   leader died — by an `asyncError` (INTERNAL, the code Liftbridge uses for "no leader to
 //!   serve this", or NOT_FOUND) shortly after this node sees the change ([`super::inflight`]).
+//! - When this node leads the target partition and its disk is below `storage.min.free.bytes`,
+//!   nothing is published: unary Publish answers ResourceExhausted, PublishAsync an `asyncError`
+//!   INTERNAL ([`crate::diskspace`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +32,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::inflight::{AckFate, Failed, InFlight, Leadership};
 use crate::context::{Ctx, Node};
+use crate::diskspace::DiskFull;
 use crate::envelope;
 use crate::error::{Result, ServerError};
 use crate::identity::random_id;
@@ -97,6 +101,48 @@ fn target_subject(ctx: &Node, r: &PublishRequest) -> Result<String> {
         ));
     }
     Ok(names::partition_subject(&s.subject, r.partition))
+}
+
+/// Whether this node leads `stream`/`partition` and its data directory is below
+/// `storage.min.free.bytes` ([`crate::diskspace`]; not counted).
+fn leader_disk_full(ctx: &Node, stream: &str, partition: i32) -> Option<DiskFull> {
+    let leads = ctx
+        .partitions
+        .get(&PartitionId::new(stream, partition))
+        .is_some_and(|l| l.replica.is_leader());
+    if !leads {
+        return None;
+    }
+    ctx.stats
+        .disk
+        .check(&ctx.config.data_dir, ctx.config.storage.min_free_bytes)
+        .err()
+}
+
+/// The partition an ack is for: the Ack names only the stream's base subject and the subject
+/// the message arrived on (`names::partition_subject`); 0 when that does not parse.
+fn ack_partition(a: &Ack) -> i32 {
+    a.msg_subject
+        .strip_prefix(a.partition_subject.as_str())
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Refuses a publish up front when this node leads the target partition and its data
+/// directory is below `storage.min.free.bytes` (counted and logged); other nodes' leaders
+/// refuse in their ingest (an UNKNOWN error ack).
+fn leader_disk_check(ctx: &Node, r: &PublishRequest) -> Result<()> {
+    match leader_disk_full(ctx, &r.stream, r.partition) {
+        None => Ok(()),
+        Some(full) => {
+            if ctx.stats.disk.count_rejected(1) {
+                warn!(stream = %r.stream, partition = r.partition, error = %full,
+                    refused = ctx.stats.disk.rejected(), "disk full: publish refused");
+            }
+            Err(ServerError::ResourceExhausted(full.to_string()))
+        }
+    }
 }
 
 fn envelope_of(r: &PublishRequest, subject: &str, inbox: &str) -> bytes::Bytes {
@@ -165,6 +211,7 @@ pub async fn publish(
     deadline: Option<Duration>,
 ) -> Result<PublishResponse> {
     let subject = target_subject(ctx, &r)?;
+    leader_disk_check(ctx, &r)?;
     let inbox = if r.ack_inbox.is_empty() {
         new_inbox(ctx)
     } else {
@@ -185,7 +232,15 @@ pub async fn publish(
             ack::Error::IncorrectOffset => {
                 return Err(ServerError::Unknown("incorrect expected offset".into()))
             }
-            ack::Error::Unknown => return Err(ServerError::Unknown("unknown ack error".into())),
+            ack::Error::Unknown => {
+                // The leader's ingest refuses with UNKNOWN when its disk is full; when that
+                // leader is this node, say so (the API check above may have read the disk
+                // just before it filled).
+                if let Some(full) = leader_disk_full(ctx, &r.stream, r.partition) {
+                    return Err(ServerError::ResourceExhausted(full.to_string()));
+                }
+                return Err(ServerError::Unknown("unknown ack error".into()));
+            }
         }
     }
     Ok(PublishResponse {
@@ -231,7 +286,10 @@ fn async_code(e: &ServerError) -> publish_async_error::Code {
         ServerError::FailedPrecondition(_) => Code::Readonly,
         // The enum has no UNAVAILABLE; INTERNAL is Liftbridge's class for "no leader to serve
         // this right now" (e.g. "no known metadata leader"), which clients retry.
-        ServerError::Internal(_) | ServerError::Unavailable(_) => Code::Internal,
+        // A full disk on the leader is transient too (it recovers once space is freed).
+        ServerError::Internal(_)
+        | ServerError::Unavailable(_)
+        | ServerError::ResourceExhausted(_) => Code::Internal,
         _ => Code::Unknown,
     }
 }
@@ -396,17 +454,30 @@ pub async fn publish_async(
                     async_error: None,
                 },
                 err => {
-                    let code = match err {
-                        ack::Error::IncorrectOffset => publish_async_error::Code::IncorrectOffset,
-                        ack::Error::TooLarge => publish_async_error::Code::BadRequest,
-                        ack::Error::Encryption => publish_async_error::Code::EncryptionFailed,
-                        _ => publish_async_error::Code::Unknown,
+                    // An UNKNOWN ack from this node's own ingest may be a full disk: say so.
+                    let full = (err == ack::Error::Unknown)
+                        .then(|| leader_disk_full(&actx, &a.stream, ack_partition(&a)))
+                        .flatten();
+                    let (code, message) = match (err, full) {
+                        (_, Some(full)) => (publish_async_error::Code::Internal, full.to_string()),
+                        (ack::Error::IncorrectOffset, _) => (
+                            publish_async_error::Code::IncorrectOffset,
+                            format!("{err:?}"),
+                        ),
+                        (ack::Error::TooLarge, _) => {
+                            (publish_async_error::Code::BadRequest, format!("{err:?}"))
+                        }
+                        (ack::Error::Encryption, _) => (
+                            publish_async_error::Code::EncryptionFailed,
+                            format!("{err:?}"),
+                        ),
+                        _ => (publish_async_error::Code::Unknown, format!("{err:?}")),
                     };
                     PublishResponse {
                         correlation_id: a.correlation_id.clone(),
                         async_error: Some(PublishAsyncError {
                             code: code as i32,
-                            message: format!("{err:?}"),
+                            message,
                         }),
                         ack: Some(a),
                     }
@@ -429,7 +500,9 @@ pub async fn publish_async(
                 }
                 None => break,
             };
-            let subject = match target_subject(&ctx, &req) {
+            let subject = match target_subject(&ctx, &req)
+                .and_then(|s| leader_disk_check(&ctx, &req).map(|()| s))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     let resp =
@@ -469,4 +542,22 @@ pub async fn publish_async(
         done_tx.send_replace(true);
     });
     Ok(ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_partition_from_subjects() {
+        let ack = |base: &str, msg: &str| Ack {
+            partition_subject: base.into(),
+            msg_subject: msg.into(),
+            ..Default::default()
+        };
+        assert_eq!(ack_partition(&ack("orders", "orders")), 0);
+        assert_eq!(ack_partition(&ack("orders", "orders.3")), 3);
+        assert_eq!(ack_partition(&ack("orders", "ordersx.3")), 0);
+        assert_eq!(ack_partition(&ack("orders", "other")), 0);
+    }
 }

@@ -19,7 +19,8 @@
 //!   for a partition assigned to it (FailedPrecondition); its call ends with FailedPrecondition
 //!   once a later epoch assigns the partition elsewhere ([`crate::groups`]).
 //! - The producer ends when the client leaves (send fails), the server stops, the stream is
-//!   deleted (NotFound), or — unless `readISRReplica` — this node stops leading the partition
+//!   deleted (NotFound), its replica here is reopened after a fatal storage error
+//!   (Unavailable), or — unless `readISRReplica` — this node stops leading the partition
 //!   (Unavailable, so the client re-resolves the leader and resumes).
 //! - Paused partitions (spec §9.8): `resume` resumes the partition before positioning (a
 //!   failure is Internal); without it the call ends with FailedPrecondition right after the
@@ -376,9 +377,7 @@ async fn produce_reverse(
         let records = match local.log.read_reverse(before, ReadLimits::default()) {
             Ok(r) => r,
             Err(StorageError::Closed) => {
-                let _ = tx
-                    .send(Err(ServerError::NotFound("Stream deleted".into()).into()))
-                    .await;
+                let _ = tx.send(Err(replica_ended(&ctx, &id).into())).await;
                 return;
             }
             Err(e) => {
@@ -437,6 +436,25 @@ fn flags(view: &drawbridge_raft::MetadataView, id: &PartitionId) -> (bool, bool)
         .get(&id.stream)
         .and_then(|s| s.partitions.get(&id.partition))
         .map_or((false, false), |p| (p.paused, p.readonly))
+}
+
+/// Why a subscription's replica went away: its stream was deleted (NotFound), or — the
+/// partition still exists — the replica was reopened, e.g. after a fatal storage error
+/// (Unavailable, so clients subscribe again).
+fn replica_ended(ctx: &Ctx, id: &PartitionId) -> ServerError {
+    let exists = ctx
+        .raft
+        .metadata()
+        .state()
+        .state
+        .streams
+        .get(&id.stream)
+        .is_some_and(|s| s.partitions.contains_key(&id.partition));
+    if exists {
+        ServerError::Unavailable("partition replica reopened; subscribe again".into())
+    } else {
+        ServerError::NotFound("Stream deleted".into())
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -501,7 +519,7 @@ async fn produce(
                     .get(&id)
                     .is_none_or(|l| !Arc::ptr_eq(&l, &local));
                 let err = if gone {
-                    Some(ServerError::NotFound("Stream deleted".into()))
+                    Some(replica_ended(&ctx, &id))
                 } else if !any_replica && !local.replica.is_leader() {
                     Some(ServerError::Unavailable("partition leader changed".into()))
                 } else {
@@ -515,9 +533,7 @@ async fn produce(
             }
             Some(Ok(records)) => records,
             Some(Err(StorageError::Closed)) => {
-                let _ = tx
-                    .send(Err(ServerError::NotFound("Stream deleted".into()).into()))
-                    .await;
+                let _ = tx.send(Err(replica_ended(&ctx, &id).into())).await;
                 return;
             }
             // Retention deleted the segment under this subscriber: go on from the oldest

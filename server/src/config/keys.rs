@@ -105,6 +105,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("logging.format", Kind::Enum(FORMATS)),
     ("storage.sync.policy", Kind::Enum(SYNC_POLICIES)),
     ("storage.sync.interval", Kind::Duration),
+    ("storage.min.free.bytes", Kind::Int),
     ("metrics.listen", Kind::HostPort),
     ("limits.max.streams", Kind::Int),
     ("limits.max.partitions", Kind::Int),
@@ -240,6 +241,7 @@ pub fn apply(c: &mut Config, key: &str, v: &RawValue) -> Result<(), String> {
             }
         }
         "storage.sync.interval" => c.storage.sync_interval = v.to_duration()?,
+        "storage.min.free.bytes" => c.storage.min_free_bytes = v.to_int_in(0, i64::MAX)?,
         "metrics.listen" => c.metrics.listen = Some(host_port(v)?),
         "limits.max.streams" => c.limits.max_streams = v.to_int_in(0, i64::MAX)?,
         "limits.max.partitions" => c.limits.max_partitions = v.to_int_in(0, i64::MAX)?,

@@ -19,6 +19,8 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_RAFT_SNAPSHOT_THRESHOLD: u64 = 8192;
 /// Liftbridge's compaction parallelism when 0 is configured.
 pub const DEFAULT_COMPACT_MAX_GOROUTINES: usize = 10;
+/// Default `storage.min.free.bytes`: 8 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 8 << 20;
 
 /// A `host:port` pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +261,11 @@ pub struct StorageConfig {
     pub sync_policy: SyncPolicy,
     /// `storage.sync.interval` (1s): the period for `interval`.
     pub sync_interval: Duration,
+    /// `storage.min.free.bytes` (8 MiB): the partition leader refuses new messages while the
+    /// file system of `data.dir` has less than this available (see [`crate::diskspace`]);
+    /// 0 disables the check. The default covers one log preallocation step (4 MiB) plus the
+    /// raft journal and metadata writes that accompany it.
+    pub min_free_bytes: u64,
 }
 
 /// `metrics.*` (Drawbridge): the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
@@ -406,6 +413,7 @@ impl Default for Config {
             storage: StorageConfig {
                 sync_policy: SyncPolicy::Always,
                 sync_interval: Duration::from_secs(1),
+                min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             },
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),

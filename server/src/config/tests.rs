@@ -417,3 +417,14 @@ fn missing_config_file_is_an_error() {
     let r = Config::load(&flags(&["-c", "/definitely/not/here.yaml"]), Vec::new());
     assert!(matches!(r, Err(ConfigError::ReadFile { .. })));
 }
+
+#[test]
+fn min_free_bytes_defaults_to_8_mib_and_parses() {
+    let c = yaml("clustering.namespace: x\n").expect("default");
+    assert_eq!(c.storage.min_free_bytes, 8 << 20);
+    let c = yaml("storage:\n  min.free.bytes: 0\n").expect("zero");
+    assert_eq!(c.storage.min_free_bytes, 0);
+    let c = yaml("storage.min.free.bytes: 123456\n").expect("flat");
+    assert_eq!(c.storage.min_free_bytes, 123_456);
+    assert!(yaml("storage.min.free.bytes: -1\n").is_err());
+}

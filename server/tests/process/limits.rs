@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::common::{client, create_req, publish_req, sub_req, subscribe, TestResult, BIN};
 
-async fn metrics(port: u16) -> TestResult<String> {
+pub(crate) async fn metrics(port: u16) -> TestResult<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -13,6 +13,8 @@
 //! - `cursors`, `groups`: cursors and consumer groups on one server, and their failover on
 //!   three servers;
 //! - `compose`: the three-node topology of `docker-compose.yml`, run as local processes;
+//! - `diskfull`: a tmpfs data dir filled up: clear refusals, reads keep working, recovery
+//!   once space returns (also after ENOSPC inside the log append).
 //! - `encryption`: encryption at rest — round trip, no plaintext on disk, restarts with and
 //!   without the key, key rotation, a new leader decrypting after failover.
 //! - `handoff`: SIGTERM of a partition leader hands its leadership to a follower.
@@ -27,6 +29,7 @@ mod common;
 mod compaction;
 mod compose;
 mod cursors;
+mod diskfull;
 mod encryption;
 mod groups;
 mod handoff;

@@ -1,0 +1,394 @@
+//! Disk full (issue 7, fault 5): a standalone server whose data directory is a small tmpfs in a
+//! private mount namespace (`unshare -m`, so nothing is mounted on the host), filled from inside
+//! that namespace (`nsenter -t PID -m`).
+//!
+//! - `refuses_below_the_margin_and_recovers`: below `storage.min.free.bytes` publishes are
+//!   refused with a clear error (ResourceExhausted, PublishAsync INTERNAL asyncError, an
+//!   UNKNOWN error ack for what reaches the leader's ingest via PublishToSubject), reads
+//!   keep working, publishes succeed again once space is freed, and every acked message is read
+//!   back exactly once.
+//! - `enospc_in_the_append_is_survived`: with the margin at 0 the log append itself hits
+//!   ENOSPC and openraft stops the partition group; once space is freed the supervisor reopens
+//!   it from disk and publishes succeed again, nothing acked lost or duplicated; a subscription
+//!   open across the reopen ends with Unavailable.
+//!
+//! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
+//! otherwise.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use drawbridge_proto::api::*;
+use drawbridge_tests::server::{DrawbridgeServer, NatsMode, ServerSpec};
+use futures::StreamExt;
+use tonic::Code;
+
+use crate::common::{client, create, publish_req, sub_req, subscribe, Client, TestResult, BIN};
+use crate::limits::metrics;
+
+/// tmpfs size of the data directory.
+const TMPFS: &str = "32m";
+
+/// Whether this process may mount a tmpfs in a private mount namespace; `Err` says why not.
+fn can_mount(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs \"$0\""])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running unshare: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// A standalone server on a tmpfs data dir with `storage.min.free.bytes: min_free`, or `None`
+/// (after a printed note) when mounting is not possible outside CI.
+fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<DrawbridgeServer>> {
+    let nats_port = drawbridge_tests::ports::free_port()?;
+    let mut spec = ServerSpec::new(BIN, id, NatsMode::Embedded(nats_port))?;
+    let probe = spec.data_dir.with_file_name("probe");
+    if let Err(why) = can_mount(&probe) {
+        let msg = format!("cannot mount a tmpfs in a private mount namespace (root needed): {why}");
+        if std::env::var_os("CI").is_some() {
+            return Err(msg.into());
+        }
+        eprintln!("skipping the disk-full test: {msg}");
+        return Ok(None);
+    }
+    let conf = spec.data_dir.with_file_name("diskfull.yaml");
+    std::fs::write(&conf, format!("storage.min.free.bytes: {min_free}\n"))?;
+    spec.args = vec![
+        "--config".into(),
+        conf.display().to_string(),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ];
+    spec.wrapper = vec![
+        "unshare".into(),
+        "-m".into(),
+        "sh".into(),
+        "-c".into(),
+        format!("mount -t tmpfs -o size={TMPFS} tmpfs \"$0\" && exec \"$@\""),
+        spec.data_dir.display().to_string(),
+    ];
+    Ok(Some(DrawbridgeServer::start(&spec)?))
+}
+
+/// Runs `script` in the server's mount namespace (`$0` is the data dir).
+fn in_namespace(s: &DrawbridgeServer, script: &str) -> TestResult {
+    let pid = s.pid().ok_or("server has no pid")?;
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "sh", "-c", script])
+        .arg(&s.spec.data_dir)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("{script}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    Ok(())
+}
+
+/// Fills the tmpfs, then frees `leave_mib` MiB of it again.
+fn fill(s: &DrawbridgeServer, leave_mib: u32) -> TestResult {
+    in_namespace(
+        s,
+        &format!(
+            "dd if=/dev/zero of=\"$0/filler\" bs=1M 2>/dev/null; \
+             test -f \"$0/filler\" && truncate -s -{leave_mib}M \"$0/filler\""
+        ),
+    )
+}
+
+fn unfill(s: &DrawbridgeServer) -> TestResult {
+    in_namespace(s, "rm -f \"$0/filler\"")
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One unary publish with a LEADER ack, answered within 3 s.
+async fn publish(c: &mut Client, stream: &str, value: &[u8]) -> Result<i64, tonic::Status> {
+    let mut r = publish_req(stream, value, AckPolicy::Leader);
+    r.set_timeout(Duration::from_secs(3));
+    let ack = c.publish(r).await?.into_inner().ack;
+    ack.map(|a| a.offset)
+        .ok_or_else(|| tonic::Status::internal("no ack"))
+}
+
+/// Publishes `value` until it is acked (≤ `within`); returns its offset.
+async fn publish_until_ok(
+    c: &mut Client,
+    stream: &str,
+    value: &[u8],
+    within: Duration,
+) -> TestResult<i64> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match publish(c, stream, value).await {
+            Ok(off) => return Ok(off),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("publishes did not recover within {within:?}: {e}").into())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Reads the whole partition and checks that it holds every `acked` value exactly once, at its
+/// acked offset, and nothing but values from `attempted`.
+async fn check_log(
+    c: &mut Client,
+    stream: &str,
+    acked: &BTreeMap<Vec<u8>, i64>,
+    attempted: usize,
+) -> TestResult {
+    let md = c
+        .fetch_partition_metadata(FetchPartitionMetadataRequest {
+            stream: stream.into(),
+            partition: 0,
+        })
+        .await?
+        .into_inner()
+        .metadata
+        .ok_or("no partition metadata")?;
+    let n = usize::try_from(md.newest_offset + 1)?;
+    assert!(
+        n >= acked.len() && n <= attempted,
+        "{n} records for {} acked, {attempted} attempted",
+        acked.len()
+    );
+    let mut sub = subscribe(c, sub_req(stream, 0, StartPosition::Earliest)).await?;
+    let msgs = crate::common::read_n(&mut sub, n, Duration::from_secs(10)).await?;
+    let mut seen: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    for m in &msgs {
+        assert!(
+            seen.insert(m.value.to_vec(), m.offset).is_none(),
+            "value stored twice (offset {})",
+            m.offset
+        );
+    }
+    for (v, off) in acked {
+        assert_eq!(
+            seen.get(v),
+            Some(off),
+            "acked message {:?} missing or moved",
+            String::from_utf8_lossy(&v[..v.len().min(16)])
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_below_the_margin_and_recovers() -> TestResult {
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    // The default margin (8 MiB).
+    let Some(mut s) = start("diskfull1", 8 << 20, metrics_port)? else {
+        return Ok(());
+    };
+    let mut c = client(&s).await?;
+    create(&mut c, "df", "df").await?;
+    let mut acked = BTreeMap::new();
+    let mut attempted = 0;
+    for i in 0..5 {
+        let v = format!("before-{i}").into_bytes();
+        attempted += 1;
+        acked.insert(v.clone(), publish(&mut c, "df", &v).await?);
+    }
+
+    // 4 MiB left: below the margin.
+    fill(&s, 4)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let refusal = loop {
+        let v = format!("during-{attempted}").into_bytes();
+        attempted += 1;
+        match publish(&mut c, "df", &v).await {
+            Ok(off) => {
+                acked.insert(v, off);
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishes still accepted 5 s after the disk filled"
+        );
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
+    // PublishAsync: an asyncError with an empty ack.
+    let req = PublishRequest {
+        stream: "df".into(),
+        value: Bytes::from_static(b"async-during"),
+        ack_policy: AckPolicy::Leader as i32,
+        correlation_id: "c1".into(),
+        expected_offset: -1,
+        ..Default::default()
+    };
+    attempted += 1;
+    let mut resp = c
+        .publish_async(futures::stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    let r = tokio::time::timeout(Duration::from_secs(5), resp.next())
+        .await?
+        .ok_or("PublishAsync ended without an answer")??;
+    let e = r.async_error.ok_or("PublishAsync was not refused")?;
+    assert_eq!(r.correlation_id, "c1");
+    assert_eq!(e.code, publish_async_error::Code::Internal as i32, "{e:?}");
+    assert!(e.message.contains("disk space"), "{e:?}");
+    drop(resp);
+
+    // PublishToSubject skips the API check: the leader's ingest refuses it with an UNKNOWN
+    // error ack (as for messages published straight to NATS).
+    attempted += 1;
+    let mut r = tonic::Request::new(PublishToSubjectRequest {
+        subject: "df".into(),
+        value: Bytes::from_static(b"subject-during"),
+        ack_policy: AckPolicy::Leader as i32,
+        ..Default::default()
+    });
+    r.set_timeout(Duration::from_secs(5));
+    let ack = c
+        .publish_to_subject(r)
+        .await?
+        .into_inner()
+        .ack
+        .ok_or("PublishToSubject without an ack")?;
+    assert_eq!(ack.ack_error, ack::Error::Unknown as i32, "{ack:?}");
+
+    // The server keeps serving reads.
+    let md = c
+        .fetch_metadata(FetchMetadataRequest {
+            streams: vec!["df".into()],
+            groups: vec![],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(md.stream_metadata.len(), 1);
+    let mut sub = subscribe(&mut c, sub_req("df", 0, StartPosition::Earliest)).await?;
+    crate::common::read_n(&mut sub, 5, Duration::from_secs(5)).await?;
+    drop(sub);
+    let text = metrics(metrics_port).await?;
+    assert!(
+        counter(&text, "drawbridge_disk_full_rejections_total") >= 3,
+        "{text}"
+    );
+
+    // Space back: publishes succeed again (after the cached reading expires).
+    unfill(&s)?;
+    for i in 0..5 {
+        let v = format!("after-{i}").into_bytes();
+        attempted += 1;
+        let off = publish_until_ok(&mut c, "df", &v, Duration::from_secs(5)).await?;
+        acked.insert(v, off);
+    }
+    check_log(&mut c, "df", &acked, attempted).await?;
+    assert!(!s.has_exited(), "{}", s.log_tail());
+    assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_in_the_append_is_survived() -> TestResult {
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    let Some(mut s) = start("diskfull2", 0, metrics_port)? else {
+        return Ok(());
+    };
+    let mut c = client(&s).await?;
+    create(&mut c, "df", "df").await?;
+    let mut acked = BTreeMap::new();
+    let mut attempted = 0;
+    let value = |i: usize| {
+        let mut v = format!("m-{i:05}-").into_bytes();
+        v.resize(64 << 10, b'x');
+        v
+    };
+    for _ in 0..3 {
+        let v = value(attempted);
+        attempted += 1;
+        acked.insert(v.clone(), publish(&mut c, "df", &v).await?);
+    }
+
+    // A subscription open across the reopen ends with Unavailable (subscribe again), not
+    // with NotFound (which clients read as "stream deleted").
+    let mut sub = subscribe(&mut c, sub_req("df", 0, StartPosition::Earliest)).await?;
+
+    // Nothing left: the appends use up the log's preallocation, then fail.
+    fill(&s, 0)?;
+    let mut failure = None;
+    for _ in 0..400 {
+        let v = value(attempted);
+        attempted += 1;
+        match publish(&mut c, "df", &v).await {
+            Ok(off) => {
+                acked.insert(v, off);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.ok_or("400 × 64 KiB publishes on a full disk all succeeded")?;
+    eprintln!(
+        "first failure after {} acked publishes: {failure:?}",
+        acked.len()
+    );
+    // The process keeps serving.
+    c.fetch_metadata(FetchMetadataRequest::default()).await?;
+    assert!(!s.has_exited(), "{}", s.log_tail());
+
+    unfill(&s)?;
+    for _ in 0..3 {
+        let v = value(attempted);
+        attempted += 1;
+        let off = publish_until_ok(&mut c, "df", &v, Duration::from_secs(15)).await?;
+        acked.insert(v, off);
+    }
+    let text = metrics(metrics_port).await?;
+    assert!(
+        counter(&text, "drawbridge_partition_group_restarts_total") >= 1,
+        "{text}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => break e,
+            Ok(None) => return Err("subscription ended without a status".into()),
+            Err(_) => return Err("subscription still open 10 s after the reopen".into()),
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    drop(sub);
+    let log = std::fs::read_to_string(s.spec.log_path())?;
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("reopening it from disk") || l.contains("ERROR") || l.contains("WARN")
+        })
+        .collect();
+    eprintln!("{}", notable.join("\n"));
+    assert!(
+        notable.iter().any(|l| l.contains("reopening it from disk")),
+        "{}",
+        s.log_tail()
+    );
+    check_log(&mut c, "df", &acked, attempted).await?;
+    assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
