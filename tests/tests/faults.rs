@@ -29,6 +29,13 @@
 //! - [`verify_finds_a_silently_diverged_replica`]: `cluster verify` passes on a healthy
 //!   cluster and names a replica whose log was rewritten consistently but wrongly.
 //!
+//! - Network partitions through per-link proxies ([`Links`], `drawbridge_tests::proxy`):
+//!   [`an_isolated_partition_leader_is_replaced_and_acks_nothing_lost`] (the partition leader
+//!   blackholed from its peers under ack-ALL load),
+//!   [`a_follower_cut_from_nats_reconnects_and_loses_nothing`] (a follower's NATS link reset)
+//!   and [`an_isolated_metadata_leader_is_replaced_for_create_stream`] (CreateStream through the
+//!   majority while the metadata leader is blackholed).
+//!
 //! Every test ends with `cluster verify` (the replicas agree up to their common high
 //! watermark). Longer runs: `tests/faults/run.sh --minutes N`.
 //!
@@ -49,9 +56,11 @@ use drawbridge_client::{AckPolicy, Client, PublishMessage, Publisher, PublisherO
 use drawbridge_client::{RetryPolicy, StreamOptions, VerifyReport};
 use drawbridge_proto::api::{self, api_client::ApiClient};
 use drawbridge_tests::checker::{self, Attempt, History, ValueId};
+use drawbridge_tests::metrics;
 use drawbridge_tests::nats::NatsServer;
 use drawbridge_tests::ports::free_port;
-use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer, ServerSpec};
+use drawbridge_tests::proxy::{Mode, Proxy};
+use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer, NatsMode, ServerSpec};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -78,17 +87,32 @@ struct Cluster {
     servers: Vec<Option<DrawbridgeServer>>,
     metrics: Vec<u16>,
     client: Client,
+    /// The proxies of a partitionable cluster ([`Cluster::start_partitionable`]).
+    links: Option<Links>,
 }
 
 impl Cluster {
     /// Starts NATS and three servers with a metrics endpoint each; `None` when nats-server is
     /// missing outside CI.
     async fn start(test: &str) -> TestResult<Option<Cluster>> {
+        Self::start_with(test, false).await
+    }
+
+    /// [`Cluster::start`] with every link through a proxy ([`Links`]).
+    async fn start_partitionable(test: &str) -> TestResult<Option<Cluster>> {
+        Self::start_with(test, true).await
+    }
+
+    async fn start_with(test: &str, partitionable: bool) -> TestResult<Option<Cluster>> {
         let Some(nats) = NatsServer::start_or_skip(test) else {
             return Ok(None);
         };
         let bin = drawbridge_tests::bins::drawbridge_server()?;
         let mut specs = cluster_specs(&bin, &nats.url(), 3)?;
+        let links = match partitionable {
+            true => Some(Links::route(&mut specs, nats.port())?),
+            false => None,
+        };
         let mut metrics = Vec::new();
         for spec in &mut specs {
             let port = free_port()?;
@@ -126,6 +150,7 @@ impl Cluster {
             servers,
             metrics,
             client,
+            links,
         }))
     }
 
@@ -191,26 +216,14 @@ impl Cluster {
     /// The metadata leader, from the `drawbridge_metadata_leader` gauge of each running
     /// node's `/metrics` (≤ 20 s).
     fn metadata_leader(&self) -> TestResult<usize> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            for (i, port) in self.metrics.iter().enumerate() {
-                if self.servers[i].is_none() {
-                    continue;
-                }
-                if let Ok(text) = http_get(*port, "/metrics") {
-                    if text
-                        .lines()
-                        .any(|l| l.trim() == "drawbridge_metadata_leader 1")
-                    {
-                        return Ok(i);
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err("no node reports drawbridge_metadata_leader 1".into());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let stopped: Vec<usize> = (0..self.servers.len())
+            .filter(|i| self.servers[*i].is_none())
+            .collect();
+        Ok(metrics::metadata_leader(
+            &self.metrics,
+            &stopped,
+            Duration::from_secs(20),
+        )?)
     }
 
     /// SIGKILL of server `i` (by PID).
@@ -310,22 +323,6 @@ impl Cluster {
             false => tails,
         }
     }
-}
-
-/// A bounded HTTP/1.1 GET on 127.0.0.1; returns the whole response.
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    conn.take(1 << 20).read_to_string(&mut out)?;
-    Ok(out)
 }
 
 /// When each acknowledgement reached the client.
@@ -1158,5 +1155,366 @@ async fn two_replicas_killed_after_a_burst_lose_no_ack() -> TestResult {
         return Err(format!("{report}\nlogs:\n{}", cl.logs()).into());
     }
     cl.verify().await?;
+    Ok(())
+}
+
+/// The network of a partitionable cluster (issue 7, fault 3): every link goes through its own
+/// [`Proxy`] on 127.0.0.1. Node `i` reaches NATS through `nats[i]`, and reaches node `j`'s raft
+/// port through `raft[i][j]` (`--raft-peer-route <j's raft address>=<proxy>`; nodes talk to each
+/// other only over raft, and find each other over NATS). Cutting both directions between a
+/// node and its peers isolates it from them while it keeps NATS and its clients.
+struct Links {
+    nats: Vec<Proxy>,
+    raft: Vec<Vec<Option<Proxy>>>,
+}
+
+impl Links {
+    /// Puts the proxies into `specs` (before the servers start): NATS through a proxy per node
+    /// to the NATS server on `nats_port`, raft through a proxy per ordered pair.
+    fn route(specs: &mut [ServerSpec], nats_port: u16) -> TestResult<Links> {
+        let mut nats = Vec::new();
+        for spec in specs.iter_mut() {
+            let proxy = Proxy::start(nats_port)?;
+            spec.nats = NatsMode::External(format!("nats://{}", proxy.addr()));
+            nats.push(proxy);
+        }
+        let raft_ports: Vec<u16> = specs.iter().map(|s| s.raft_port).collect();
+        let mut raft = Vec::new();
+        for (i, spec) in specs.iter_mut().enumerate() {
+            let mut row = Vec::new();
+            for (j, port) in raft_ports.iter().enumerate() {
+                if i == j {
+                    row.push(None);
+                    continue;
+                }
+                let proxy = Proxy::start(*port)?;
+                spec.args.extend([
+                    "--raft-peer-route".to_owned(),
+                    format!("127.0.0.1:{port}={}", proxy.addr()),
+                ]);
+                row.push(Some(proxy));
+            }
+            raft.push(row);
+        }
+        Ok(Links { nats, raft })
+    }
+
+    /// Sets both directions of every raft link between node `i` and the others to `mode`.
+    fn isolate(&self, i: usize, mode: Mode) {
+        for (j, row) in self.raft.iter().enumerate() {
+            if j == i {
+                row.iter().flatten().for_each(|p| p.set_mode(mode));
+            } else if let Some(p) = &row[i] {
+                p.set_mode(mode);
+            }
+        }
+    }
+
+    /// Every link back to [`Mode::Pass`].
+    fn heal(&self) {
+        self.nats.iter().for_each(|p| p.set_mode(Mode::Pass));
+        self.raft
+            .iter()
+            .flatten()
+            .flatten()
+            .for_each(|p| p.set_mode(Mode::Pass));
+    }
+
+    /// Bytes node `i` exchanged with its peers through the raft proxies (both directions).
+    fn raft_bytes(&self, i: usize) -> u64 {
+        let out: u64 = self.raft[i].iter().flatten().map(Proxy::forwarded).sum();
+        let inbound: u64 = self
+            .raft
+            .iter()
+            .filter_map(|row| row[i].as_ref())
+            .map(Proxy::forwarded)
+            .sum();
+        out + inbound
+    }
+}
+
+/// A client of the nodes other than `cut` only (the majority side of a partition).
+async fn majority_client(cl: &Cluster, cut: usize) -> TestResult<Client> {
+    let addrs: Vec<String> = cl
+        .specs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != cut)
+        .map(|(_, s)| format!("127.0.0.1:{}", s.port))
+        .collect();
+    Ok(Client::builder(&addrs)
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await?)
+}
+
+/// Waits (≤ `wait`) until the metadata served by `client` names a partition-0 leader of
+/// `stream` other than `old`; returns its index.
+async fn new_partition_leader(
+    cl: &Cluster,
+    client: &Client,
+    stream: &str,
+    old: usize,
+    wait: Duration,
+) -> TestResult<usize> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(md) = client.fetch_metadata().await {
+            let leader = md
+                .stream(stream)
+                .and_then(|s| s.partitions.get(&0))
+                .and_then(|p| p.leader.clone())
+                .and_then(|l| cl.index_of(&l));
+            if let Some(i) = leader.filter(|i| *i != old) {
+                return Ok(i);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{stream}: the majority named no new partition leader within {wait:?}\n{}",
+                cl.logs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (≤ `wait`) until node `i`'s `drawbridge_nats_connected` gauge is `want`.
+async fn wait_nats_connected(cl: &Cluster, i: usize, want: f64, wait: Duration) -> TestResult {
+    let deadline = Instant::now() + wait;
+    let port = cl.metrics[i];
+    loop {
+        let got = tokio::task::block_in_place(|| metrics::gauge(port, "drawbridge_nats_connected"));
+        if matches!(got, Ok(Some(v)) if v == want) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{}: drawbridge_nats_connected is {got:?}, not {want}, after {wait:?}\n{}",
+                cl.specs[i].id,
+                cl.logs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a partition lasts at most before the tests heal it.
+const CUT_WAIT: Duration = Duration::from_secs(15);
+
+/// Network partition (issue 7, fault 3): the partition leader is cut from both peers (its raft
+/// links blackholed both ways; it keeps NATS and its clients) while ack-ALL publishers run. The
+/// majority must elect a new leader; the isolated leader cannot commit, so it must acknowledge
+/// nothing that is then lost (the checker); after the heal the replicas converge (`cluster
+/// verify`) and publishing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_partition_leader_is_replaced_and_acks_nothing_lost() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let test = "an_isolated_partition_leader_is_replaced_and_acks_nothing_lost";
+    let Some(cl) = Cluster::start_partitionable(test).await? else {
+        return Ok(());
+    };
+    let links = cl.links.as_ref().ok_or("no links")?;
+    let name = "partition-leader-cut";
+    cl.create_replicated(name).await?;
+    let w = Workload::start(&cl.client, name, 0)?;
+    phase(&w, "isolated leader: warm-up", PER_PHASE / 3).await;
+    let leader = cl.partition_leader(name).await?;
+    if links.raft_bytes(leader) == 0 {
+        return Err("no raft traffic went through the proxies".into());
+    }
+    eprintln!("faults: blackholing {} from its peers", cl.specs[leader].id);
+    links.isolate(leader, Mode::Blackhole);
+    let cut_at = Instant::now();
+    let before = w.acked();
+    let majority = majority_client(&cl, leader).await?;
+    let new_leader = new_partition_leader(&cl, &majority, name, leader, CUT_WAIT).await;
+    let elected_in = cut_at.elapsed();
+    // Give the publishers a moment on the new leader (bounded), then heal.
+    let settle = Instant::now();
+    while w.acked() == before && settle.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = w.acked() - before;
+    links.heal();
+    eprintln!(
+        "faults: isolated leader: new leader {:?} named by the majority after {elected_in:?}; \
+         {during} acks during the {:?} cut",
+        new_leader.as_ref().map(|i| cl.specs[*i].id.clone()),
+        cut_at.elapsed()
+    );
+    let new_leader = new_leader?;
+    let after = phase(&w, "isolated leader: after the heal", PER_PHASE / 3).await;
+    let mut h = w.finish().await?;
+    let mut cl = cl;
+    cl.assert_no_crash()?;
+    read_all_caught_up(&cl, name, &mut h).await?;
+    let report = checker::analyze(&h);
+    eprintln!(
+        "faults: isolated leader done in {:?} (old {}, new {})\n{report}",
+        started.elapsed(),
+        cl.specs[leader].id,
+        cl.specs[new_leader].id
+    );
+    if report.has_violations() {
+        return Err(format!("{report}\nlogs:\n{}", cl.logs()).into());
+    }
+    if after == 0 {
+        return Err(format!("no ack after the heal\nlogs:\n{}", cl.logs()).into());
+    }
+    cl.verify().await?;
+    Ok(())
+}
+
+/// Network partition between a node and NATS (issue 7, fault 3): a follower's NATS connection
+/// is reset (and every reconnect refused) while ack-ALL publishers run. Replication runs over
+/// raft, so publishing through gRPC must go on being acknowledged; the follower must notice
+/// (`drawbridge_nats_connected` 0), reconnect after the heal (1), stay in sync, and lose or
+/// duplicate nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_from_nats_reconnects_and_loses_nothing() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let test = "a_follower_cut_from_nats_reconnects_and_loses_nothing";
+    let Some(mut cl) = Cluster::start_partitionable(test).await? else {
+        return Ok(());
+    };
+    let name = "partition-nats-cut";
+    cl.create_replicated(name).await?;
+    let w = Workload::start(&cl.client, name, 0)?;
+    phase(&w, "NATS cut: warm-up", PER_PHASE / 3).await;
+    let leader = cl.partition_leader(name).await?;
+    let victim = (leader + 1) % cl.servers.len();
+    let links = cl.links.as_ref().ok_or("no links")?;
+    eprintln!("faults: resetting {}'s NATS link", cl.specs[victim].id);
+    links.nats[victim].set_mode(Mode::Reset);
+    let cut_at = Instant::now();
+    wait_nats_connected(&cl, victim, 0.0, Duration::from_secs(10)).await?;
+    let noticed = cut_at.elapsed();
+    let during = phase(&w, "NATS cut: follower cut", PER_PHASE / 3).await;
+    let links = cl.links.as_ref().ok_or("no links")?;
+    links.heal();
+    let healed_at = Instant::now();
+    wait_nats_connected(&cl, victim, 1.0, Duration::from_secs(20)).await?;
+    eprintln!(
+        "faults: NATS cut: {} noticed after {noticed:?}, {during} acks during the {:?} cut, \
+         reconnected {:?} after the heal",
+        cl.specs[victim].id,
+        healed_at.duration_since(cut_at),
+        healed_at.elapsed()
+    );
+    let after = phase(&w, "NATS cut: after the heal", PER_PHASE / 3).await;
+    let mut h = w.finish().await?;
+    cl.assert_no_crash()?;
+    read_all_caught_up(&cl, name, &mut h).await?;
+    let report = checker::analyze(&h);
+    eprintln!("faults: NATS cut done in {:?}\n{report}", started.elapsed());
+    if report.has_violations() {
+        return Err(format!("{report}\nlogs:\n{}", cl.logs()).into());
+    }
+    if during == 0 || after == 0 {
+        return Err(format!(
+            "publishing stalled: {during} acks during the cut, {after} after\nlogs:\n{}",
+            cl.logs()
+        )
+        .into());
+    }
+    cl.verify().await?;
+    Ok(())
+}
+
+/// Network partition of the metadata leader (issue 7, fault 3): its raft links to both peers
+/// are blackholed. Metadata operations (CreateStream through a node of the majority) must work
+/// again within a bounded time — the majority elects a new metadata leader — and after the
+/// heal the old leader must learn the streams created meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_metadata_leader_is_replaced_for_create_stream() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let started = Instant::now();
+    let test = "an_isolated_metadata_leader_is_replaced_for_create_stream";
+    let Some(mut cl) = Cluster::start_partitionable(test).await? else {
+        return Ok(());
+    };
+    cl.create_replicated("partition-meta-before").await?;
+    let meta = tokio::task::block_in_place(|| cl.metadata_leader())?;
+    let links = cl.links.as_ref().ok_or("no links")?;
+    eprintln!(
+        "faults: blackholing metadata leader {} from its peers",
+        cl.specs[meta].id
+    );
+    links.isolate(meta, Mode::Blackhole);
+    let cut_at = Instant::now();
+    let majority = majority_client(&cl, meta).await?;
+    let name = "partition-meta-during";
+    let mut tries = 0u32;
+    let created = loop {
+        tries += 1;
+        match majority
+            .create_stream(name, name, StreamOptions::default())
+            .await
+        {
+            Ok(_) => break Ok(cut_at.elapsed()),
+            // A timed-out attempt may have been applied: the retry then finds it.
+            Err(e) if e.to_string().contains("already exists") => break Ok(cut_at.elapsed()),
+            Err(e) if cut_at.elapsed() < Duration::from_secs(20) => {
+                eprintln!("faults: CreateStream during the cut, try {tries}: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let new_meta = tokio::task::block_in_place(|| {
+        metrics::metadata_leader(&cl.metrics, &[meta], Duration::from_secs(5))
+    });
+    let links = cl.links.as_ref().ok_or("no links")?;
+    links.heal();
+    let created = match created {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(format!(
+                "CreateStream failed through the majority for 20 s: {e}\nlogs:\n{}",
+                cl.logs()
+            )
+            .into())
+        }
+    };
+    let new_meta = new_meta?;
+    eprintln!(
+        "faults: isolated metadata leader: CreateStream succeeded {created:?} after the cut \
+         ({tries} tries); new metadata leader {}",
+        cl.specs[new_meta].id
+    );
+    // After the heal the old leader serves the new stream in its own metadata.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old = Client::builder([format!("127.0.0.1:{}", cl.specs[meta].port)])
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    loop {
+        if let Ok(md) = old.fetch_metadata().await {
+            if md.stream(name).is_some() {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} does not know {name} 20 s after the heal\nlogs:\n{}",
+                cl.specs[meta].id,
+                cl.logs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cl.assert_no_crash()?;
+    eprintln!(
+        "faults: isolated metadata leader done in {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
