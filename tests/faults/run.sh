@@ -3,7 +3,9 @@
 #
 #   tests/faults/run.sh --minutes 30 [--filter NAME] [--no-raft]
 #
-# Each round runs the process fault tests (tests/tests/faults.rs, one cluster at a time) and
+# Each round runs the process fault tests (tests/tests/faults.rs, one cluster at a time; this
+# includes the network-partition tests through proxies, `--filter isolated` or
+# `--filter cut_from_nats` select them) and
 # the in-process network-partition tests of drawbridge-raft with a fresh random seed
 # (RAFT_FAULT_SEED) and its power-loss tests (POWER_LOSS_SEED, 4 cuts each), until the time
 # is up. Every checker report line ("checker: attempted ...")
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --filter) filter="$2"; shift 2 ;;
     --no-raft) raft=0; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
