@@ -207,6 +207,12 @@ pub struct RaftConfig {
     #[doc(hidden)]
     #[serde(default)]
     pub quiesce_partition_groups: bool,
+    /// Where to dial a peer that advertises a given address: when a peer's raft address is a
+    /// key, the transport connects to the value instead (a relay; the process fault tests put
+    /// a fault-injecting proxy per ordered pair of nodes here). Addresses not listed are
+    /// dialled as advertised. Empty by default.
+    #[serde(default)]
+    pub peer_routes: std::collections::BTreeMap<String, String>,
     /// Tests only: faults every raft RPC of this node passes through
     /// ([`crate::testing::NetworkFaults`]). `None` in production.
     #[doc(hidden)]
@@ -265,6 +271,7 @@ impl RaftConfig {
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
             quiesce_partition_groups: false,
+            peer_routes: std::collections::BTreeMap::new(),
             network_faults: None,
         }
     }

@@ -190,7 +190,8 @@ impl RaftNode {
         }
         let registry = Arc::new(GroupRegistry::default());
         let router = Router::new(config.coalesce_heartbeats)
-            .with_faults(config.node_id, config.network_faults.clone());
+            .with_faults(config.node_id, config.network_faults.clone())
+            .with_routes(config.peer_routes.clone());
         fs::create_dir_all(data_dir)?;
         let flusher = Flusher::start(&data_dir.join(JOURNAL_FILE))?;
 

@@ -65,6 +65,10 @@ pub struct Extra {
     pub raft_listen: Option<String>,
     /// Raft address advertised to peers; default: the advertised client host and raft port.
     pub raft_advertise: Option<String>,
+    /// `ADVERTISED=DIAL` pairs: dial `DIAL` to reach the peer whose advertised raft address is
+    /// `ADVERTISED` (a relay; the process fault tests route each ordered pair of nodes through
+    /// its own proxy). Empty: peers are dialled as advertised.
+    pub raft_peer_routes: Vec<String>,
     /// Master keys for encryption at rest (normally [`Keyring::from_env`]); empty = none.
     ///
     /// [`Keyring::from_env`]: crate::encryption::Keyring::from_env
@@ -165,6 +169,19 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         None => raft_bind.to_string(),
     };
     let mut raft_config = RaftConfig::new(node_id, raft_advertise.clone());
+    for route in &extra.raft_peer_routes {
+        let (from, to) = route
+            .split_once('=')
+            .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+            .ok_or_else(|| {
+                ServerError::InvalidArgument(format!(
+                    "--raft-peer-route {route:?}: expected ADVERTISED=DIAL"
+                ))
+            })?;
+        raft_config
+            .peer_routes
+            .insert(from.to_owned(), to.to_owned());
+    }
     // Partition groups run on the raft crate's defaults (heartbeat 500 ms, elections 1.5–3 s,
     // driven by the node's scheduler): a follower elects 3–4.5 s after the last heartbeat of a
     // crashed leader (the leader lease, then a randomized part), inside the 10 s budget.

@@ -2,7 +2,8 @@
 //!
 //! Command line: Liftbridge's flags ([`drawbridge_server::config::Flags`]) plus Drawbridge's
 //! `--raft-listen HOST:PORT` / `--raft-advertise HOST:PORT` (the raft transport address; default
-//! the client listen host and client port + 1). Exit status: 0 after a clean shutdown, 1 when
+//! the client listen host and client port + 1) and `--raft-peer-route ADVERTISED=DIAL` (dial
+//! another address to reach a peer, e.g. through a relay). Exit status: 0 after a clean shutdown, 1 when
 //! the configuration is invalid, start-up fails, the shutdown overruns its bound or a second
 //! SIGINT/SIGTERM cuts it short. SIGHUP reloads the authorization model and policy.
 
@@ -34,6 +35,10 @@ struct Cli {
         value_name = "HOST:PORT"
     )]
     raft_advertise: Option<String>,
+    /// Dial DIAL to reach the peer that advertises the raft address ADVERTISED (repeatable;
+    /// for relays, and for the fault tests' per-link proxies).
+    #[arg(long = "raft-peer-route", value_name = "ADVERTISED=DIAL")]
+    raft_peer_routes: Vec<String>,
 }
 
 fn init_logging(config: &Config) {
@@ -138,6 +143,7 @@ fn main() -> std::process::ExitCode {
     let extra = Extra {
         raft_listen: cli.raft_listen,
         raft_advertise: cli.raft_advertise,
+        raft_peer_routes: cli.raft_peer_routes,
         keyring: std::sync::Arc::new(keyring),
     };
     runtime.block_on(async move {

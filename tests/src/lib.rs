@@ -7,6 +7,8 @@
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
 //! - [`nats`]: a real `nats-server` (the Debian package) on a free loopback port.
 //! - [`server`]: `drawbridge-server` processes (single servers and clusters) for process tests.
+//! - [`proxy`]: a fault-injecting TCP proxy (pass, blackhole, reset) for network partitions.
+//! - [`metrics`]: a server's `/metrics` (the metadata leader, gauges).
 //! - [`rewrite`]: a stopped replica's log changed consistently but wrongly (silent divergence,
 //!   for `drawbridge cluster verify`).
 //!
@@ -15,8 +17,10 @@
 
 pub mod bins;
 pub mod checker;
+pub mod metrics;
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod rewrite;
 pub mod server;

@@ -8,6 +8,9 @@
 //! - With coalescing on (the default), an append-entries without entries goes through the
 //!   peer's heartbeat batcher (`super::coalesce`); every other RPC is its own gRPC call.
 //! - In tests, every RPC first passes the node's fault gate (`super::faults`), if it has one.
+//! - A peer's channel dials the route configured for its advertised address
+//!   (`RaftConfig::peer_routes`), or the advertised address itself; the peer stays keyed by
+//!   its advertised address either way.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -107,6 +110,8 @@ pub(crate) struct Router {
     /// Tests only: this node's id and the shared fault set every RPC passes through
     /// (`super::faults`).
     faults: Option<(NodeId, NetworkFaults)>,
+    /// Advertised peer address -> address dialled instead (`RaftConfig::peer_routes`).
+    routes: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -124,7 +129,17 @@ impl Router {
             peers: Arc::default(),
             coalesce,
             faults: None,
+            routes: Arc::default(),
         }
+    }
+
+    /// Dials `routes[addr]` instead of a peer's advertised `addr` when listed.
+    pub(crate) fn with_routes(
+        mut self,
+        routes: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.routes = Arc::new(routes);
+        self
     }
 
     /// Routes every RPC of node `me` through `faults` (tests; see `super::faults`).
@@ -158,8 +173,9 @@ impl Router {
         if peers.clients.get(&id).is_some_and(|(a, _)| a == addr) {
             return Ok(());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| SendError::Unreachable(format!("bad address {addr}: {e}")))?
+        let dial = self.routes.get(addr).map_or(addr, String::as_str);
+        let endpoint = Endpoint::from_shared(format!("http://{dial}"))
+            .map_err(|e| SendError::Unreachable(format!("bad address {dial}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

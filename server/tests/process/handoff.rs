@@ -110,29 +110,10 @@ async fn sigterm_of_the_metadata_leader_hands_it_off() -> TestResult {
     let mut servers: Vec<DrawbridgeServer> = cluster(&specs)?;
 
     // The node whose `drawbridge_metadata_leader` gauge is 1 (≤ 20 s), other than `not`.
-    async fn metadata_leader(metrics: &[u16], not: Option<usize>) -> TestResult<usize> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            for (i, port) in metrics.iter().enumerate() {
-                if Some(i) == not {
-                    continue;
-                }
-                if let Ok((200, body)) = crate::single::get(*port, "/metrics").await {
-                    if body
-                        .lines()
-                        .any(|l| l.trim() == "drawbridge_metadata_leader 1")
-                    {
-                        return Ok(i);
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err("no metadata leader".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let leader = metadata_leader(&metrics, None).await?;
+    let metadata_leader = |not: &[usize]| {
+        drawbridge_tests::metrics::metadata_leader(&metrics, not, Duration::from_secs(20))
+    };
+    let leader = metadata_leader(&[])?;
     assert!(
         servers[leader].stop(Duration::from_secs(25)),
         "{}",
@@ -143,7 +124,7 @@ async fn sigterm_of_the_metadata_leader_hands_it_off() -> TestResult {
         log.contains("metadata leadership handed off"),
         "no metadata hand-off in the stopped leader's log:\n{log}"
     );
-    let new_leader = metadata_leader(&metrics, Some(leader)).await?;
+    let new_leader = metadata_leader(&[leader])?;
     let mut c = client(&servers[(leader + 1) % 3]).await?;
     c.create_stream(create_req("after-handoff", "after-handoff"))
         .await?;

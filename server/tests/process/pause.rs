@@ -618,23 +618,11 @@ async fn activity_stream_continues_after_a_metadata_leader_kill() -> TestResult 
     };
 
     // The metadata leader, from each node's `drawbridge_metadata_leader` gauge (≤ 20 s).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let leader = 'found: loop {
-        for (i, port) in metrics.iter().enumerate() {
-            if let Ok((200, body)) = crate::single::get(*port, "/metrics").await {
-                if body
-                    .lines()
-                    .any(|l| l.trim() == "drawbridge_metadata_leader 1")
-                {
-                    break 'found i;
-                }
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("no metadata leader\n{}", logs(&servers)).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let leader =
+        match drawbridge_tests::metrics::metadata_leader(&metrics, &[], Duration::from_secs(20)) {
+            Ok(i) => i,
+            Err(e) => return Err(format!("{e}\n{}", logs(&servers)).into()),
+        };
     let survivor = (leader + 1) % 3;
 
     // Creates `name` through server `i`, retrying (bounded) while the cluster fails over.
