@@ -145,6 +145,18 @@ fn leader_disk_check(ctx: &Node, r: &PublishRequest) -> Result<()> {
     }
 }
 
+/// Refuses a publish while this broker's NATS connection is down. async-nats would buffer the
+/// message and deliver it after a reconnect, long after the client's ack deadline, so a client
+/// that retried elsewhere would see it twice; refusing at once lets it go to another broker.
+fn nats_check(ctx: &Node) -> Result<()> {
+    if ctx.nats.connection_state() == async_nats::connection::State::Connected {
+        return Ok(());
+    }
+    Err(ServerError::Unavailable(
+        "this broker is not connected to NATS; publish through another broker".into(),
+    ))
+}
+
 fn envelope_of(r: &PublishRequest, subject: &str, inbox: &str) -> bytes::Bytes {
     envelope::encode_publish(&Message {
         offset: r.expected_offset,
@@ -212,6 +224,7 @@ pub async fn publish(
 ) -> Result<PublishResponse> {
     let subject = target_subject(ctx, &r)?;
     leader_disk_check(ctx, &r)?;
+    nats_check(ctx)?;
     let inbox = if r.ack_inbox.is_empty() {
         new_inbox(ctx)
     } else {
@@ -257,6 +270,7 @@ pub async fn publish_to_subject(
     deadline: Option<Duration>,
 ) -> Result<PublishToSubjectResponse> {
     names::check_publish_subject(&r.subject)?;
+    nats_check(ctx)?;
     let inbox = if r.ack_inbox.is_empty() {
         new_inbox(ctx)
     } else {
@@ -502,6 +516,7 @@ pub async fn publish_async(
             };
             let subject = match target_subject(&ctx, &req)
                 .and_then(|s| leader_disk_check(&ctx, &req).map(|()| s))
+                .and_then(|s| nats_check(&ctx).map(|()| s))
             {
                 Ok(s) => s,
                 Err(e) => {
