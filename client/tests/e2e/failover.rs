@@ -8,7 +8,8 @@
 //! - SIGSTOP of the broker a pipelined publisher's stream is open to (a frozen process whose
 //!   TCP connections stay open): the publisher notices (keep-alive, missed acks), moves to
 //!   another broker and acks resume before a generous deadline, while the broker is still
-//!   stopped; no future hangs;
+//!   stopped; no future hangs. The partition is idle for 3 s before the stop, so with
+//!   quiescence on its group is quiesced when the leader stops;
 //! - under a [`drawbridge_client::GroupConsumer`]: killing the group's coordinator (which is
 //!   also the partition leader when they coincide) moves the group to a new coordinator, the
 //!   member keeps reading every acknowledged message, and commits keep working.
@@ -485,6 +486,9 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
     let warm =
         publish_until_acked(&publisher, name, Instant::now() + Duration::from_secs(10)).await?;
     assert!(warm.is_some(), "no ack before the stop");
+    // Idle for a while first: with quiescence of idle partition groups on, the group is then
+    // quiesced when its leader stops (followers must notice a dead leader without heartbeats).
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let stopped = cl.servers[leader].as_ref().ok_or("leader not running")?;
     eprintln!("stopped broker: SIGSTOP {}", stopped.spec.id);
