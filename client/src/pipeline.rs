@@ -97,6 +97,8 @@ pub struct Publisher {
     cmds: mpsc::Sender<Command>,
     /// In-flight permits (module invariant 6).
     permits: Arc<Semaphore>,
+    /// The broker of the open session, as the driver last set it.
+    broker: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// One queued message.
@@ -153,6 +155,7 @@ impl Client {
             .map_err(|_| Error::Config("a publisher needs a Tokio runtime".into()))?;
         let (cmds, cmd_rx) = mpsc::channel(options.queue_capacity.max(1));
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let broker = Arc::default();
         let driver = Driver {
             inner: Arc::clone(&self.inner),
             cmds: cmd_rx,
@@ -166,12 +169,14 @@ impl Client {
             timeouts_in_row: 0,
             avoid: None,
             sweep: sweep_timer(),
+            broker: Arc::clone(&broker),
         };
         handle.spawn(driver.run());
         Ok(Publisher {
             inner: Arc::clone(&self.inner),
             cmds,
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            broker,
         })
     }
 }
@@ -208,6 +213,15 @@ impl Publisher {
             correlation_id,
             _permit: permit,
         })
+    }
+
+    /// The broker (`host:port`) the PublishAsync stream is open to, `None` between streams
+    /// (before the first message, or after a stream failed). For diagnostics and tests.
+    pub fn broker(&self) -> Option<String> {
+        self.broker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Sends a message and waits for its ack: `send(..).await?.await`.
@@ -263,6 +277,8 @@ struct Driver {
     avoid: Option<(String, Instant)>,
     /// The periodic sweep of `pending` (module invariant 4).
     sweep: tokio::time::Interval,
+    /// Shared with the publishers: the broker of the open session.
+    broker: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A future waiting for its ack.
@@ -387,6 +403,7 @@ impl Driver {
     /// The session broke: fail everything waiting on it (module invariant 3).
     fn fail_session(&mut self, status: Option<tonic::Status>) {
         self.session = None;
+        self.set_broker(None);
         self.failures = self.failures.saturating_add(1);
         for (_, w) in self.pending.drain() {
             let _ = w.tx.send(Err(session_error(status.as_ref())));
@@ -427,6 +444,13 @@ impl Driver {
         ));
         self.avoid_current_broker();
         self.fail_session(Some(status));
+    }
+
+    fn set_broker(&self, addr: Option<String>) {
+        *self
+            .broker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = addr;
     }
 
     /// Marks the current session's broker to be avoided by the next sessions, and refreshes
@@ -528,6 +552,7 @@ impl Driver {
         let reader = tokio::spawn(read_session(id, api, out_rx, self.events_tx.clone()));
         tracing::debug!(session = id, %addr, "opening PublishAsync stream");
         self.timeouts_in_row = 0;
+        self.set_broker(Some(addr.clone()));
         self.session = Some(Session {
             id,
             addr,

@@ -419,9 +419,9 @@ async fn pipelined_publishing_survives_leader_kill() -> TestResult {
     Ok(())
 }
 
-/// SIGSTOP of the broker a pipelined publisher's stream is open to (module docs). The stopped
-/// broker is also the partition leader, so acks resume only once the publisher has moved to
-/// another broker and a new leader was elected.
+/// SIGSTOP of the broker a pipelined publisher's stream is open to (module docs). That broker
+/// is made (almost surely) the partition leader, so acks resume only once the publisher has
+/// moved to another broker and a new leader was elected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
@@ -430,9 +430,7 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
     };
     let name = "ha-stop";
     let leader = cl.create_replicated(name).await?;
-    // A client that knows only the leader, so its publisher's first stream is to the broker
-    // that is then stopped; it learns the others from metadata.
-    let client = Client::builder([cl.addrs[leader].as_str()])
+    let client = Client::builder(&cl.addrs)
         .connect_timeout(Duration::from_secs(1))
         .request_timeout(Duration::from_secs(3))
         .ack_timeout(Duration::from_secs(5))
@@ -443,7 +441,6 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
         })
         .connect()
         .await?;
-    let publisher = client.publisher()?;
     // Publishes one message at a time until one is acked or `deadline`; every future must
     // resolve within its ack timeout (+ slack).
     async fn publish_until_acked(
@@ -483,14 +480,38 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
         }
         Ok(None)
     }
-    let warm =
-        publish_until_acked(&publisher, name, Instant::now() + Duration::from_secs(10)).await?;
-    assert!(warm.is_some(), "no ack before the stop");
+    // A publisher picks its broker at random: take one whose stream is to the partition leader
+    // (≤ 12 tries; else the last one, whose broker is stopped all the same).
+    let mut tries = 0;
+    let (publisher, broker) = loop {
+        tries += 1;
+        let publisher = client.publisher()?;
+        let warm =
+            publish_until_acked(&publisher, name, Instant::now() + Duration::from_secs(10)).await?;
+        assert!(warm.is_some(), "no ack before the stop");
+        let broker = publisher.broker().ok_or("no stream after an ack")?;
+        if broker == cl.addrs[leader] || tries >= 12 {
+            break (publisher, broker);
+        }
+    };
+    let stop = cl
+        .addrs
+        .iter()
+        .position(|a| *a == broker)
+        .ok_or("the publisher's broker is not a cluster member")?;
+    eprintln!(
+        "stopped broker: the publisher's stream is to the {} (after {tries} publishers)",
+        if stop == leader {
+            "partition leader"
+        } else {
+            "a follower"
+        }
+    );
     // Idle for a while first: with quiescence of idle partition groups on, the group is then
     // quiesced when its leader stops (followers must notice a dead leader without heartbeats).
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let stopped = cl.servers[leader].as_ref().ok_or("leader not running")?;
+    let stopped = cl.servers[stop].as_ref().ok_or("broker not running")?;
     eprintln!("stopped broker: SIGSTOP {}", stopped.spec.id);
     if !stopped.signal(libc::SIGSTOP) {
         return Err("SIGSTOP failed".into());
