@@ -18,6 +18,12 @@
 //! 4. Each future enforces its own ack timeout, counted from `send`; the driver knows the
 //!    same deadline and forgets entries whose future is gone (timed out or dropped) on its
 //!    periodic sweep, which runs every [`SWEEP_EVERY`] even while waiting for stream room.
+//! 5. The driver never blocks on the outgoing stream without also reading incoming events,
+//!    so a server that stops reading until its responses are read cannot deadlock us.
+//! 6. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
+//!    held by the [`AckFuture`] until it completes or is dropped.
+//! 7. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
+//!    the request is handed to the stream.
 //! 8. Stall detection: when [`STALL_TIMEOUTS`] messages in a row time out on one session (no
 //!    response in between), or the session's stream fails (e.g. the HTTP/2 keep-alive closed
 //!    a connection whose broker stopped answering), the session is dropped, every future
@@ -25,12 +31,6 @@
 //!    refreshed in the background, and the next session avoids that broker for
 //!    [`AVOID_FOR`] when another is known. A publisher thus never stays stuck on a frozen
 //!    broker: new messages go to another one within about an ack timeout.
-//! 5. The driver never blocks on the outgoing stream without also reading incoming events,
-//!    so a server that stops reading until its responses are read cannot deadlock us.
-//! 6. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
-//!    held by the [`AckFuture`] until it completes or is dropped.
-//! 7. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
-//!    the request is handed to the stream.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -483,15 +483,25 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
     // A publisher picks its broker at random: take one whose stream is to the partition leader
     // (≤ 12 tries; else the last one, whose broker is stopped all the same).
     let mut tries = 0;
-    let (publisher, broker) = loop {
+    let (publisher, broker, leader) = loop {
         tries += 1;
         let publisher = client.publisher()?;
         let warm =
             publish_until_acked(&publisher, name, Instant::now() + Duration::from_secs(10)).await?;
         assert!(warm.is_some(), "no ack before the stop");
         let broker = publisher.broker().ok_or("no stream after an ack")?;
+        // The leader as of now (leadership may have moved since the stream was created).
+        let md = client.fetch_metadata().await?;
+        let leader = match md
+            .stream(name)
+            .and_then(|s| s.partitions.get(&0))
+            .and_then(|p| p.leader.clone())
+        {
+            Some(id) => cl.index_of(&id)?,
+            None => leader,
+        };
         if broker == cl.addrs[leader] || tries >= 12 {
-            break (publisher, broker);
+            break (publisher, broker, leader);
         }
     };
     let stop = cl
@@ -500,9 +510,9 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
         .position(|a| *a == broker)
         .ok_or("the publisher's broker is not a cluster member")?;
     eprintln!(
-        "stopped broker: the publisher's stream is to the {} (after {tries} publishers)",
+        "stopped broker: the publisher's stream is to {} (after {tries} publishers)",
         if stop == leader {
-            "partition leader"
+            "the partition leader"
         } else {
             "a follower"
         }
