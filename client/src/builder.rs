@@ -5,14 +5,24 @@
 //!    one of them (like go-liftbridge, which fails `Connect` when no address answers).
 //! 2. Defaults: connect timeout 5 s, request timeout 10 s, ack timeout 5 s (go-liftbridge's
 //!    `AckWaitTime`), resubscribe budget 30 s (its `ResubscribeWaitTime`), [`RetryPolicy`]
-//!    default, no HTTP/2 keep-alive pings (a Liftbridge server built on grpc-go closes
-//!    connections that ping more often than every 5 minutes).
+//!    default, HTTP/2 keep-alive pings every 1 s (also on idle connections) with a 3 s pong
+//!    timeout. The pings are what notices a broker that stopped answering but whose TCP
+//!    connection is still open (a frozen or partitioned process): the connection is closed,
+//!    its calls fail `Unavailable`, and publishers and subscriptions move to another broker.
+//!    A Liftbridge server built on grpc-go enforces a minimum ping interval (5 minutes by
+//!    default) and closes connections that ping more often: use
+//!    [`ClientBuilder::no_keepalive`] (or a longer interval) against one.
 
 use std::time::Duration;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
+
+/// Default interval of HTTP/2 keep-alive pings.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
+/// Default time allowed for a keep-alive ping's answer.
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// TLS towards the servers. PEM bytes, as read from files.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -46,6 +56,7 @@ pub(crate) struct Config {
     pub(crate) resubscribe_wait: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) keepalive: Option<Duration>,
+    pub(crate) keepalive_timeout: Duration,
     pub(crate) tls: Option<TlsOptions>,
 }
 
@@ -91,7 +102,8 @@ impl ClientBuilder {
                 ack_timeout: Duration::from_secs(5),
                 resubscribe_wait: Duration::from_secs(30),
                 retry: RetryPolicy::default(),
-                keepalive: None,
+                keepalive: Some(DEFAULT_KEEPALIVE),
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 tls: None,
             },
         }
@@ -128,9 +140,25 @@ impl ClientBuilder {
         self
     }
 
-    /// Send HTTP/2 keep-alive pings at this interval (off by default: see module docs).
+    /// Send HTTP/2 keep-alive pings at this interval, also on idle connections (default 1 s:
+    /// see module docs). A zero interval is taken as 1 ms.
     pub fn keepalive(mut self, interval: Duration) -> Self {
-        self.config.keepalive = Some(interval);
+        self.config.keepalive = Some(interval.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Close a connection whose keep-alive ping is not answered within this time (default
+    /// 3 s); its calls then fail `Unavailable` and are retried or moved elsewhere.
+    pub fn keepalive_timeout(mut self, t: Duration) -> Self {
+        self.config.keepalive_timeout = t;
+        self
+    }
+
+    /// No HTTP/2 keep-alive pings (for servers that refuse frequent pings, such as grpc-go
+    /// Liftbridge with its default enforcement policy). A frozen broker is then noticed only
+    /// through ack and request timeouts.
+    pub fn no_keepalive(mut self) -> Self {
+        self.config.keepalive = None;
         self
     }
 
@@ -161,7 +189,9 @@ mod tests {
         assert_eq!(b.config.addrs, vec!["127.0.0.1:9292", "h:1"]);
         assert_eq!(b.config.ack_timeout, Duration::from_secs(5));
         assert_eq!(b.config.retry, RetryPolicy::default());
-        assert!(b.config.keepalive.is_none());
+        assert_eq!(b.config.keepalive, Some(Duration::from_secs(1)));
+        assert_eq!(b.config.keepalive_timeout, Duration::from_secs(3));
+        assert!(b.clone().no_keepalive().config.keepalive.is_none());
         let t = TlsOptions {
             client_identity_pem: Some((b"cert".to_vec(), b"secret key".to_vec())),
             ..TlsOptions::default()

@@ -85,7 +85,8 @@ impl Client {
     }
 
     pub(crate) fn from_config(config: Config) -> Client {
-        let pool = Pool::new(config.connect_timeout, config.keepalive, config.tls.clone());
+        let keepalive = config.keepalive.map(|i| (i, config.keepalive_timeout));
+        let pool = Pool::new(config.connect_timeout, keepalive, config.tls.clone());
         Client {
             inner: Arc::new(Inner {
                 config,

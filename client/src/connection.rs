@@ -5,7 +5,11 @@
 //!    connection, which multiplexes all calls (unary and streaming) to that broker.
 //! 2. Channels connect lazily: creating one never blocks, and a broker that is down shows up
 //!    as an `Unavailable` status on the call, which the retry loops handle.
-//! 3. No per-channel request timeout: long-lived streams (Subscribe, PublishAsync) must not be
+//! 3. With keep-alive configured (the default), a connection whose pings go unanswered is
+//!    closed: its calls, streams included, fail with `Unavailable`, and the channel dials
+//!    again on the next call. A broker that is frozen but keeps its TCP connection open is
+//!    thus noticed within interval + timeout.
+//! 4. No per-channel request timeout: long-lived streams (Subscribe, PublishAsync) must not be
 //!    cut; unary calls set their own deadline on each request.
 
 use std::collections::HashMap;
@@ -29,14 +33,15 @@ pub(crate) struct Pool {
     /// Channels by `host:port`; read and filled by every call that needs a broker.
     channels: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
-    keepalive: Option<Duration>,
+    /// Keep-alive ping interval and pong timeout; `None`: no pings.
+    keepalive: Option<(Duration, Duration)>,
     tls: Option<TlsOptions>,
 }
 
 impl Pool {
     pub(crate) fn new(
         connect_timeout: Duration,
-        keepalive: Option<Duration>,
+        keepalive: Option<(Duration, Duration)>,
         tls: Option<TlsOptions>,
     ) -> Pool {
         Pool {
@@ -84,10 +89,10 @@ impl Pool {
             // window per round trip; let a few MiB be in flight.
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW);
-        if let Some(interval) = self.keepalive {
+        if let Some((interval, timeout)) = self.keepalive {
             ep = ep
                 .http2_keep_alive_interval(interval)
-                .keep_alive_timeout(interval.saturating_mul(2))
+                .keep_alive_timeout(timeout)
                 .keep_alive_while_idle(true);
         }
         if let Some(tls) = &self.tls {

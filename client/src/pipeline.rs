@@ -15,14 +15,22 @@
 //!    responses does not matter.
 //! 3. When a session fails, every future still waiting for an ack fails with the retryable
 //!    [`Error::PublishStreamReset`]: the server may or may not have stored those messages.
-//! 4. Each future enforces its own ack timeout, counted from `send`; the driver forgets
-//!    entries whose future is gone (timed out or dropped) on its periodic sweep.
+//! 4. Each future enforces its own ack timeout, counted from `send`; the driver knows the
+//!    same deadline and forgets entries whose future is gone (timed out or dropped) on its
+//!    periodic sweep, which runs every [`SWEEP_EVERY`] even while waiting for stream room.
 //! 5. The driver never blocks on the outgoing stream without also reading incoming events,
 //!    so a server that stops reading until its responses are read cannot deadlock us.
 //! 6. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
 //!    held by the [`AckFuture`] until it completes or is dropped.
 //! 7. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
 //!    the request is handed to the stream.
+//! 8. Stall detection: when [`STALL_TIMEOUTS`] messages in a row time out on one session (no
+//!    response in between), or the session's stream fails (e.g. the HTTP/2 keep-alive closed
+//!    a connection whose broker stopped answering), the session is dropped, every future
+//!    still waiting on it fails with the retryable [`Error::PublishStreamReset`], metadata is
+//!    refreshed in the background, and the next session avoids that broker for
+//!    [`AVOID_FOR`] when another is known. A publisher thus never stays stuck on a frozen
+//!    broker: new messages go to another one within about an ack timeout.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -89,6 +97,8 @@ pub struct Publisher {
     cmds: mpsc::Sender<Command>,
     /// In-flight permits (module invariant 6).
     permits: Arc<Semaphore>,
+    /// The broker of the open session, as the driver last set it.
+    broker: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// One queued message.
@@ -96,6 +106,8 @@ pub struct Publisher {
 struct Command {
     req: api::PublishRequest,
     wants_ack: bool,
+    /// When the future gives up (its ack timeout); the driver counts missed deadlines.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Option<Ack>>>,
 }
 
@@ -143,6 +155,7 @@ impl Client {
             .map_err(|_| Error::Config("a publisher needs a Tokio runtime".into()))?;
         let (cmds, cmd_rx) = mpsc::channel(options.queue_capacity.max(1));
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let broker = Arc::default();
         let driver = Driver {
             inner: Arc::clone(&self.inner),
             cmds: cmd_rx,
@@ -153,12 +166,17 @@ impl Client {
             next_session: 0,
             failures: 0,
             next_addr: 0,
+            timeouts_in_row: 0,
+            avoid: None,
+            sweep: sweep_timer(),
+            broker: Arc::clone(&broker),
         };
         handle.spawn(driver.run());
         Ok(Publisher {
             inner: Arc::clone(&self.inner),
             cmds,
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            broker,
         })
     }
 }
@@ -176,11 +194,13 @@ impl Publisher {
             .await
             .map_err(|_| Error::PublisherClosed)?;
         // The ack timeout counts from here, whether or not the future is polled (invariant 4).
-        let timer = Box::pin(tokio::time::sleep_until(Instant::now() + timeout));
+        let deadline = Instant::now() + timeout;
+        let timer = Box::pin(tokio::time::sleep_until(deadline));
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
             req,
             wants_ack: msg.ack_policy != AckPolicy::None,
+            deadline,
             reply,
         };
         self.cmds
@@ -193,6 +213,15 @@ impl Publisher {
             correlation_id,
             _permit: permit,
         })
+    }
+
+    /// The broker (`host:port`) the PublishAsync stream is open to, `None` between streams
+    /// (before the first message, or after a stream failed). For diagnostics and tests.
+    pub fn broker(&self) -> Option<String> {
+        self.broker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Sends a message and waits for its ack: `send(..).await?.await`.
@@ -213,6 +242,8 @@ enum Event {
 #[derive(Debug)]
 struct Session {
     id: u64,
+    /// The broker the stream is open to.
+    addr: String,
     /// Requests into the gRPC stream; `None` once our side is half-closed.
     out: Option<mpsc::Sender<api::PublishRequest>>,
     reader: JoinHandle<()>,
@@ -232,20 +263,46 @@ struct Driver {
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     /// Futures waiting for an ack, by correlation id.
-    pending: HashMap<String, oneshot::Sender<Result<Option<Ack>>>>,
+    pending: HashMap<String, Waiting>,
     session: Option<Session>,
     next_session: u64,
     /// Sessions that failed in a row; sets the back-off before the next open.
     failures: u32,
     /// Rotates over broker addresses across sessions.
     next_addr: usize,
+    /// Messages of the current session whose ack deadline passed since its last response
+    /// (module invariant 8).
+    timeouts_in_row: usize,
+    /// A broker whose session stalled or broke, and until when new sessions avoid it.
+    avoid: Option<(String, Instant)>,
+    /// The periodic sweep of `pending` (module invariant 4).
+    sweep: tokio::time::Interval,
+    /// Shared with the publishers: the broker of the open session.
+    broker: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A future waiting for its ack.
+#[derive(Debug)]
+struct Waiting {
+    tx: oneshot::Sender<Result<Option<Ack>>>,
+    deadline: Instant,
+}
+
+/// How often the driver forgets dead entries and counts missed ack deadlines.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Ack deadlines missed in a row after which a session is taken for stalled.
+pub(crate) const STALL_TIMEOUTS: usize = 2;
+/// How long new sessions avoid a broker whose session stalled or broke.
+const AVOID_FOR: Duration = Duration::from_secs(10);
+
+fn sweep_timer() -> tokio::time::Interval {
+    let mut t = tokio::time::interval(SWEEP_EVERY);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
 
 impl Driver {
     async fn run(mut self) {
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
                 ev = self.events.recv() => {
@@ -258,7 +315,7 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd).await,
                     None => break,
                 },
-                _ = sweep.tick() => self.pending.retain(|_, tx| !tx.is_closed()),
+                _ = self.sweep.tick() => self.on_sweep(),
             }
         }
         self.drain().await;
@@ -274,7 +331,7 @@ impl Driver {
         let deadline = Instant::now() + self.inner.config.ack_timeout;
         let mut sweep = tokio::time::interval(SWEEP_EVERY / 10);
         while self.session.is_some() {
-            self.pending.retain(|_, tx| !tx.is_closed());
+            self.pending.retain(|_, w| !w.tx.is_closed());
             if self.pending.is_empty() {
                 break;
             }
@@ -287,8 +344,8 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        for (_, tx) in self.pending.drain() {
-            let _ = tx.send(Err(Error::PublisherClosed));
+        for (_, w) in self.pending.drain() {
+            let _ = w.tx.send(Err(Error::PublisherClosed));
         }
     }
 
@@ -297,10 +354,15 @@ impl Driver {
         match ev {
             Event::Response(id, resp) if Some(id) == current => {
                 self.failures = 0;
+                self.timeouts_in_row = 0;
                 self.on_response(resp);
             }
             Event::Ended(id, status) if Some(id) == current => {
                 tracing::debug!(session = id, ?status, "PublishAsync stream ended");
+                if status.is_some() {
+                    // Broken, not closed by the server in order: look elsewhere next time.
+                    self.avoid_current_broker();
+                }
                 self.fail_session(status);
             }
             // Events of an earlier session: its futures were already failed.
@@ -329,8 +391,8 @@ impl Driver {
             }
         };
         match self.pending.remove(&cid) {
-            Some(tx) => {
-                let _ = tx.send(outcome);
+            Some(w) => {
+                let _ = w.tx.send(outcome);
             }
             None => {
                 tracing::debug!(correlation_id = %cid, "response for an unknown or expired message")
@@ -341,10 +403,68 @@ impl Driver {
     /// The session broke: fail everything waiting on it (module invariant 3).
     fn fail_session(&mut self, status: Option<tonic::Status>) {
         self.session = None;
+        self.set_broker(None);
         self.failures = self.failures.saturating_add(1);
-        for (_, tx) in self.pending.drain() {
-            let _ = tx.send(Err(session_error(status.as_ref())));
+        for (_, w) in self.pending.drain() {
+            let _ = w.tx.send(Err(session_error(status.as_ref())));
         }
+    }
+
+    /// Forgets futures that are gone and counts the ack deadlines that passed; drops a
+    /// stalled session (module invariants 4 and 8).
+    fn on_sweep(&mut self) {
+        let now = Instant::now();
+        let mut expired = 0usize;
+        self.pending.retain(|_, w| {
+            if w.deadline <= now {
+                expired += 1;
+                false
+            } else {
+                !w.tx.is_closed()
+            }
+        });
+        if expired == 0 {
+            return;
+        }
+        let Some(addr) = self.session.as_ref().map(|s| s.addr.clone()) else {
+            return;
+        };
+        self.timeouts_in_row = self.timeouts_in_row.saturating_add(expired);
+        if self.timeouts_in_row < STALL_TIMEOUTS {
+            return;
+        }
+        tracing::warn!(
+            %addr,
+            missed = self.timeouts_in_row,
+            "no publish ack before the ack timeout; dropping the PublishAsync stream"
+        );
+        let status = tonic::Status::unavailable(format!(
+            "{} acks in a row timed out on the stream to {addr}; stream dropped",
+            self.timeouts_in_row
+        ));
+        self.avoid_current_broker();
+        self.fail_session(Some(status));
+    }
+
+    fn set_broker(&self, addr: Option<String>) {
+        *self
+            .broker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = addr;
+    }
+
+    /// Marks the current session's broker to be avoided by the next sessions, and refreshes
+    /// metadata in the background (leaders may have moved).
+    fn avoid_current_broker(&mut self) {
+        if let Some(s) = self.session.as_ref() {
+            self.avoid = Some((s.addr.clone(), Instant::now() + AVOID_FOR));
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            if let Err(e) = inner.refresh_metadata().await {
+                tracing::debug!(error = %e, "metadata refresh after a broken publish stream failed");
+            }
+        });
     }
 
     async fn on_command(&mut self, cmd: Command) {
@@ -356,13 +476,19 @@ impl Driver {
         }
         let cid = cmd.req.correlation_id.clone();
         if cmd.wants_ack {
-            if self.pending.get(&cid).is_some_and(|tx| !tx.is_closed()) {
+            if self.pending.get(&cid).is_some_and(|w| !w.tx.is_closed()) {
                 let _ = cmd.reply.send(Err(Error::Config(format!(
                     "correlation id {cid:?} is already in flight on this publisher"
                 ))));
                 return;
             }
-            self.pending.insert(cid.clone(), cmd.reply);
+            self.pending.insert(
+                cid.clone(),
+                Waiting {
+                    tx: cmd.reply,
+                    deadline: cmd.deadline,
+                },
+            );
             // If `forward` fails, it fails the session and with it this message's future.
             self.forward(cmd.req).await;
         } else if self.forward(cmd.req).await {
@@ -397,6 +523,7 @@ impl Driver {
                         self.on_event(ev);
                     }
                 }
+                _ = self.sweep.tick() => self.on_sweep(),
             }
         }
     }
@@ -411,21 +538,39 @@ impl Driver {
         if addrs.is_empty() {
             return Err(Error::Config("no server address".into()));
         }
-        let addr = &addrs[self.next_addr % addrs.len()];
+        let now = Instant::now();
+        let avoid = match &self.avoid {
+            Some((a, until)) if *until > now => Some(a.as_str()),
+            _ => None,
+        };
+        let addr = pick_addr(&addrs, self.next_addr, avoid).to_string();
         self.next_addr = self.next_addr.wrapping_add(1);
-        let api = self.inner.pool.client(addr)?;
+        let api = self.inner.pool.client(&addr)?;
         let (out, out_rx) = mpsc::channel(256);
         self.next_session += 1;
         let id = self.next_session;
         let reader = tokio::spawn(read_session(id, api, out_rx, self.events_tx.clone()));
         tracing::debug!(session = id, %addr, "opening PublishAsync stream");
+        self.timeouts_in_row = 0;
+        self.set_broker(Some(addr.clone()));
         self.session = Some(Session {
             id,
+            addr,
             out: Some(out),
             reader,
         });
         Ok(())
     }
+}
+
+/// The `turn`-th address in rotation, skipping `avoid` when another address exists.
+/// `addrs` must not be empty.
+fn pick_addr<'a>(addrs: &'a [String], turn: usize, avoid: Option<&str>) -> &'a str {
+    let n = addrs.len();
+    (0..n)
+        .map(|k| addrs[(turn + k) % n].as_str())
+        .find(|a| Some(*a) != avoid)
+        .unwrap_or(addrs[turn % n].as_str())
 }
 
 /// The error of a message whose session ended with `status` (`None`: ended without one).
@@ -490,6 +635,17 @@ mod tests {
         assert!(!e.is_retryable(), "{e:?}");
         let e = session_error(Some(&Status::permission_denied("no")));
         assert!(matches!(e, Error::PermissionDenied(_)));
+    }
+
+    #[test]
+    fn a_broker_to_avoid_is_skipped_unless_it_is_the_only_one() {
+        let addrs: Vec<String> = ["a:1", "b:1", "c:1"].map(String::from).to_vec();
+        assert_eq!(pick_addr(&addrs, 0, None), "a:1");
+        assert_eq!(pick_addr(&addrs, 4, None), "b:1");
+        assert_eq!(pick_addr(&addrs, 0, Some("a:1")), "b:1");
+        assert_eq!(pick_addr(&addrs, 2, Some("c:1")), "a:1");
+        let one = vec!["a:1".to_string()];
+        assert_eq!(pick_addr(&one, 7, Some("a:1")), "a:1");
     }
 
     #[test]

@@ -186,6 +186,13 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     // driven by the node's scheduler): a follower elects 3–4.5 s after the last heartbeat of a
     // crashed leader (the leader lease, then a randomized part), inside the 10 s budget.
     raft_config.partition_log_sync = partition_log_sync(&config.storage);
+    if let Some(on) = quiesce_override() {
+        info!(
+            on,
+            "DRAWBRIDGE_QUIESCE sets the quiescence of idle partition groups"
+        );
+        raft_config.quiesce_partition_groups = on;
+    }
     // Liftbridge's `clustering.raft.max.quorum.size`: 0 means every server votes.
     raft_config.max_metadata_voters = match config.clustering.raft_max_quorum_size {
         0 => usize::MAX,
@@ -443,5 +450,20 @@ impl Running {
             e.shutdown().await;
         }
         info!("stopped");
+    }
+}
+
+/// Hidden switch for A/B runs: `DRAWBRIDGE_QUIESCE=1` (or `0`) turns quiescence of idle
+/// partition groups on (or off) whatever the raft crate's default. Anything else is ignored
+/// with a warning.
+fn quiesce_override() -> Option<bool> {
+    let v = std::env::var("DRAWBRIDGE_QUIESCE").ok()?;
+    match v.trim() {
+        "1" | "true" | "on" => Some(true),
+        "0" | "false" | "off" => Some(false),
+        other => {
+            tracing::warn!(value = other, "DRAWBRIDGE_QUIESCE is not 0 or 1; ignored");
+            None
+        }
     }
 }

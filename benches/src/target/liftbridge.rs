@@ -36,7 +36,11 @@ impl LiftbridgeTarget {
         replication_factor: i32,
         prefix: &str,
     ) -> Result<Self> {
+        // No keep-alive pings: a grpc-go Liftbridge server closes connections that ping more
+        // often than its enforcement policy allows (5 minutes by default), and a benchmark
+        // run has no frozen broker to detect.
         let client = Client::builder(addrs)
+            .no_keepalive()
             .ack_timeout(Duration::from_secs(30))
             .request_timeout(Duration::from_secs(30))
             .connect()

@@ -5,6 +5,11 @@
 //!   acknowledged message exactly once, at strictly increasing offsets with no gap;
 //! - in the middle of pipelined publishing: every future resolves (none hangs), every message
 //!   whose future resolved `Ok` is read back exactly once, at the offset its ack named;
+//! - SIGSTOP of the broker a pipelined publisher's stream is open to (a frozen process whose
+//!   TCP connections stay open): the publisher notices (keep-alive, missed acks), moves to
+//!   another broker and acks resume before a generous deadline, while the broker is still
+//!   stopped; no future hangs. The partition is idle for 3 s before the stop, so with
+//!   quiescence on its group is quiesced when the leader stops;
 //! - under a [`drawbridge_client::GroupConsumer`]: killing the group's coordinator (which is
 //!   also the partition leader when they coincide) moves the group to a new coordinator, the
 //!   member keeps reading every acknowledged message, and commits keep working.
@@ -411,6 +416,135 @@ async fn pipelined_publishing_survives_leader_kill() -> TestResult {
     let read = read_to_end(&mut sub, TOTAL * 2, EACH).await?;
     assert_eq!(read.len() as i64, ack.offset + 1);
     check_log(&read, &acked).map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
+    Ok(())
+}
+
+/// SIGSTOP of the broker a pipelined publisher's stream is open to (module docs). That broker
+/// is made (almost surely) the partition leader, so acks resume only once the publisher has
+/// moved to another broker and a new leader was elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some(cl) = Cluster::start("pipelined_publisher_leaves_a_stopped_broker").await? else {
+        return Ok(());
+    };
+    let name = "ha-stop";
+    let leader = cl.create_replicated(name).await?;
+    let client = Client::builder(&cl.addrs)
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(3))
+        .ack_timeout(Duration::from_secs(5))
+        .retry(RetryPolicy {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        })
+        .connect()
+        .await?;
+    // Publishes one message at a time until one is acked or `deadline`; every future must
+    // resolve within its ack timeout (+ slack).
+    async fn publish_until_acked(
+        publisher: &drawbridge_client::Publisher,
+        name: &str,
+        deadline: Instant,
+    ) -> TestResult<Option<Instant>> {
+        let mut n = 0u32;
+        while Instant::now() < deadline && n < 200 {
+            n += 1;
+            let msg = PublishMessage::new(format!("s{n}")).ack_policy(AckPolicy::All);
+            let fut = match tokio::time::timeout(Duration::from_secs(10), publisher.send(name, msg))
+                .await
+            {
+                Ok(Ok(fut)) => fut,
+                Ok(Err(e)) => {
+                    eprintln!("stopped broker: send failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(_) => return Err("send hung".into()),
+            };
+            match tokio::time::timeout(Duration::from_secs(10), fut).await {
+                Ok(Ok(Some(_))) => return Ok(Some(Instant::now())),
+                Ok(Ok(None)) => return Err("no ack with policy ALL".into()),
+                Ok(Err(e)) => {
+                    assert!(
+                        e.is_retryable()
+                            || matches!(&e, Error::Internal(m) if m.contains("changed leader")),
+                        "not a retryable error: {e:?}"
+                    );
+                    eprintln!("stopped broker: publish failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => return Err("an ack future hung past its ack timeout".into()),
+            }
+        }
+        Ok(None)
+    }
+    // A publisher picks its broker at random: take one whose stream is to the partition leader
+    // (≤ 12 tries; else the last one, whose broker is stopped all the same).
+    let mut tries = 0;
+    let (publisher, broker, leader) = loop {
+        tries += 1;
+        let publisher = client.publisher()?;
+        let warm =
+            publish_until_acked(&publisher, name, Instant::now() + Duration::from_secs(10)).await?;
+        assert!(warm.is_some(), "no ack before the stop");
+        let broker = publisher.broker().ok_or("no stream after an ack")?;
+        // The leader as of now (leadership may have moved since the stream was created).
+        let md = client.fetch_metadata().await?;
+        let leader = match md
+            .stream(name)
+            .and_then(|s| s.partitions.get(&0))
+            .and_then(|p| p.leader.clone())
+        {
+            Some(id) => cl.index_of(&id)?,
+            None => leader,
+        };
+        if broker == cl.addrs[leader] || tries >= 12 {
+            break (publisher, broker, leader);
+        }
+    };
+    let stop = cl
+        .addrs
+        .iter()
+        .position(|a| *a == broker)
+        .ok_or("the publisher's broker is not a cluster member")?;
+    eprintln!(
+        "stopped broker: the publisher's stream is to {} (after {tries} publishers)",
+        if stop == leader {
+            "the partition leader"
+        } else {
+            "a follower"
+        }
+    );
+    // Idle for a while first: with quiescence of idle partition groups on, the group is then
+    // quiesced when its leader stops (followers must notice a dead leader without heartbeats).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let stopped = cl.servers[stop].as_ref().ok_or("broker not running")?;
+    eprintln!("stopped broker: SIGSTOP {}", stopped.spec.id);
+    if !stopped.signal(libc::SIGSTOP) {
+        return Err("SIGSTOP failed".into());
+    }
+    let stopped_at = Instant::now();
+    let acked = publish_until_acked(&publisher, name, stopped_at + Duration::from_secs(15)).await;
+    // Resume before judging, so the cluster's processes can be stopped normally.
+    let resumed = stopped.signal(libc::SIGCONT);
+    let acked = acked?;
+    match acked {
+        Some(at) => eprintln!(
+            "stopped broker: first ack {:?} after the SIGSTOP",
+            at.duration_since(stopped_at)
+        ),
+        None => {
+            return Err(format!(
+                "no ack within 15 s of stopping the broker the publisher used; logs:\n{}",
+                cl.logs()
+            )
+            .into())
+        }
+    }
+    assert!(resumed, "SIGCONT failed");
     Ok(())
 }
 
