@@ -25,13 +25,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use drawbridge_proto::api::Message;
 use drawbridge_raft::metadata::state::MetadataState;
 use drawbridge_raft::{MetadataCommand, MetadataResponse, NodeId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tonic::Status;
 use tracing::{debug, info};
 
 use crate::cluster::{self, forward, Propagated};
@@ -316,7 +313,7 @@ pub fn fence(
     m: Member,
     stream: String,
     partition: i32,
-    tx: mpsc::Sender<std::result::Result<Message, Status>>,
+    tx: crate::api::subscribe::FrameTx,
 ) {
     tokio::spawn(async move {
         let mut watch = ctx.raft.metadata().watch();

@@ -211,9 +211,9 @@ impl PartitionStats {
         self.latest_received_ns.fetch_max(last, Ordering::Relaxed);
     }
 
-    /// Counts one record of `bytes` payload sent to a subscriber.
-    pub fn sent(&self, bytes: u64) {
-        self.messages_out.fetch_add(1, Ordering::Relaxed);
+    /// Counts `records` records of `bytes` payload in all sent to a subscriber.
+    pub fn sent_many(&self, records: u64, bytes: u64) {
+        self.messages_out.fetch_add(records, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 

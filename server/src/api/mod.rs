@@ -86,7 +86,7 @@ impl Api for ApiService {
         ))
     }
 
-    type SubscribeStream = ReceiverStream<Result<Message, Status>>;
+    type SubscribeStream = subscribe::FrameStream;
 
     async fn subscribe(&self, r: Request<SubscribeRequest>) -> Res<Self::SubscribeStream> {
         let t = Instant::now();
