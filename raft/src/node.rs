@@ -362,6 +362,9 @@ impl RaftNode {
         let flusher = self.inner.flusher.clone();
         let hooks = acks.hooks();
         let sync = self.inner.config.partition_log_sync;
+        let lone_replica = replicas.len() == 1;
+        let lazy = sync != LogSyncPolicy::Always;
+        let check_empty = lone_replica && lazy;
         let (log, sm, unclean, empty) = blocking(move || {
             // A log that was there and no clean-shutdown marker: the last stop may have lost
             // acknowledged entries (`crate::partition::unclean`). The marker goes now, before
@@ -374,16 +377,15 @@ impl RaftNode {
                 drawbridge_storage::Log::open(dir.join("log"), partition_log_config(settings))
                     .map_err(|e| e.into_io())?;
             let sm = PartitionStateMachine::open(&dir.join("snapshot"), log.clone())?;
-            let empty = sm.restart_index() == 0
-                && log
-                    .batches_by_raft_index(..)
-                    .map_err(|e| e.into_io())?
-                    .is_empty();
+            // Only asked where it matters (a lone replica after an unclean stop); a log that
+            // cannot be read here (a corrupt batch, cut below) does not count as empty.
+            let empty = check_empty
+                && unclean
+                && sm.restart_index() == 0
+                && log.batches_by_raft_index(..).is_ok_and(|b| b.is_empty());
             Ok((log, sm, unclean, empty))
         })
         .await?;
-        let lone_replica = replicas.len() == 1;
-        let lazy = sync != LogSyncPolicy::Always;
         if unclean && lazy && lone_replica && empty && self.inner.flusher.load(&key).is_some() {
             // A single voter whose lazy log lost every entry (its membership too) but whose
             // synced vote survived would count as initialized and never lead again: with no
@@ -463,7 +465,19 @@ impl RaftNode {
                     .config
                     .unclean_restart_hold_ms
                     .map(Duration::from_millis);
-                clock.catch_up.begin(hold);
+                raft.runtime_config().elect(false);
+                let r = raft.clone();
+                clock
+                    .catch_up
+                    .begin(hold, move || r.runtime_config().elect(true));
+                if let (Some(hold), true) = (hold, self.inner.config.partition_openraft_tick) {
+                    // No scheduler looks at the hold in this mode: end it at its limit here.
+                    let clock = clock.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold).await;
+                        clock.catch_up.holds();
+                    });
+                }
             }
         }
         let group = Arc::new(PartitionGroup {

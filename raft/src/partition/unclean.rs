@@ -19,7 +19,8 @@
 //! the node's policy is lazy, and it is not the group's only voter. While catching up:
 //! - vote and pre-vote requests are answered with a rejecting `VoteResponse` (the local vote,
 //!   `vote_granted = false`) by the transport, without reaching openraft;
-//! - the node's scheduler never triggers an election for it;
+//! - the node's scheduler never triggers an election for it, and openraft's own elections
+//!   (its tick, in the `partition_openraft_tick` mode) are switched off until the hold ends;
 //! - it accepts append-entries and snapshots as any follower does.
 //!
 //! It has **caught up** once it accepted an append-entries whose `leader_commit` is an entry of
@@ -90,18 +91,41 @@ pub(crate) fn write_marker(dir: &Path) -> io::Result<()> {
 /// Whether a group is still catching up after an unclean stop (see the module docs). Shared
 /// by the transport (which answers votes and ends the catch-up) and the scheduler (which does
 /// not campaign meanwhile).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct CatchUp {
     holding: AtomicBool,
     /// When the hold gives up, if ever.
     until: Mutex<Option<Instant>>,
+    /// Runs once when the hold ends (re-enables openraft's own elections, which are off
+    /// while holding).
+    on_release: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatchUp")
+            .field("holding", &self.holding.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl CatchUp {
-    /// Starts holding votes and elections, for at most `limit` (`None`: until caught up).
-    pub(crate) fn begin(&self, limit: Option<Duration>) {
+    /// Starts holding votes and elections, for at most `limit` (`None`: until caught up);
+    /// `on_release` runs when the hold ends.
+    pub(crate) fn begin(
+        &self,
+        limit: Option<Duration>,
+        on_release: impl FnOnce() + Send + 'static,
+    ) {
         *self.until.lock() = limit.map(|l| Instant::now() + l);
+        *self.on_release.lock() = Some(Box::new(on_release));
         self.holding.store(true, Ordering::Release);
+    }
+
+    fn release(&self) {
+        if let Some(f) = self.on_release.lock().take() {
+            f();
+        }
     }
 
     /// Whether votes and elections are held now. Past the limit, the hold ends (logged once).
@@ -115,6 +139,7 @@ impl CatchUp {
                 "no leader caught this group up after its unclean restart within the hold \
                  limit: it votes and campaigns with the log its disk kept"
             );
+            self.release();
             return false;
         }
         !expired
@@ -124,6 +149,7 @@ impl CatchUp {
     pub(crate) fn caught_up(&self) {
         if self.holding.swap(false, Ordering::AcqRel) {
             info!("caught up with the leader after an unclean restart: voting again");
+            self.release();
         }
     }
 }
@@ -146,11 +172,20 @@ mod tests {
     fn hold_ends_when_caught_up_or_at_the_limit() {
         let c = CatchUp::default();
         assert!(!c.holds());
-        c.begin(None);
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let r = released.clone();
+        c.begin(None, move || r.store(true, Ordering::Relaxed));
         assert!(c.holds());
+        assert!(!released.load(Ordering::Relaxed));
         c.caught_up();
         assert!(!c.holds());
-        c.begin(Some(Duration::ZERO));
+        assert!(released.load(Ordering::Relaxed), "catching up releases");
+        let r = released.clone();
+        released.store(false, Ordering::Relaxed);
+        c.begin(Some(Duration::ZERO), move || {
+            r.store(true, Ordering::Relaxed)
+        });
         assert!(!c.holds(), "a zero limit ends the hold at once");
+        assert!(released.load(Ordering::Relaxed), "expiring releases");
     }
 }
