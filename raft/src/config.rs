@@ -186,6 +186,13 @@ pub struct RaftConfig {
     /// When partition logs are fsynced relative to acknowledgements (the metadata group and
     /// the raft state journal always sync before acknowledging).
     pub partition_log_sync: LogSyncPolicy,
+    /// Under a lazy `partition_log_sync`, how long a partition group that restarted without a
+    /// clean shutdown at most holds its votes and elections while no leader catches it up
+    /// (`crate::partition::unclean`), ms. `None`: until caught up, however long. Only matters
+    /// when every voter of a group restarted unclean (or the clean ones stay away): the hold
+    /// then ends, and entries committed only in page caches may be lost.
+    #[serde(default = "default_unclean_hold")]
+    pub unclean_restart_hold_ms: Option<u64>,
     /// Run partition groups on openraft's own per-group tick instead of the node's scheduler
     /// (`crate::scheduler`). Off by default; kept so benchmarks can measure both in one run.
     #[doc(hidden)]
@@ -225,6 +232,10 @@ pub struct RaftConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_unclean_hold() -> Option<u64> {
+    Some(300_000)
 }
 
 /// When a partition group's log is made durable, relative to the acknowledgement of an append.
@@ -271,6 +282,7 @@ impl RaftConfig {
             partition: GroupTimings::partition_defaults(),
             metadata: GroupTimings::metadata_defaults(),
             partition_log_sync: LogSyncPolicy::Always,
+            unclean_restart_hold_ms: default_unclean_hold(),
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
             quiesce_partition_groups: true,

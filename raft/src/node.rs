@@ -6,12 +6,17 @@
 //! raft-state.journal                                  vote/committed/purged of every group
 //! metadata/{log,snapshot}                             the metadata group
 //! partitions/<hex(stream)>-<partition>/{log,snapshot}   one dir per partition group
+//! partitions/<hex(stream)>-<partition>/clean-shutdown   present only after a graceful stop
 //! ```
 //! Invariants:
 //! - A group's directory is only used by one raft instance at a time (the registry refuses a
 //!   second instance of a group).
 //! - The node's id and its directories are stable across restarts; restarting with the same
 //!   data dir recovers vote, log and commit point of every group it re-creates.
+//! - A partition group's dir holds a `clean-shutdown` marker only between a graceful stop that
+//!   closed (synced) its log and the group's next open, which removes it; without it, under a
+//!   lazy log sync policy, the group holds its votes until caught up
+//!   (`crate::partition::unclean`).
 //! - Every hosted partition group is registered with the node's scheduler (heartbeats and
 //!   elections; partition groups have no openraft tick) from creation until removal or
 //!   shutdown.
@@ -33,6 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 use tracing::warn;
 
+use crate::config::LogSyncPolicy;
 use crate::config::RaftConfig;
 use crate::convert;
 use crate::error::RaftError;
@@ -44,6 +50,7 @@ use crate::log::StorageLog;
 use crate::metadata::MetaStateMachine;
 use crate::metadata::MetadataHandle;
 use crate::partition::group::AckPlumbing;
+use crate::partition::unclean;
 use crate::partition::PartitionGroup;
 use crate::partition::PartitionReplica;
 use crate::partition::PartitionStateMachine;
@@ -154,6 +161,13 @@ pub(crate) fn partition_log_config(
         segment_max_age: settings.segment_max_age,
         ..defaults
     }
+}
+
+/// Closes a stopped group's log (which syncs it) and, if that worked, writes its
+/// clean-shutdown marker (`crate::partition::unclean`).
+fn close_cleanly(group: &PartitionGroup, dir: &Path) -> std::io::Result<()> {
+    group.sm.log().close().map_err(|e| e.into_io())?;
+    unclean::write_marker(dir)
 }
 
 fn partition_dir(root: &Path, id: &PartitionId) -> PathBuf {
@@ -349,22 +363,53 @@ impl RaftNode {
         let flusher = self.inner.flusher.clone();
         let hooks = acks.hooks();
         let sync = self.inner.config.partition_log_sync;
-        let (store, sm) = blocking(move || {
+        let lone_replica = replicas.len() == 1;
+        let lazy = sync != LogSyncPolicy::Always;
+        let check_empty = lone_replica && lazy;
+        let (log, sm, unclean, empty) = blocking(move || {
+            // A log that was there and no clean-shutdown marker: the last stop may have lost
+            // acknowledged entries (`crate::partition::unclean`). The marker goes now, before
+            // the group can acknowledge anything.
+            let had_log = dir.join("log").exists();
+            let clean = unclean::take_marker(&dir)?;
+            let unclean = had_log && !clean;
             fs::create_dir_all(&dir)?;
             let log =
                 drawbridge_storage::Log::open(dir.join("log"), partition_log_config(settings))
                     .map_err(|e| e.into_io())?;
+            let sm = PartitionStateMachine::open(&dir.join("snapshot"), log.clone())?;
+            // Only asked where it matters (a lone replica after an unclean stop); a log that
+            // cannot be read here (a corrupt batch, cut below) does not count as empty.
+            let empty = check_empty
+                && unclean
+                && sm.restart_index() == 0
+                && log.batches_by_raft_index(..).is_ok_and(|b| b.is_empty());
+            Ok((log, sm, unclean, empty))
+        })
+        .await?;
+        if unclean && lazy && lone_replica && empty && self.inner.flusher.load(&key).is_some() {
+            // A single voter whose lazy log lost every entry (its membership too) but whose
+            // synced vote survived would count as initialized and never lead again: with no
+            // other replica to agree with, it starts over as a fresh group (the acknowledged
+            // entries are gone either way; no other node can hold a vote of an older term).
+            warn!(
+                partition = %id,
+                "single-replica group lost its whole log in an unclean stop: starting it afresh"
+            );
+            self.inner.flusher.record_durable(key.clone(), None).await?;
+        }
+        let restart = sm.restart_index();
+        let store = blocking(move || {
             let backend = Arc::new(StorageLog::new(log.clone()));
             let store = LogStore::open_with_sync(backend, key, flusher, hooks, sync)?;
-            let sm = PartitionStateMachine::open(&dir.join("snapshot"), log.clone())?;
             // A batch that fails its CRC must be neither served, voted with, nor read by
             // openraft (a read error stops the group): cut the log before the first one among
             // the entries the group re-applies and replicates, the leader re-sends them. The
             // store clamps its commit point to the new end; the leader backtracks because
             // raft groups allow log reversion (`config.rs`).
-            log.truncate_at_first_corrupt(sm.restart_index())
+            log.truncate_at_first_corrupt(restart)
                 .map_err(|e| e.into_io())?;
-            Ok((store, sm))
+            Ok(store)
         })
         .await?;
         let network = NetworkFactory::new(self.inner.router.clone(), gid.clone());
@@ -401,6 +446,41 @@ impl RaftNode {
         let clock = Arc::new(GroupClock::new(Duration::from_millis(
             self.inner.config.partition.election_timeout_max_ms,
         )));
+        if unclean && lazy {
+            // The assigned replicas say it (the server passes the stream's replica set), or the
+            // membership openraft recovered, if it has published it yet.
+            let metrics = crate::wait::metrics(&raft);
+            let mut voters = metrics.membership_config.membership().voter_ids();
+            let lone =
+                lone_replica || (voters.next() == Some(self.id()) && voters.next().is_none());
+            if lone {
+                info!(partition = %id, "unclean restart of a single-voter group: nothing to catch up from");
+            } else {
+                warn!(
+                    partition = %id,
+                    "partition group restarted without a clean shutdown under a lazy log sync \
+                     policy: holding votes and elections until a leader caught it up"
+                );
+                let hold = self
+                    .inner
+                    .config
+                    .unclean_restart_hold_ms
+                    .map(Duration::from_millis);
+                raft.runtime_config().elect(false);
+                let r = raft.clone();
+                clock
+                    .catch_up
+                    .begin(hold, move || r.runtime_config().elect(true));
+                if let (Some(hold), true) = (hold, self.inner.config.partition_openraft_tick) {
+                    // No scheduler looks at the hold in this mode: end it at its limit here.
+                    let clock = clock.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold).await;
+                        clock.catch_up.holds();
+                    });
+                }
+            }
+        }
         let group = Arc::new(PartitionGroup {
             id: id.clone(),
             node_id: self.id(),
@@ -450,19 +530,29 @@ impl RaftNode {
             .remove_partition(id)
             .ok_or_else(|| RaftError::GroupNotFound(gid.clone()))?;
         self.inner.scheduler.unregister(id);
-        if let Err(e) = group.raft.shutdown().await {
-            warn!(partition = %id, error = %e, "partition raft shutdown failed");
-        }
-        if let Err(e) = group.sm.log().close() {
-            warn!(partition = %id, error = %e, "closing partition log failed");
-        }
+        let stopped = match group.raft.shutdown().await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(partition = %id, error = %e, "partition raft shutdown failed");
+                false
+            }
+        };
         if delete_data {
+            if let Err(e) = group.sm.log().close() {
+                warn!(partition = %id, error = %e, "closing partition log failed");
+            }
             let dir = partition_dir(&self.inner.data_dir, id);
             blocking(move || fs::remove_dir_all(dir)).await?;
             self.inner
                 .flusher
                 .record_durable(state_key(&gid)?, None)
                 .await?;
+        } else if stopped {
+            let dir = partition_dir(&self.inner.data_dir, id);
+            let g = group.clone();
+            if let Err(e) = blocking(move || close_cleanly(&g, &dir)).await {
+                warn!(partition = %id, error = %e, "partition group did not stop cleanly");
+            }
         }
         Ok(())
     }
@@ -480,14 +570,34 @@ impl RaftNode {
         // Groups stop concurrently: one at a time, 500 groups took about a minute.
         let groups = self.inner.registry.drain_partitions();
         let stops = groups.iter().map(|g| g.raft.shutdown());
-        if tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(stops))
-            .await
-            .is_err()
-        {
-            warn!(
-                node = self.id(),
-                "partition groups did not stop within 20 s"
-            );
+        let stopped: Vec<bool> =
+            match tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(stops))
+                .await
+            {
+                Ok(results) => results.iter().map(Result::is_ok).collect(),
+                Err(_) => {
+                    warn!(
+                        node = self.id(),
+                        "partition groups did not stop within 20 s"
+                    );
+                    vec![false; groups.len()]
+                }
+            };
+        // Clean-shutdown markers, only for groups whose raft stopped and whose log closed
+        // (closing syncs it).
+        let closes = groups
+            .iter()
+            .zip(stopped)
+            .filter(|(_, ok)| *ok)
+            .map(|(g, _)| {
+                let g = g.clone();
+                let dir = partition_dir(&self.inner.data_dir, &g.id);
+                blocking(move || close_cleanly(&g, &dir))
+            });
+        for r in futures::future::join_all(closes).await {
+            if let Err(e) = r {
+                warn!(node = self.id(), error = %e, "a partition group did not stop cleanly");
+            }
         }
         if let Some(raft) = self.inner.registry.take_metadata() {
             let _ = raft.shutdown().await;

@@ -25,6 +25,8 @@
 //!    least every heartbeat interval, so a node that just won an election starts heartbeating
 //!    well before any follower's timeout.
 //! 5. Learners and stopped groups: nothing.
+//! 6. A voter holding after an unclean restart (`crate::partition::unclean`): no election
+//!    until it caught up (or the hold expired); checked before rules 3 and 4.
 //!
 //! Quiescence (CockroachDB-style, issue 3). Heartbeats of idle groups were most of the idle cost
 //! of replicated groups, so a leader stops heartbeating a group that is idle and relies on ONE
@@ -94,6 +96,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::config::GroupTimings;
+use crate::partition::unclean::CatchUp;
 use crate::transport::liveness::LivenessBeat;
 use crate::transport::liveness::QuietAnswer;
 use crate::transport::liveness::QuietGroup;
@@ -134,6 +137,9 @@ pub(crate) struct GroupClock {
     /// confirmed (its state matched the group's) was sent. Stands in for openraft's heartbeat
     /// acknowledgements, which a quiesced group does not get, in the ISR rule.
     quiet_acks: Mutex<Vec<(NodeId, Instant)>>,
+    /// Votes and elections held after an unclean restart under a lazy log sync policy
+    /// (`crate::partition::unclean`): no election is triggered while it holds.
+    pub(crate) catch_up: CatchUp,
 }
 
 impl GroupClock {
@@ -146,6 +152,7 @@ impl GroupClock {
             lease,
             quiesced: AtomicBool::new(false),
             quiet_acks: Mutex::new(Vec::new()),
+            catch_up: CatchUp::default(),
         }
     }
 
@@ -814,6 +821,11 @@ fn step(
             if e.next_heartbeat.take().is_some() {
                 // Just lost leadership: count it as contact, the new leader is about to call.
                 e.last_attempt = Some(now);
+            }
+            if e.clock.catch_up.holds() {
+                // Restarted unclean under a lazy policy: not an up-to-date candidate until a
+                // leader caught it up (`crate::partition::unclean`).
+                return (None, now + t.heartbeat);
             }
             if v.alone {
                 // A lone voter's pre-vote grants itself: elect at once, and leave a running

@@ -110,7 +110,7 @@ pub fn renamed(from: &Path, to: &Path) {
 }
 
 #[cfg(feature = "power-loss-sim")]
-pub use sim::{cut, restore, FileCut, Restored};
+pub use sim::{cut, restore, seed_from_env, FileCut, Restored, Rng};
 
 #[cfg(feature = "power-loss-sim")]
 mod sim {
@@ -322,11 +322,19 @@ mod sim {
         }
     }
 
-    /// splitmix64: a tiny seeded generator (no dependency for a test facility).
-    struct Rng(u64);
+    /// splitmix64: a tiny seeded generator (no dependency for a test facility). Public so
+    /// that power-loss tests draw their own choices (victims, timings) the same way.
+    #[derive(Debug, Clone)]
+    pub struct Rng(u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        /// A generator whose sequence is fixed by `seed`.
+        pub fn new(seed: u64) -> Self {
+            Self(seed)
+        }
+
+        /// The next 64 random bits.
+        pub fn next_u64(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = self.0;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -334,13 +342,27 @@ mod sim {
             z ^ (z >> 31)
         }
 
-        fn below(&mut self, n: u64) -> u64 {
+        /// Uniform-ish in `[0, n)` (0 when `n` is 0).
+        pub fn below(&mut self, n: u64) -> u64 {
             if n == 0 {
                 0
             } else {
-                self.next() % n
+                self.next_u64() % n
             }
         }
+    }
+
+    /// The seed of a power-loss run: the environment variable `var` if set to a number (to
+    /// replay a run), else one taken from the clock. Tests print it.
+    pub fn seed_from_env(var: &str) -> u64 {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
     }
 
     const PAGE: u64 = 4096;
@@ -357,7 +379,7 @@ mod sim {
             .filter(|p| p.starts_with(dir))
             .cloned()
             .collect();
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut out = Restored::default();
         for p in paths {
             let Some(s) = reg.files.remove(&p) else {
@@ -410,7 +432,7 @@ mod sim {
                 }
                 _ => {
                     let n = PAGE.min(had - durable);
-                    let garbage: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                    let garbage: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                     f.write_all_at(&garbage, durable)?;
                     zero(&f, durable + n, had)?;
                     FileCut::Garbage {

@@ -6,12 +6,15 @@
 //! - [`group`]: a running group (raft + state machine + LEADER-ack plumbing).
 //! - [`replica`]: [`PartitionReplica`], the handle the server uses.
 //! - [`isr`]: in-sync replicas derived from raft replication progress on the leader.
+//! - [`unclean`]: the clean-shutdown marker and the vote hold after an unclean restart under a
+//!   lazy log sync policy.
 
 pub(crate) mod group;
 pub mod isr;
 pub mod replica;
 pub(crate) mod state_machine;
 pub mod types;
+pub(crate) mod unclean;
 
 pub(crate) use group::PartitionGroup;
 pub use isr::IsrTracker;

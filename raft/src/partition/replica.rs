@@ -243,6 +243,14 @@ impl Proposal {
 }
 
 impl PartitionReplica {
+    /// Whether this replica holds its votes and elections after an unclean restart under a
+    /// lazy log sync policy, waiting for a leader to catch it up (see
+    /// `raft/src/partition/unclean.rs`). For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn holds_votes(&self) -> bool {
+        self.group.clock.catch_up.holds()
+    }
+
     /// The id of the node hosting this replica.
     pub fn group_node(&self) -> NodeId {
         self.group.node_id

@@ -17,6 +17,10 @@
 //!   younger than openraft's lease, pre-votes for it are refused (a quiesced follower's
 //!   openraft lease has run out; this stands in for it). A pre-vote for a group this node leads
 //!   quiesced is refused too, and wakes the group: a member lost contact, heartbeats resume.
+//! - While a partition group holds its votes after an unclean restart
+//!   (`crate::partition::unclean`), votes and pre-votes for it are answered with a rejecting
+//!   `VoteResponse` and never reach openraft; the hold ends when an accepted append-entries
+//!   leaves its log matching the leader's up to a commit index of the leader's own term.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -31,6 +35,7 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
 use openraft::storage::RaftStateMachine;
 use openraft::storage::Snapshot;
 use openraft::vote::RaftVote;
@@ -52,6 +57,8 @@ use super::registry::GroupRegistry;
 use super::wire;
 use crate::codec;
 use crate::types::GroupId;
+use crate::types::PartitionRaft;
+use crate::types::PartitionTypes;
 
 #[derive(Debug, Clone, Copy)]
 enum Rpc {
@@ -144,15 +151,30 @@ impl TransportService {
                         format!("group {group} is quiesced under a live leader"),
                     )
                 }
+                Some(g) if matches!(rpc, Rpc::Vote | Rpc::PreVote) && g.clock.catch_up.holds() => {
+                    held_vote(g.raft())
+                }
                 Some(g) => {
                     if matches!(rpc, Rpc::Append | Rpc::Snapshot | Rpc::Vote) {
                         g.clock.wake();
                     }
+                    // While catching up after an unclean restart, what the leader says it
+                    // committed (decoded twice, but only until the group caught up).
+                    let catch_up = if matches!(rpc, Rpc::Append) && g.clock.catch_up.holds() {
+                        catch_up_target(payload)
+                    } else {
+                        None
+                    };
                     let clock = g.clock.clone();
                     let touch = move || clock.touch();
                     let (reply, contact) = handle(g.raft(), rpc, payload, touch).await;
                     if contact {
                         g.clock.touch();
+                    }
+                    if let Some(target) = catch_up {
+                        if target.reached_by(&reply) {
+                            g.clock.catch_up.caught_up();
+                        }
                     }
                     reply
                 }
@@ -191,6 +213,68 @@ impl TransportService {
             Ok(bytes) => wire::success(bytes),
             Err(e) => wire::failure(Code::Unknown, e.to_string()),
         }
+    }
+}
+
+/// The answer to a vote or pre-vote while the group holds its votes after an unclean restart
+/// (`crate::partition::unclean`): the local vote, not granted. No last log id: the metrics
+/// carry only its index, and the candidate uses it only to delay its next campaign when the
+/// voter's log is longer, which a log waiting to be caught up is not meant to claim.
+fn held_vote(raft: &PartitionRaft) -> pb::RaftReply {
+    let m = crate::wait::metrics(raft);
+    let resp = VoteResponse::<PartitionTypes>::new(m.vote, None, false);
+    match codec::encode(&resp) {
+        Ok(bytes) => wire::success(bytes),
+        Err(e) => wire::failure(Code::Unknown, e.to_string()),
+    }
+}
+
+/// What an append-entries must achieve to end a catch-up: the follower's log matches the
+/// leader's up to `commit`, an index the leader committed in its own term.
+#[derive(Debug, Clone, Copy)]
+struct CatchUpTarget {
+    commit: u64,
+    /// The last index the request covers (its last entry, else its `prev_log_id`).
+    last: Option<u64>,
+}
+
+/// The catch-up target of an append-entries payload, if its `leader_commit` is of the
+/// sender's term (before a new leader commits an entry of its own term, its commit index may
+/// lie below entries that were committed).
+fn catch_up_target(payload: &[u8]) -> Option<CatchUpTarget> {
+    let req =
+        codec::decode::<AppendEntriesRequest<PartitionTypes>>("append entries", payload).ok()?;
+    let commit = req.leader_commit?;
+    if commit.leader_id.term != req.vote.leader_id.term {
+        return None;
+    }
+    let last = req
+        .entries
+        .last()
+        .map(|e| e.log_id.index)
+        .or(req.prev_log_id.map(|p| p.index));
+    Some(CatchUpTarget {
+        commit: commit.index,
+        last,
+    })
+}
+
+impl CatchUpTarget {
+    /// Whether `reply` (to the request this target came from) shows the log matching the
+    /// leader's up to the commit index.
+    fn reached_by(&self, reply: &pb::RaftReply) -> bool {
+        let Some(pb::raft_reply::Result::Payload(bytes)) = &reply.result else {
+            return false;
+        };
+        let matched = match codec::decode::<AppendEntriesResponse<PartitionTypes>>(
+            "append entries response",
+            bytes,
+        ) {
+            Ok(AppendEntriesResponse::Success) => self.last,
+            Ok(AppendEntriesResponse::PartialSuccess(m)) => m.map(|m| m.index),
+            _ => None,
+        };
+        matched.is_some_and(|m| m >= self.commit)
     }
 }
 

@@ -266,6 +266,15 @@ impl Cluster {
         }
     }
 
+    /// Restarts a stopped node and re-creates partition `p`'s group on it (same replicas).
+    pub async fn rejoin(&mut self, id: NodeId, p: &PartitionId) -> PartitionReplica {
+        self.restart(id).await;
+        self.node(id)
+            .create_partition_group(p.clone(), self.replicas())
+            .await
+            .expect("re-create group")
+    }
+
     pub async fn shutdown(mut self) {
         for id in 1..=self.members.len() as u64 {
             self.stop(id).await;
@@ -300,5 +309,29 @@ pub async fn partition_leader(
             "no partition leader within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The usual start of a partition test: a 3-node [`Cluster`] (shared machine guard) with
+/// partition `(name, 0)` created on every node, and its elected leader.
+pub struct ThreeNodes {
+    pub c: Cluster,
+    pub p: PartitionId,
+    pub replicas: Vec<PartitionReplica>,
+    pub leader: PartitionReplica,
+}
+
+impl ThreeNodes {
+    pub async fn start(partition_timings: GroupTimings, name: &str) -> ThreeNodes {
+        let c = Cluster::start(3, partition_timings).await;
+        let p = PartitionId::new(name, 0);
+        let replicas = c.create_partition(&p).await;
+        let leader = partition_leader(&replicas, Duration::from_secs(15)).await;
+        ThreeNodes {
+            c,
+            p,
+            replicas,
+            leader,
+        }
     }
 }

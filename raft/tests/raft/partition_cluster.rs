@@ -15,6 +15,7 @@ use crate::harness::eventually;
 use crate::harness::fast_timings;
 use crate::harness::partition_leader;
 use crate::harness::Cluster;
+use crate::harness::ThreeNodes;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -43,10 +44,12 @@ fn readable_offsets(r: &PartitionReplica, from: u64) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_batches_with_dense_offsets_and_both_ack_levels() {
-    let c = Cluster::start(3, fast_timings()).await;
-    let p = PartitionId::new("orders", 0);
-    let replicas = c.create_partition(&p).await;
-    let leader = partition_leader(&replicas, T).await;
+    let ThreeNodes {
+        c,
+        replicas,
+        leader,
+        ..
+    } = ThreeNodes::start(fast_timings(), "orders").await;
     let mut expected = 0u64;
     for i in 1..=5u32 {
         let o = leader.append(batch(i, i), i, T).await.expect("append");
@@ -95,10 +98,12 @@ fn replica_on(c: &Cluster, id: u64, p: &PartitionId) -> PartitionReplica {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn divergent_uncommitted_tail_is_truncated_and_converges() {
-    let mut c = Cluster::start(3, fast_timings()).await;
-    let p = PartitionId::new("div", 0);
-    let replicas = c.create_partition(&p).await;
-    let leader = partition_leader(&replicas, T).await;
+    let ThreeNodes {
+        mut c,
+        p,
+        replicas,
+        leader,
+    } = ThreeNodes::start(fast_timings(), "div").await;
     leader.append(batch(1, 3), 3, T).await.expect("append");
     let old = leader.group_node();
     let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
@@ -121,11 +126,7 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
     c.stop(old).await;
     // The other two elect a leader among themselves and commit different entries.
     for id in &others {
-        c.restart(*id).await;
-        c.node(*id)
-            .create_partition_group(p.clone(), c.replicas())
-            .await
-            .expect("re-create group");
+        c.rejoin(*id, &p).await;
     }
     let survivors: Vec<PartitionReplica> =
         others.iter().map(|id| replica_on(&c, *id, &p)).collect();
@@ -139,12 +140,7 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
     let target_next = new_leader.next_offset();
     assert_eq!(target_next, 3 + 4, "stranded entries must not be committed");
     // The old leader returns: its tail conflicts, is truncated, and it converges.
-    c.restart(old).await;
-    let back = c
-        .node(old)
-        .create_partition_group(p.clone(), c.replicas())
-        .await
-        .expect("re-create group");
+    let back = c.rejoin(old, &p).await;
     eventually("old leader converges", T, || {
         back.next_offset() == target_next
     })
@@ -173,10 +169,9 @@ async fn divergent_uncommitted_tail_is_truncated_and_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
-    let mut c = Cluster::start(3, fast_timings()).await;
-    let p = PartitionId::new("lag", 0);
-    let replicas = c.create_partition(&p).await;
-    let leader = partition_leader(&replicas, T).await;
+    let ThreeNodes {
+        mut c, p, leader, ..
+    } = ThreeNodes::start(fast_timings(), "lag").await;
     let lagger = (1..=3)
         .find(|i| *i != leader.group_node())
         .expect("a follower");
@@ -195,12 +190,7 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
             .await
             .expect("append after purge");
     }
-    c.restart(lagger).await;
-    let back = c
-        .node(lagger)
-        .create_partition_group(p.clone(), c.replicas())
-        .await
-        .expect("re-create group");
+    let back = c.rejoin(lagger, &p).await;
     eventually("lagger catches up", T, || back.next_offset() == 25).await;
     eventually("lagger hw", T, || back.high_watermark() == Some(24)).await;
     // The lagger's log restarted at the snapshot's next offset: it serves what followed it.
@@ -216,12 +206,7 @@ async fn lagging_follower_catches_up_past_a_purge_via_snapshot() {
     let snapper = leader.group_node();
     drop(leader);
     c.stop(snapper).await;
-    c.restart(snapper).await;
-    let again = c
-        .node(snapper)
-        .create_partition_group(p.clone(), c.replicas())
-        .await
-        .expect("re-create group");
+    let again = c.rejoin(snapper, &p).await;
     eventually("restarted log hw", T, || {
         again.log().high_watermark() == Some(24)
     })
@@ -235,10 +220,12 @@ async fn killing_the_partition_leader_elects_a_new_one_within_ten_seconds() {
     // Default partition timings: followers see the leader go silent, wait out its lease
     // (election timeout max, 3 s) plus a randomized part, and elect (the node scheduler's
     // follower path). The server's failover budget is 10 s.
-    let mut c = Cluster::start(3, GroupTimings::partition_defaults()).await;
-    let p = PartitionId::new("failover", 0);
-    let replicas = c.create_partition(&p).await;
-    let leader = partition_leader(&replicas, T).await;
+    let ThreeNodes {
+        mut c,
+        replicas,
+        leader,
+        ..
+    } = ThreeNodes::start(GroupTimings::partition_defaults(), "failover").await;
     let o = leader.append(batch(1, 4), 4, T).await.expect("append");
     assert_eq!(o.base_offset, 0);
     let old = leader.group_node();

@@ -16,8 +16,7 @@ use drawbridge_storage::Record;
 
 use crate::harness::eventually;
 use crate::harness::fast_timings;
-use crate::harness::partition_leader;
-use crate::harness::Cluster;
+use crate::harness::ThreeNodes;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -93,10 +92,12 @@ fn apply(fault: Fault, dir: &Path) {
 }
 
 async fn follower_recovers(fault: Fault, name: &str) {
-    let mut c = Cluster::start(3, fast_timings()).await;
-    let p = PartitionId::new(name, 0);
-    let replicas = c.create_partition(&p).await;
-    let leader = partition_leader(&replicas, T).await;
+    let ThreeNodes {
+        mut c,
+        p,
+        replicas,
+        leader,
+    } = ThreeNodes::start(fast_timings(), name).await;
     let mut expected = 0u64;
     for i in 0..20u32 {
         leader.append(batch(i, 3), 3, T).await.expect("append");
@@ -122,12 +123,7 @@ async fn follower_recovers(fault: Fault, name: &str) {
         expected += 3;
     }
     apply(fault, &dir);
-    c.restart(victim).await;
-    let back = c
-        .node(victim)
-        .create_partition_group(p.clone(), c.replicas())
-        .await
-        .expect("re-create group");
+    let back = c.rejoin(victim, &p).await;
     for i in 25..30u32 {
         leader
             .append(batch(i, 3), 3, T)
