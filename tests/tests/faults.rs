@@ -496,7 +496,40 @@ async fn publish_loop(
 
 /// Reads partition 0 of `stream` on the node at `port` from its earliest offset to its
 /// newest committed one (`STOP_LATEST`, `readISRReplica`), bounded.
+/// Reads a node's replica with [`read_node_once`], retrying for at most 10 s while the node
+/// answers FailedPrecondition "not in partition ISR": the ISR recorded in metadata trails the
+/// replica's catch-up (and a replica can briefly drop out of it after a fault), so a replica
+/// that holds every record may still be refused for a moment.
 async fn read_node(port: u16, stream: &str) -> TestResult<Vec<(i64, Vec<u8>)>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        match read_node_once(port, stream).await {
+            Err(NodeRead::NotInIsr(msg)) if Instant::now() < deadline && attempt < 50 => {
+                eprintln!("faults: {msg}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(NodeRead::NotInIsr(msg)) => return Err(msg.into()),
+            Err(NodeRead::Other(e)) => return Err(e),
+            Ok(out) => return Ok(out),
+        }
+    }
+    Err(format!("reading port {port}: out of attempts").into())
+}
+
+/// Why one read of a node failed.
+enum NodeRead {
+    /// The node refused a read-ISR-replica subscription because it is not in the ISR.
+    NotInIsr(String),
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for NodeRead {
+    fn from(e: E) -> Self {
+        NodeRead::Other(e.into())
+    }
+}
+
+async fn read_node_once(port: u16, stream: &str) -> Result<Vec<(i64, Vec<u8>)>, NodeRead> {
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?
         .connect_timeout(Duration::from_secs(2))
         .connect()
@@ -513,6 +546,12 @@ async fn read_node(port: u16, stream: &str) -> TestResult<Vec<(i64, Vec<u8>)>> {
     let mut calls = match api.subscribe(req).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::ResourceExhausted => return Ok(Vec::new()),
+        Err(s)
+            if s.code() == tonic::Code::FailedPrecondition
+                && s.message().contains("not in partition ISR") =>
+        {
+            return Err(NodeRead::NotInIsr(format!("subscribe on port {port}: {s}")))
+        }
         Err(s) => return Err(format!("subscribe on port {port}: {s}").into()),
     };
     let mut out = Vec::new();
