@@ -162,7 +162,22 @@ impl Cluster {
             replication_factor: 3,
             ..StreamOptions::default()
         };
-        self.client.create_stream(name, name, opts).await?;
+        // A create that timed out (a busy, freshly started cluster) may still have been
+        // committed: retry, and take "exists" after a retry as success.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut retried = false;
+        loop {
+            match self.client.create_stream(name, name, opts.clone()).await {
+                Ok(()) => break,
+                Err(drawbridge_client::Error::StreamExists) if retried => break,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    eprintln!("faults: create {name}: {e}; retrying");
+                    retried = true;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(format!("create {name}: {e}").into()),
+            }
+        }
         self.wait_in_sync(name, Duration::from_secs(20)).await?;
         Ok(())
     }
@@ -263,7 +278,15 @@ impl Cluster {
     async fn verify(&self) -> TestResult<VerifyReport> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let report = self.client.verify_partitions().await?;
+            let report = match self.client.verify_partitions().await {
+                Ok(r) => r,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    eprintln!("faults: verify: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(format!("cluster verify: {e}").into()),
+            };
             let divergent = !report.divergent().is_empty();
             if divergent || report.incomplete().is_empty() || Instant::now() >= deadline {
                 let summary: Vec<String> = report
