@@ -12,6 +12,14 @@
 //!   it from disk and publishes succeed again, nothing acked lost or duplicated; a subscription
 //!   open across the reopen ends with Unavailable.
 //!
+//! - `metadata_writes_are_refused_below_the_margin`: below the margin CreateStream and
+//!   SetStreamReadonly answer ResourceExhausted at once (not at the client's deadline); with
+//!   space back CreateStream succeeds.
+//! - `metadata_enospc_is_waited_out`: with the margin at 0 metadata writes reach ENOSPC in the
+//!   metadata raft log / state journal; the metadata group waits instead of stopping
+//!   (/readyz stays 200), and once space is freed CreateStream succeeds and the new stream
+//!   takes publishes that read back.
+//!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise.
 
@@ -26,7 +34,9 @@ use drawbridge_tests::server::{DrawbridgeServer, NatsMode, ServerSpec};
 use futures::StreamExt;
 use tonic::Code;
 
-use crate::common::{client, create, publish_req, sub_req, subscribe, Client, TestResult, BIN};
+use crate::common::{
+    client, create, create_req, publish_req, sub_req, subscribe, Client, TestResult, BIN,
+};
 use crate::limits::metrics;
 
 /// tmpfs size of the data directory.
@@ -389,6 +399,155 @@ async fn enospc_in_the_append_is_survived() -> TestResult {
         s.log_tail()
     );
     check_log(&mut c, "df", &acked, attempted).await?;
+    assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+/// A CreateStream with a 3 s deadline.
+async fn create_within(c: &mut Client, name: &str) -> Result<(), tonic::Status> {
+    let mut r = tonic::Request::new(create_req(name, name));
+    r.set_timeout(Duration::from_secs(3));
+    c.create_stream(r).await.map(drop)
+}
+
+/// A SetStreamReadonly with a 2 s deadline.
+async fn readonly(c: &mut Client, name: &str, on: bool) -> Result<(), tonic::Status> {
+    let mut r = tonic::Request::new(SetStreamReadonlyRequest {
+        name: name.into(),
+        partitions: vec![],
+        readonly: on,
+    });
+    r.set_timeout(Duration::from_secs(2));
+    c.set_stream_readonly(r).await.map(drop)
+}
+
+/// Publishes one message to a fresh stream and reads it back.
+async fn publish_and_read(c: &mut Client, stream: &str) -> TestResult {
+    let off = publish_until_ok(c, stream, b"hello", Duration::from_secs(10)).await?;
+    let mut sub = subscribe(c, sub_req(stream, 0, StartPosition::Earliest)).await?;
+    let msgs = crate::common::read_n(&mut sub, 1, Duration::from_secs(5)).await?;
+    assert_eq!(msgs[0].offset, off);
+    assert_eq!(&msgs[0].value[..], b"hello");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_writes_are_refused_below_the_margin() -> TestResult {
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    let Some(mut s) = start("diskfull3", 8 << 20, metrics_port)? else {
+        return Ok(());
+    };
+    let mut c = client(&s).await?;
+    create(&mut c, "md1", "md1").await?;
+    // 4 MiB left: below the margin. The reading is cached for 200 ms, so allow a few tries.
+    fill(&s, 4)?;
+    let started = tokio::time::Instant::now();
+    let refusal = loop {
+        match create_within(&mut c, "md2").await {
+            Err(e) if e.code() == Code::ResourceExhausted => break e,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "CreateStream not refused 5 s after the disk filled: {other:?}"
+                );
+                // A create that slipped in before the reading expired: delete it again.
+                if other.is_ok() {
+                    c.delete_stream(DeleteStreamRequest { name: "md2".into() })
+                        .await?;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.message().contains("metadata leader")
+            && refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
+    // Answered at once, not at the 3 s deadline.
+    let t = tokio::time::Instant::now();
+    let e = readonly(&mut c, "md1", true)
+        .await
+        .err()
+        .ok_or("SetStreamReadonly accepted on a full disk")?;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    unfill(&s)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = create_within(&mut c, "md2").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "CreateStream still failing 5 s after space returned: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish_and_read(&mut c, "md2").await?;
+    assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_enospc_is_waited_out() -> TestResult {
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    let Some(mut s) = start("diskfull4", 0, metrics_port)? else {
+        return Ok(());
+    };
+    let mut c = client(&s).await?;
+    create(&mut c, "me1", "me1").await?;
+    assert_eq!(crate::single::get(metrics_port, "/readyz").await?.0, 200);
+
+    // Nothing left: readonly toggles (one small metadata entry each) use up the last page of
+    // the metadata log and the journal, then a write waits for space (its call times out).
+    fill(&s, 0)?;
+    let mut stuck = None;
+    for i in 0..300 {
+        if let Err(e) = readonly(&mut c, "me1", i % 2 == 0).await {
+            stuck = Some(e);
+            break;
+        }
+    }
+    let stuck = stuck.ok_or("300 metadata writes on a full disk all succeeded")?;
+    eprintln!("first metadata write that did not complete: {stuck:?}");
+    let text = metrics(metrics_port).await?;
+    assert!(
+        counter(&text, "drawbridge_raft_disk_full_waits_total") >= 1,
+        "{text}"
+    );
+    // The metadata group waits; it did not stop: the node stays ready and serves reads.
+    let (status, body) = crate::single::get(metrics_port, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    c.fetch_metadata(FetchMetadataRequest::default()).await?;
+    assert!(!s.has_exited(), "{}", s.log_tail());
+
+    unfill(&s)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match create_within(&mut c, "me2").await {
+            Ok(()) => break,
+            // The waiting write of a timed-out call may have created it meanwhile: fine.
+            Err(e) if e.code() == Code::AlreadyExists => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "CreateStream still failing 20 s after space returned: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish_and_read(&mut c, "me2").await?;
+    let (status, body) = crate::single::get(metrics_port, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    let log = std::fs::read_to_string(s.spec.log_path())?;
+    assert!(
+        log.contains("disk full: waiting for space") && log.contains("disk space back"),
+        "{}",
+        s.log_tail()
+    );
+    assert!(
+        !log.contains("metadata raft group stopped"),
+        "{}",
+        s.log_tail()
+    );
     assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
     Ok(())
 }
