@@ -20,6 +20,10 @@
 //!   (/readyz stays 200), and once space is freed CreateStream succeeds and the new stream
 //!   takes publishes that read back.
 //!
+//! - `publish_through_another_node_to_a_full_leader`: a two-node cluster, node-0 on the tmpfs;
+//!   a unary Publish sent to node-1 for a partition node-0 leads answers ResourceExhausted
+//!   with the leader's text (not Unknown).
+//!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise.
 
@@ -63,6 +67,15 @@ fn can_mount(dir: &Path) -> Result<(), String> {
 fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<DrawbridgeServer>> {
     let nats_port = drawbridge_tests::ports::free_port()?;
     let mut spec = ServerSpec::new(BIN, id, NatsMode::Embedded(nats_port))?;
+    if !on_tmpfs(&mut spec, min_free, metrics_port)? {
+        return Ok(None);
+    }
+    Ok(Some(DrawbridgeServer::start(&spec)?))
+}
+
+/// Makes `spec` run on a tmpfs data dir with `storage.min.free.bytes: min_free` and metrics on
+/// `metrics_port`; false (after a printed note) when mounting is not possible outside CI.
+fn on_tmpfs(spec: &mut ServerSpec, min_free: u64, metrics_port: u16) -> TestResult<bool> {
     let probe = spec.data_dir.with_file_name("probe");
     if let Err(why) = can_mount(&probe) {
         let msg = format!("cannot mount a tmpfs in a private mount namespace (root needed): {why}");
@@ -70,16 +83,16 @@ fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<Drawbr
             return Err(msg.into());
         }
         eprintln!("skipping the disk-full test: {msg}");
-        return Ok(None);
+        return Ok(false);
     }
     let conf = spec.data_dir.with_file_name("diskfull.yaml");
     std::fs::write(&conf, format!("storage.min.free.bytes: {min_free}\n"))?;
-    spec.args = vec![
+    spec.args.extend([
         "--config".into(),
         conf.display().to_string(),
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics_port}"),
-    ];
+    ]);
     spec.wrapper = vec![
         "unshare".into(),
         "-m".into(),
@@ -88,7 +101,7 @@ fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<Drawbr
         format!("mount -t tmpfs -o size={TMPFS} tmpfs \"$0\" && exec \"$@\""),
         spec.data_dir.display().to_string(),
     ];
-    Ok(Some(DrawbridgeServer::start(&spec)?))
+    Ok(true)
 }
 
 /// Runs `script` in the server's mount namespace (`$0` is the data dir).
@@ -442,19 +455,18 @@ async fn metadata_writes_are_refused_below_the_margin() -> TestResult {
     // 4 MiB left: below the margin. The reading is cached for 200 ms, so allow a few tries.
     fill(&s, 4)?;
     let started = tokio::time::Instant::now();
+    let mut attempt = 0;
     let refusal = loop {
-        match create_within(&mut c, "md2").await {
+        // A create that slips in before the cached reading expires succeeds: the next try
+        // uses a new name.
+        attempt += 1;
+        match create_within(&mut c, &format!("md-during-{attempt}")).await {
             Err(e) if e.code() == Code::ResourceExhausted => break e,
             other => {
                 assert!(
                     started.elapsed() < Duration::from_secs(5),
                     "CreateStream not refused 5 s after the disk filled: {other:?}"
                 );
-                // A create that slipped in before the reading expired: delete it again.
-                if other.is_ok() {
-                    c.delete_stream(DeleteStreamRequest { name: "md2".into() })
-                        .await?;
-                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -549,5 +561,90 @@ async fn metadata_enospc_is_waited_out() -> TestResult {
         s.log_tail()
     );
     assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_through_another_node_to_a_full_leader() -> TestResult {
+    let Some(nats) =
+        drawbridge_tests::nats::NatsServer::start_or_skip("publish_through_another_node")
+    else {
+        return Ok(());
+    };
+    let mut specs = drawbridge_tests::server::cluster_specs(Path::new(BIN), &nats.url(), 2)?;
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    if !on_tmpfs(&mut specs[0], 8 << 20, metrics_port)? {
+        return Ok(());
+    }
+    let mut servers = drawbridge_tests::server::cluster(&specs)?;
+    let mut c1 = client(&servers[1]).await?;
+    // Single-replica partitions, spread over both nodes: find one node-0 leads.
+    let mut req = create_req("fwd", "fwd");
+    req.partitions = 4;
+    req.replication_factor = 1;
+    c1.create_stream(req).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let partition = loop {
+        let md = c1
+            .fetch_metadata(FetchMetadataRequest {
+                streams: vec!["fwd".into()],
+                groups: vec![],
+            })
+            .await?
+            .into_inner();
+        let on0 = md.stream_metadata.first().and_then(|s| {
+            s.partitions
+                .iter()
+                .find(|(_, p)| p.leader == specs[0].id)
+                .map(|(i, _)| *i)
+        });
+        if let Some(p) = on0 {
+            break p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no partition of fwd led by node-0: {md:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let send = |c: &mut Client, v: &'static [u8]| {
+        let mut r = publish_req("fwd", v, AckPolicy::Leader);
+        r.get_mut().partition = partition;
+        r.set_timeout(Duration::from_secs(3));
+        let mut c = c.clone();
+        async move { c.publish(r).await }
+    };
+    send(&mut c1, b"before").await?;
+    fill(&servers[0], 4)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let refusal = loop {
+        match send(&mut c1, b"during").await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishes through node-1 still accepted 5 s after node-0's disk filled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("partition leader")
+            && refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
+    unfill(&servers[0])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = send(&mut c1, b"after").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishes still refused 5 s after space returned: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in &mut servers {
+        assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    }
     Ok(())
 }
