@@ -50,6 +50,13 @@ mod transport;
 pub mod types;
 mod wait;
 
+/// Waits so far (this process) because a metadata log or raft state journal write found the
+/// disk full and is retried (see the `log` module docs): the server exports it as
+/// `drawbridge_raft_disk_full_waits_total`.
+pub fn disk_full_waits() -> u64 {
+    log::nospace::waits()
+}
+
 pub use config::GroupTimings;
 pub use config::LogSyncPolicy;
 pub use config::RaftConfig;

@@ -5,6 +5,10 @@
 //! - Success acks follow the ack policy: LEADER after the leader's durable local append, ALL
 //!   after raft commit, NONE never. Error acks (TOO_LARGE, INCORRECT_OFFSET) are sent whatever
 //!   the policy.
+//! - An UNKNOWN error ack sent because the leader's disk is below `storage.min.free.bytes`
+//!   carries the refusal's text in the NATS header [`DISK_FULL_HEADER`] (the Ack proto has no
+//!   field for it and is frozen; Liftbridge clients read only the payload and ignore it), so a
+//!   node that forwarded a unary Publish can answer `ResourceExhausted` with the leader's text.
 //! - `commitTimestamp` is stamped when the ack is sent; `partitionSubject` is the stream's base
 //!   subject, `msgSubject` the subject the message arrived on.
 
@@ -54,6 +58,35 @@ pub fn build(
         commit_timestamp: now_ns(),
         ack_error: error as i32,
     }
+}
+
+/// NATS header naming why an UNKNOWN error ack was sent: the partition leader's disk is full
+/// (value: the leader's refusal text, see [`crate::diskspace::DiskFull`]).
+pub const DISK_FULL_HEADER: &str = "Drawbridge-Disk-Full";
+
+/// [`send`] for an ack refused because the leader's disk is full: `reason` travels in the
+/// [`DISK_FULL_HEADER`] header.
+pub async fn send_disk_full(nats: &async_nats::Client, ack: &Ack, reason: &str) {
+    if ack.ack_inbox.is_empty() {
+        return;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DISK_FULL_HEADER, reason);
+    let body = envelope::encode_ack(ack);
+    if let Err(e) = nats
+        .publish_with_headers(ack.ack_inbox.clone(), headers, body)
+        .await
+    {
+        tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
+    }
+}
+
+/// The [`DISK_FULL_HEADER`] text of a received ack message, if any.
+pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
+    msg.headers
+        .as_ref()?
+        .get(DISK_FULL_HEADER)
+        .map(|v| v.as_str().to_owned())
 }
 
 /// Publishes an ack envelope to its inbox; failures are logged (the publisher times out).

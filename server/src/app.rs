@@ -117,6 +117,14 @@ fn partition_log_sync(storage: &StorageConfig) -> LogSyncPolicy {
     }
 }
 
+/// `storage.unclean.restart.hold` as the raft layer's hold limit, ms (0: `None`, no limit).
+pub(crate) fn unclean_restart_hold_ms(storage: &StorageConfig) -> Option<u64> {
+    match storage.unclean_restart_hold {
+        d if d.is_zero() => None,
+        d => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+    }
+}
+
 /// Starts a server (see the module docs for the order).
 pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     let tls = crate::tls::server_config(&config.tls)?;
@@ -186,6 +194,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     // driven by the node's scheduler): a follower elects 3–4.5 s after the last heartbeat of a
     // crashed leader (the leader lease, then a randomized part), inside the 10 s budget.
     raft_config.partition_log_sync = partition_log_sync(&config.storage);
+    raft_config.unclean_restart_hold_ms = unclean_restart_hold_ms(&config.storage);
     if let Some(on) = quiesce_override() {
         info!(
             on,

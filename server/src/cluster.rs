@@ -397,9 +397,58 @@ pub(crate) fn rejection(r: Rejection) -> ServerError {
     }
 }
 
+/// Whether `op` is refused up front when the metadata leader's disk is below
+/// `storage.min.free.bytes`: everything a client asks for (CreateStream, DeleteStream, pause,
+/// readonly, cursors, consumer groups, ...). Not refused: what keeps the cluster working
+/// (node joins and registrations, partition leader and ISR records); those are proposed and,
+/// on a truly full disk, wait in the raft log until space returns
+/// (`drawbridge_raft`'s disk-full waits).
+fn refused_when_disk_full(op: &Propagated) -> bool {
+    !matches!(
+        op,
+        Propagated::Join { .. }
+            | Propagated::Command(
+                MetadataCommand::RegisterNode { .. }
+                    | MetadataCommand::SetPartitionLeader { .. }
+                    | MetadataCommand::SetPartitionIsr { .. }
+            )
+    )
+}
+
+/// `ResourceExhausted` when this node (the metadata leader) is below `storage.min.free.bytes`
+/// and `op` is one a full disk refuses ([`refused_when_disk_full`]): answered at once instead
+/// of a proposal that would wait for space until the client's deadline.
+fn metadata_disk_check(ctx: &Node, op: &Propagated) -> Result<()> {
+    if !refused_when_disk_full(op) {
+        return Ok(());
+    }
+    match ctx
+        .stats
+        .disk
+        .check(&ctx.config.data_dir, ctx.config.storage.min_free_bytes)
+    {
+        Ok(()) => Ok(()),
+        Err(full) => {
+            debug!(
+                free = full.free,
+                min = full.min,
+                "metadata change refused: data directory below storage.min.free.bytes"
+            );
+            Err(ServerError::ResourceExhausted(format!(
+                "insufficient disk space on the metadata leader (server {}): {} bytes free, \
+                 storage.min.free.bytes is {}",
+                ctx.server_id, full.free, full.min
+            )))
+        }
+    }
+}
+
 /// Executes an admin operation on this server, which must lead the metadata group; returns the
-/// consumer-group epoch for group operations.
+/// consumer-group epoch for group operations. Refuses client operations with
+/// `ResourceExhausted` when this node's disk is below `storage.min.free.bytes`
+/// ([`metadata_disk_check`]): every path to the metadata leader (local or forwarded) ends here.
 pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
+    metadata_disk_check(ctx, &op)?;
     let cmd = match op {
         Propagated::CreateStream(spec) => {
             let state = ctx.raft.metadata().state().state;

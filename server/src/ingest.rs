@@ -497,9 +497,10 @@ async fn refuse_disk_full(
             msg_subject: msg.subject.to_string(),
             reception_ns: acks::now_ns(),
         };
-        acks::send(
+        acks::send_disk_full(
             &ctx.nats,
             &acks::build(&p.stream, &p.base_subject, &pa, 0, ack::Error::Unknown),
+            &full.to_string(),
         )
         .await;
     }

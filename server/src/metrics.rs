@@ -369,6 +369,12 @@ pub fn render(ctx: &Ctx) -> String {
             "fsyncs of the raft state journal (votes, commit points).",
             io.journal_syncs,
         ),
+        (
+            "drawbridge_raft_disk_full_waits_total",
+            "Backoff waits of metadata raft log and raft state journal writes that found the \
+             disk full (ENOSPC/EDQUOT) and are retried instead of stopping the group.",
+            drawbridge_raft::disk_full_waits(),
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {v}");

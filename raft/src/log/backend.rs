@@ -47,4 +47,13 @@ pub(crate) trait LogBackend<C: RaftTypeConfig>: SyncTarget {
     /// 2. Removes a prefix; may keep more than asked (whole segments) but reads must then still
     ///    not return entries `<= log_id.index`: the store filters them.
     fn purge_through(&self, log_id: &LogIdOf<C>) -> io::Result<()>;
+
+    /// Whether [`LogBackend::append`] and [`LogBackend::purge_through`] leave the log exactly
+    /// as it was when they fail for lack of space ([`is_no_space`](super::nospace::is_no_space)), so the store may
+    /// wait and call them again with the same arguments instead of failing the group (see
+    /// [`nospace`](super::nospace)).
+    ///
+    /// No default: a backend must say whether its failed writes can leave a partial record
+    /// behind (the partition groups' backend can, and has a supervisor that reopens it).
+    fn retries_when_full(&self) -> bool;
 }

@@ -19,7 +19,10 @@
 //! - State records of one key are written in submission order; the journal's last record of a
 //!   key wins on replay.
 //! - A failed journal write or sync fails every state-record job of the round; a failed log
-//!   sync fails the jobs of that log only.
+//!   sync fails the jobs of that log only. Exception: a journal *write* that finds the disk
+//!   full (ENOSPC, EDQUOT) is retried on this thread, backing off, until it succeeds
+//!   ([`nospace`](super::nospace)); the round (and every round queued behind it, of every
+//!   group) waits meanwhile, so completion order is kept. Sync errors are never retried.
 //!
 //! Lazy logs (partition groups under [`LogSyncPolicy::Interval`](crate::LogSyncPolicy)) are not
 //! synced on the ack path: the store acknowledges after the write and only
@@ -338,6 +341,30 @@ fn run(
     lazy_round(lazy, stats, true);
 }
 
+/// [`Journal::append`], waiting (this thread sleeps, backing off) as long as the disk is full.
+fn append_waiting(journal: &mut Journal, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> io::Result<()> {
+    let mut backoff: Option<super::nospace::Backoff> = None;
+    loop {
+        match journal.append(records) {
+            Err(e) if super::nospace::is_no_space(&e) => {
+                let b = backoff.get_or_insert_with(|| {
+                    super::nospace::Backoff::new(
+                        "raft state journal append",
+                        journal.path().display().to_string(),
+                    )
+                });
+                thread::sleep(b.failed(&e));
+            }
+            r => {
+                if let (Ok(()), Some(b)) = (&r, backoff) {
+                    b.succeeded();
+                }
+                return r;
+            }
+        }
+    }
+}
+
 /// One group-commit round: `first` and every job queued behind it.
 fn round(
     first: Job,
@@ -374,8 +401,7 @@ fn round(
     let mut journal_result: io::Result<()> = Ok(());
     let mut journal_file = None;
     if !records.is_empty() {
-        journal_result = journal
-            .append(&records)
+        journal_result = append_waiting(journal, &records)
             .and_then(|()| journal.sync_handle())
             .map(|f| journal_file = Some(f));
     }

@@ -19,6 +19,10 @@
 //! - Compaction writes the live state to `journal.tmp`, fsyncs it, renames it over the journal
 //!   and fsyncs the directory: a crash leaves the old or the new file, never a mix.
 //! - Only the flusher thread writes the file (single writer); readers use the in-memory map.
+//! - `len` is the file's length whenever `append` returns: a failed append cuts the file back
+//!   to `len` (a short write on a full disk leaves no partial frame, and the `O_APPEND` retry
+//!   lands right after the last good frame; see [`super::nospace`]) and leaves the live map
+//!   unchanged. If the cut fails the journal is *poisoned* and refuses every later append.
 
 use std::collections::HashMap;
 use std::fs;
@@ -106,6 +110,8 @@ pub(crate) struct Journal {
     len: u64,
     /// Bytes the live records take when rewritten.
     live: LiveMap,
+    /// A failed append could not cut the file back to `len`: refuse every later append.
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -156,7 +162,13 @@ impl Journal {
             file,
             len,
             live,
+            poisoned: false,
         })
+    }
+
+    /// The journal file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The live state (latest value per key).
@@ -164,14 +176,38 @@ impl Journal {
         &self.live
     }
 
-    /// Appends encoded frames (not durable until [`Journal::sync`]) and applies them to the
-    /// live map. `records` are in submission order.
+    /// Appends encoded frames (not durable until the flusher syncs the file) and applies them
+    /// to the live map. `records` are in submission order.
+    ///
+    /// Correctness rules:
+    /// 1. On error nothing changed (file cut back to `len`, live map untouched), so the same
+    ///    `records` may be appended again; an error that is not
+    ///    [`is_no_space`](super::nospace::is_no_space) is fatal (and after a failed cut every
+    ///    later call fails).
     pub(crate) fn append(&mut self, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(format!(
+                "raft state journal {} holds bytes after its last good frame (a failed append \
+                 could not be cut back); refusing to append",
+                self.path.display()
+            )));
+        }
         let mut buf = Vec::new();
         for (k, v) in records {
             encode_frame(k, v.as_deref(), &mut buf)?;
         }
-        self.file.write_all(&buf)?;
+        if let Err(e) = super::nospace::write_all(&mut self.file, &self.path, &buf) {
+            if let Err(cut) = self.file.set_len(self.len) {
+                self.poisoned = true;
+                return Err(io::Error::other(format!(
+                    "append to raft state journal {} failed ({e}) and cutting it back to {} \
+                     bytes failed too: {cut}",
+                    self.path.display(),
+                    self.len
+                )));
+            }
+            return Err(e);
+        }
         powerloss::wrote(&self.path, self.len, self.len + buf.len() as u64);
         self.len += buf.len() as u64;
         for (k, v) in records {
@@ -206,11 +242,16 @@ impl Journal {
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        {
+        let written = (|| {
             let mut f = File::create(&tmp)?;
             powerloss::created(&tmp);
             f.write_all(&buf)?;
-            powerloss::sync_file(&f, &tmp, false)?;
+            powerloss::sync_file(&f, &tmp, false)
+        })();
+        if let Err(e) = written {
+            // A failed compaction (a full disk, say) must not leave its tmp file taking space.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
         fs::rename(&tmp, &self.path)?;
         powerloss::renamed(&tmp, &self.path);
@@ -337,6 +378,31 @@ mod tests {
         let j = Journal::open(&p)?;
         assert_eq!(j.live().len(), 3);
         assert_eq!(fs::metadata(&p)?.len(), j.len);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_append_is_cut_back_and_changes_nothing() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("journal");
+        let mut j = Journal::open(&p)?;
+        j.append(&[(b"a".to_vec(), Some(b"1".to_vec()))])?;
+        let good = fs::metadata(&p)?.len();
+        super::super::nospace::inject_full(&p, 1);
+        let rec = [(b"a".to_vec(), Some(b"2".to_vec()))];
+        let e = j
+            .append(&rec)
+            .err()
+            .ok_or_else(|| io::Error::other("no failure"))?;
+        assert!(super::super::nospace::is_no_space(&e), "{e}");
+        assert_eq!(fs::metadata(&p)?.len(), good);
+        assert_eq!(j.live().get(b"a".as_slice()), Some(&b"1".to_vec()));
+        j.append(&rec)?;
+        drop(j);
+        let bytes = fs::read(&p)?;
+        let (live, valid) = replay(&bytes)?;
+        assert_eq!(valid, bytes.len(), "garbage after the last frame");
+        assert_eq!(live.get(b"a".as_slice()), Some(&b"2".to_vec()));
         Ok(())
     }
 }

@@ -7,6 +7,8 @@
 //! - [`journal`]: the node's raft state journal: vote, committed and last-purged log ids of
 //!   every group, one append-only file group-committed by the flusher.
 //! - [`meta_file`]: the per-group state type and atomically replaced framed files (snapshots).
+//! - [`nospace`]: waiting out ENOSPC/EDQUOT in the metadata log and the journal (cut back,
+//!   back off, retry) instead of failing the group.
 //! - [`flusher`]: one thread per node that syncs backends and the journal (in parallel) and then
 //!   fires the raft callbacks (group commit across groups).
 //! - [`storage_log`]: the partition groups' backend, a `drawbridge_storage::Log` (the raft log
@@ -18,6 +20,7 @@ pub(crate) mod file_log;
 pub(crate) mod flusher;
 pub(crate) mod journal;
 pub(crate) mod meta_file;
+pub(crate) mod nospace;
 pub(crate) mod storage_log;
 pub(crate) mod store;
 

@@ -141,6 +141,12 @@ impl LogBackend<PartitionTypes> for StorageLog {
         self.log.purge_through(log_id.index).map_err(sio)?;
         Ok(())
     }
+
+    /// No: a failed segment append may leave a partial batch behind; a partition group that
+    /// fails stops, and the server's supervisor reopens it from disk (recovery cuts the tail).
+    fn retries_when_full(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

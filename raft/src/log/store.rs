@@ -21,6 +21,11 @@
 //! - `save_committed` is a lower bound on disk: it is queued (not awaited) at most every
 //!   [`COMMITTED_PERSIST_INTERVAL`]; after a crash the group re-applies from an older commit
 //!   point and learns the newer one from the leader. The in-memory value is exact.
+//! - When the backend [`retries_when_full`](LogBackend::retries_when_full) (the metadata
+//!   group's file log), an `append` or `purge` that finds the disk full waits (async sleep,
+//!   backing off) and retries until it succeeds instead of failing the group
+//!   ([`nospace`](super::nospace) says why that is raft-safe); the entries are written once.
+//!   Other errors, and any error of a backend that does not retry, are returned to openraft.
 //! - `read_committed` never reports a commit point past the log's end (or its purge point): a
 //!   machine crash may leave the journal's committed record ahead of log entries that were not
 //!   yet synced, and openraft must not try to apply entries that are gone.
@@ -48,6 +53,7 @@ use super::backend::LogBackend;
 use super::flusher::Flusher;
 use super::flusher::SyncTarget;
 use super::meta_file::MetaState;
+use super::nospace;
 use crate::codec;
 use crate::config::LogSyncPolicy;
 
@@ -204,6 +210,11 @@ where
         }
     }
 
+    /// The group's journal key, for log lines.
+    fn describe(&self) -> String {
+        format!("raft group {}", String::from_utf8_lossy(&self.shared.key))
+    }
+
     async fn write_meta_durable(
         &self,
         change: impl FnOnce(&mut MetaState<VoteOf<C>, LogIdOf<C>>),
@@ -250,6 +261,7 @@ where
 impl<C, B> RaftLogStorage<C> for LogStore<C, B>
 where
     C: RaftTypeConfig,
+    C::Entry: Clone,
     B: LogBackend<C>,
 {
     type LogReader = Self;
@@ -327,7 +339,26 @@ where
         if let Some(h) = &self.shared.hooks.on_append {
             entries.iter().for_each(|e| h(e));
         }
-        self.shared.backend.append(entries)?;
+        if self.shared.backend.retries_when_full() {
+            let mut backoff: Option<nospace::Backoff> = None;
+            loop {
+                match self.shared.backend.append(entries.clone()) {
+                    Ok(()) => break,
+                    Err(e) if nospace::is_no_space(&e) => {
+                        let b = backoff.get_or_insert_with(|| {
+                            nospace::Backoff::new("raft log append", self.describe())
+                        });
+                        tokio::time::sleep(b.failed(&e)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(b) = backoff {
+                b.succeeded();
+            }
+        } else {
+            self.shared.backend.append(entries)?;
+        }
         let hook = self.shared.hooks.on_flushed.clone();
         let target: Arc<dyn SyncTarget> = self.shared.backend.clone();
         let lazy_interval = match self.shared.sync {
@@ -380,7 +411,24 @@ where
         let l = log_id.clone();
         self.write_meta_durable(move |m| m.last_purged = Some(l))
             .await?;
-        let backend = self.shared.backend.clone();
-        blocking(move || backend.purge_through(&log_id)).await
+        let mut backoff: Option<nospace::Backoff> = None;
+        loop {
+            let backend = self.shared.backend.clone();
+            let l = log_id.clone();
+            match blocking(move || backend.purge_through(&l)).await {
+                Err(e) if nospace::is_no_space(&e) && self.shared.backend.retries_when_full() => {
+                    let b = backoff.get_or_insert_with(|| {
+                        nospace::Backoff::new("raft log purge", self.describe())
+                    });
+                    tokio::time::sleep(b.failed(&e)).await;
+                }
+                r => {
+                    if let (Ok(()), Some(b)) = (&r, backoff) {
+                        b.succeeded();
+                    }
+                    return r;
+                }
+            }
+        }
     }
 }

@@ -35,6 +35,7 @@ use tonic::{Code, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::inflight::{AckFate, Failed, InFlight, Leadership};
+use crate::acks;
 use crate::context::{Ctx, Node};
 use crate::diskspace::DiskFull;
 use crate::envelope;
@@ -174,14 +175,15 @@ fn envelope_of(r: &PublishRequest, subject: &str, inbox: &str) -> bytes::Bytes {
 }
 
 /// Publishes `body` on `subject`; with a deadline and a policy other than NONE, waits for the
-/// first ack on `inbox`.
+/// first ack on `inbox`; returns it with the leader's disk-full text if the ack carried one
+/// ([`acks::DISK_FULL_HEADER`]).
 async fn publish_and_wait(
     ctx: &Node,
     subject: String,
     inbox: &str,
     body: bytes::Bytes,
     wait: Option<Duration>,
-) -> Result<Option<Ack>> {
+) -> Result<Option<(Ack, Option<String>)>> {
     let Some(wait) = wait else {
         ctx.nats
             .publish(subject, body)
@@ -207,7 +209,7 @@ async fn publish_and_wait(
                 ))
             }
             Ok(Some(m)) => match envelope::decode_ack(&m.payload) {
-                Ok(a) => break Ok(Some(a)),
+                Ok(a) => break Ok(Some((a, acks::disk_full_reason(&m)))),
                 Err(e) => debug!(error = %e, "non-ack message on an ack inbox ignored"),
             },
         }
@@ -232,7 +234,9 @@ pub async fn publish(
     };
     let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
     let body = envelope_of(&r, &subject, &inbox);
-    let ack = publish_and_wait(ctx, subject, &inbox, body, wait).await?;
+    let (ack, disk_full) = publish_and_wait(ctx, subject, &inbox, body, wait)
+        .await?
+        .map_or((None, None), |(a, r)| (Some(a), r));
     if let Some(a) = &ack {
         match ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown) {
             ack::Error::Ok => {}
@@ -251,6 +255,10 @@ pub async fn publish(
                 // just before it filled).
                 if let Some(full) = leader_disk_full(ctx, &r.stream, r.partition) {
                     return Err(ServerError::ResourceExhausted(full.to_string()));
+                }
+                // Another node's leader says why in a header: same answer, its text.
+                if let Some(reason) = disk_full {
+                    return Err(ServerError::ResourceExhausted(reason));
                 }
                 return Err(ServerError::Unknown("unknown ack error".into()));
             }
@@ -288,7 +296,9 @@ pub async fn publish_to_subject(
         ..Default::default()
     });
     let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
-    let ack = publish_and_wait(ctx, r.subject, &inbox, body, wait).await?;
+    let ack = publish_and_wait(ctx, r.subject, &inbox, body, wait)
+        .await?
+        .map(|(a, _)| a);
     Ok(PublishToSubjectResponse { ack })
 }
 
@@ -468,12 +478,17 @@ pub async fn publish_async(
                     async_error: None,
                 },
                 err => {
-                    // An UNKNOWN ack from this node's own ingest may be a full disk: say so.
+                    // An UNKNOWN ack may be a full disk (this node's ingest, or another
+                    // leader's that says so in a header): say so.
                     let full = (err == ack::Error::Unknown)
-                        .then(|| leader_disk_full(&actx, &a.stream, ack_partition(&a)))
+                        .then(|| {
+                            leader_disk_full(&actx, &a.stream, ack_partition(&a))
+                                .map(|f| f.to_string())
+                                .or_else(|| acks::disk_full_reason(&m))
+                        })
                         .flatten();
                     let (code, message) = match (err, full) {
-                        (_, Some(full)) => (publish_async_error::Code::Internal, full.to_string()),
+                        (_, Some(full)) => (publish_async_error::Code::Internal, full),
                         (ack::Error::IncorrectOffset, _) => (
                             publish_async_error::Code::IncorrectOffset,
                             format!("{err:?}"),

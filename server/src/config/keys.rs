@@ -106,6 +106,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("storage.sync.policy", Kind::Enum(SYNC_POLICIES)),
     ("storage.sync.interval", Kind::Duration),
     ("storage.min.free.bytes", Kind::Int),
+    ("storage.unclean.restart.hold", Kind::Duration),
     ("metrics.listen", Kind::HostPort),
     ("limits.max.streams", Kind::Int),
     ("limits.max.partitions", Kind::Int),
@@ -242,6 +243,7 @@ pub fn apply(c: &mut Config, key: &str, v: &RawValue) -> Result<(), String> {
         }
         "storage.sync.interval" => c.storage.sync_interval = v.to_duration()?,
         "storage.min.free.bytes" => c.storage.min_free_bytes = v.to_int_in(0, i64::MAX)?,
+        "storage.unclean.restart.hold" => c.storage.unclean_restart_hold = v.to_duration()?,
         "metrics.listen" => c.metrics.listen = Some(host_port(v)?),
         "limits.max.streams" => c.limits.max_streams = v.to_int_in(0, i64::MAX)?,
         "limits.max.partitions" => c.limits.max_partitions = v.to_int_in(0, i64::MAX)?,

@@ -266,6 +266,12 @@ pub struct StorageConfig {
     /// 0 disables the check. The default covers one log preallocation step (4 MiB) plus the
     /// raft journal and metadata writes that accompany it.
     pub min_free_bytes: u64,
+    /// `storage.unclean.restart.hold` (5m): under a lazy `storage.sync.policy`, how long at
+    /// most a partition group that restarted without a clean shutdown holds its votes and
+    /// elections while no leader catches it up (`drawbridge_raft`'s `unclean_restart_hold_ms`);
+    /// when the hold ends, entries committed only in page caches may be lost. 0: no limit
+    /// (hold until caught up, however long).
+    pub unclean_restart_hold: Duration,
 }
 
 /// `metrics.*` (Drawbridge): the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
@@ -414,6 +420,7 @@ impl Default for Config {
                 sync_policy: SyncPolicy::Always,
                 sync_interval: Duration::from_secs(1),
                 min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+                unclean_restart_hold: Duration::from_secs(300),
             },
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),

@@ -419,6 +419,25 @@ fn missing_config_file_is_an_error() {
 }
 
 #[test]
+fn unclean_restart_hold_defaults_to_5_minutes_and_parses() {
+    let c = yaml("clustering.namespace: x\n").expect("default");
+    assert_eq!(c.storage.unclean_restart_hold, Duration::from_secs(300));
+    assert_eq!(
+        crate::app::unclean_restart_hold_ms(&c.storage),
+        Some(300_000)
+    );
+    let c = yaml("storage.unclean.restart.hold: 90s\n").expect("90s");
+    assert_eq!(c.storage.unclean_restart_hold, Duration::from_secs(90));
+    assert_eq!(
+        crate::app::unclean_restart_hold_ms(&c.storage),
+        Some(90_000)
+    );
+    let c = yaml("storage:\n  unclean.restart.hold: 0\n").expect("0");
+    assert_eq!(crate::app::unclean_restart_hold_ms(&c.storage), None);
+    assert!(yaml("storage.unclean.restart.hold: 90\n").is_err());
+}
+
+#[test]
 fn min_free_bytes_defaults_to_8_mib_and_parses() {
     let c = yaml("clustering.namespace: x\n").expect("default");
     assert_eq!(c.storage.min_free_bytes, 8 << 20);

@@ -12,6 +12,18 @@
 //!   it from disk and publishes succeed again, nothing acked lost or duplicated; a subscription
 //!   open across the reopen ends with Unavailable.
 //!
+//! - `metadata_writes_are_refused_below_the_margin`: below the margin CreateStream and
+//!   SetStreamReadonly answer ResourceExhausted at once (not at the client's deadline); with
+//!   space back CreateStream succeeds.
+//! - `metadata_enospc_is_waited_out`: with the margin at 0 metadata writes reach ENOSPC in the
+//!   metadata raft log / state journal; the metadata group waits instead of stopping
+//!   (/readyz stays 200), and once space is freed CreateStream succeeds and the new stream
+//!   takes publishes that read back.
+//!
+//! - `publish_through_another_node_to_a_full_leader`: a two-node cluster, node-0 on the tmpfs;
+//!   a unary Publish sent to node-1 for a partition node-0 leads answers ResourceExhausted
+//!   with the leader's text (not Unknown).
+//!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise.
 
@@ -26,7 +38,9 @@ use drawbridge_tests::server::{DrawbridgeServer, NatsMode, ServerSpec};
 use futures::StreamExt;
 use tonic::Code;
 
-use crate::common::{client, create, publish_req, sub_req, subscribe, Client, TestResult, BIN};
+use crate::common::{
+    client, create, create_req, publish_req, sub_req, subscribe, Client, TestResult, BIN,
+};
 use crate::limits::metrics;
 
 /// tmpfs size of the data directory.
@@ -53,6 +67,15 @@ fn can_mount(dir: &Path) -> Result<(), String> {
 fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<DrawbridgeServer>> {
     let nats_port = drawbridge_tests::ports::free_port()?;
     let mut spec = ServerSpec::new(BIN, id, NatsMode::Embedded(nats_port))?;
+    if !on_tmpfs(&mut spec, min_free, metrics_port)? {
+        return Ok(None);
+    }
+    Ok(Some(DrawbridgeServer::start(&spec)?))
+}
+
+/// Makes `spec` run on a tmpfs data dir with `storage.min.free.bytes: min_free` and metrics on
+/// `metrics_port`; false (after a printed note) when mounting is not possible outside CI.
+fn on_tmpfs(spec: &mut ServerSpec, min_free: u64, metrics_port: u16) -> TestResult<bool> {
     let probe = spec.data_dir.with_file_name("probe");
     if let Err(why) = can_mount(&probe) {
         let msg = format!("cannot mount a tmpfs in a private mount namespace (root needed): {why}");
@@ -60,16 +83,16 @@ fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<Drawbr
             return Err(msg.into());
         }
         eprintln!("skipping the disk-full test: {msg}");
-        return Ok(None);
+        return Ok(false);
     }
     let conf = spec.data_dir.with_file_name("diskfull.yaml");
     std::fs::write(&conf, format!("storage.min.free.bytes: {min_free}\n"))?;
-    spec.args = vec![
+    spec.args.extend([
         "--config".into(),
         conf.display().to_string(),
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics_port}"),
-    ];
+    ]);
     spec.wrapper = vec![
         "unshare".into(),
         "-m".into(),
@@ -78,7 +101,7 @@ fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<Drawbr
         format!("mount -t tmpfs -o size={TMPFS} tmpfs \"$0\" && exec \"$@\""),
         spec.data_dir.display().to_string(),
     ];
-    Ok(Some(DrawbridgeServer::start(&spec)?))
+    Ok(true)
 }
 
 /// Runs `script` in the server's mount namespace (`$0` is the data dir).
@@ -390,5 +413,238 @@ async fn enospc_in_the_append_is_survived() -> TestResult {
     );
     check_log(&mut c, "df", &acked, attempted).await?;
     assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+/// A CreateStream with a 3 s deadline.
+async fn create_within(c: &mut Client, name: &str) -> Result<(), tonic::Status> {
+    let mut r = tonic::Request::new(create_req(name, name));
+    r.set_timeout(Duration::from_secs(3));
+    c.create_stream(r).await.map(drop)
+}
+
+/// A SetStreamReadonly with a 2 s deadline.
+async fn readonly(c: &mut Client, name: &str, on: bool) -> Result<(), tonic::Status> {
+    let mut r = tonic::Request::new(SetStreamReadonlyRequest {
+        name: name.into(),
+        partitions: vec![],
+        readonly: on,
+    });
+    r.set_timeout(Duration::from_secs(2));
+    c.set_stream_readonly(r).await.map(drop)
+}
+
+/// Publishes one message to a fresh stream and reads it back.
+async fn publish_and_read(c: &mut Client, stream: &str) -> TestResult {
+    let off = publish_until_ok(c, stream, b"hello", Duration::from_secs(10)).await?;
+    let mut sub = subscribe(c, sub_req(stream, 0, StartPosition::Earliest)).await?;
+    let msgs = crate::common::read_n(&mut sub, 1, Duration::from_secs(5)).await?;
+    assert_eq!(msgs[0].offset, off);
+    assert_eq!(&msgs[0].value[..], b"hello");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_writes_are_refused_below_the_margin() -> TestResult {
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    let Some(mut s) = start("diskfull3", 8 << 20, metrics_port)? else {
+        return Ok(());
+    };
+    let mut c = client(&s).await?;
+    create(&mut c, "md1", "md1").await?;
+    // 4 MiB left: below the margin. The reading is cached for 200 ms, so allow a few tries.
+    fill(&s, 4)?;
+    let started = tokio::time::Instant::now();
+    let mut attempt = 0;
+    let refusal = loop {
+        // A create that slips in before the cached reading expires succeeds: the next try
+        // uses a new name.
+        attempt += 1;
+        match create_within(&mut c, &format!("md-during-{attempt}")).await {
+            Err(e) if e.code() == Code::ResourceExhausted => break e,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "CreateStream not refused 5 s after the disk filled: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.message().contains("metadata leader")
+            && refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
+    // Answered at once, not at the 3 s deadline.
+    let t = tokio::time::Instant::now();
+    let e = readonly(&mut c, "md1", true)
+        .await
+        .err()
+        .ok_or("SetStreamReadonly accepted on a full disk")?;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    unfill(&s)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = create_within(&mut c, "md2").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "CreateStream still failing 5 s after space returned: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish_and_read(&mut c, "md2").await?;
+    assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_enospc_is_waited_out() -> TestResult {
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    let Some(mut s) = start("diskfull4", 0, metrics_port)? else {
+        return Ok(());
+    };
+    let mut c = client(&s).await?;
+    create(&mut c, "me1", "me1").await?;
+    assert_eq!(crate::single::get(metrics_port, "/readyz").await?.0, 200);
+
+    // Nothing left: readonly toggles (one small metadata entry each) use up the last page of
+    // the metadata log and the journal, then a write waits for space (its call times out).
+    fill(&s, 0)?;
+    let mut stuck = None;
+    for i in 0..300 {
+        if let Err(e) = readonly(&mut c, "me1", i % 2 == 0).await {
+            stuck = Some(e);
+            break;
+        }
+    }
+    let stuck = stuck.ok_or("300 metadata writes on a full disk all succeeded")?;
+    eprintln!("first metadata write that did not complete: {stuck:?}");
+    let text = metrics(metrics_port).await?;
+    assert!(
+        counter(&text, "drawbridge_raft_disk_full_waits_total") >= 1,
+        "{text}"
+    );
+    // The metadata group waits; it did not stop: the node stays ready and serves reads.
+    let (status, body) = crate::single::get(metrics_port, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    c.fetch_metadata(FetchMetadataRequest::default()).await?;
+    assert!(!s.has_exited(), "{}", s.log_tail());
+
+    unfill(&s)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match create_within(&mut c, "me2").await {
+            Ok(()) => break,
+            // The waiting write of a timed-out call may have created it meanwhile: fine.
+            Err(e) if e.code() == Code::AlreadyExists => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "CreateStream still failing 20 s after space returned: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish_and_read(&mut c, "me2").await?;
+    let (status, body) = crate::single::get(metrics_port, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    let log = std::fs::read_to_string(s.spec.log_path())?;
+    assert!(
+        log.contains("disk full: waiting for space") && log.contains("disk space back"),
+        "{}",
+        s.log_tail()
+    );
+    assert!(
+        !log.contains("metadata raft group stopped"),
+        "{}",
+        s.log_tail()
+    );
+    assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_through_another_node_to_a_full_leader() -> TestResult {
+    let Some(nats) =
+        drawbridge_tests::nats::NatsServer::start_or_skip("publish_through_another_node")
+    else {
+        return Ok(());
+    };
+    let mut specs = drawbridge_tests::server::cluster_specs(Path::new(BIN), &nats.url(), 2)?;
+    let metrics_port = drawbridge_tests::ports::free_port()?;
+    if !on_tmpfs(&mut specs[0], 8 << 20, metrics_port)? {
+        return Ok(());
+    }
+    let mut servers = drawbridge_tests::server::cluster(&specs)?;
+    let mut c1 = client(&servers[1]).await?;
+    // Single-replica partitions, spread over both nodes: find one node-0 leads.
+    let mut req = create_req("fwd", "fwd");
+    req.partitions = 4;
+    req.replication_factor = 1;
+    c1.create_stream(req).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let partition = loop {
+        let md = c1
+            .fetch_metadata(FetchMetadataRequest {
+                streams: vec!["fwd".into()],
+                groups: vec![],
+            })
+            .await?
+            .into_inner();
+        let on0 = md.stream_metadata.first().and_then(|s| {
+            s.partitions
+                .iter()
+                .find(|(_, p)| p.leader == specs[0].id)
+                .map(|(i, _)| *i)
+        });
+        if let Some(p) = on0 {
+            break p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no partition of fwd led by node-0: {md:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let send = |c: &mut Client, v: &'static [u8]| {
+        let mut r = publish_req("fwd", v, AckPolicy::Leader);
+        r.get_mut().partition = partition;
+        r.set_timeout(Duration::from_secs(3));
+        let mut c = c.clone();
+        async move { c.publish(r).await }
+    };
+    send(&mut c1, b"before").await?;
+    fill(&servers[0], 4)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let refusal = loop {
+        match send(&mut c1, b"during").await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishes through node-1 still accepted 5 s after node-0's disk filled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("partition leader")
+            && refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
+    unfill(&servers[0])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = send(&mut c1, b"after").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishes still refused 5 s after space returned: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in &mut servers {
+        assert!(s.stop(Duration::from_secs(20)), "{}", s.log_tail());
+    }
     Ok(())
 }
