@@ -3,7 +3,8 @@
 //! The tmpfs is mounted in a private mount namespace (`unshare -m`) by a wrapper the server is
 //! started through ([`wrapper`], for `ServerSpec::wrapper`), so nothing is mounted on the host
 //! and the mount goes away with the process. The disk is filled and freed from inside that
-//! namespace (`nsenter -t PID -m`, [`fill`], [`unfill`]).
+//! namespace (`nsenter -t PID -m`, [`fill`], [`unfill`]); [`fill`] takes the space in one
+//! allocation, so the disk never dips below what the test means to leave.
 //!
 //! Invariants:
 //! - The wrapper ends by `exec`-ing the server, so the PID the harness holds (and stops) is the
@@ -96,21 +97,36 @@ pub fn in_namespace(pid: u32, data_dir: &Path, script: &str) -> Result<(), Tmpfs
     Ok(())
 }
 
-/// Fills the tmpfs on `data_dir` (a file `filler`), then frees `leave_mib` MiB of it again.
+/// Fills the tmpfs on `data_dir` (files `filler*`) so that `leave_mib` MiB stay available.
+///
+/// The space is taken in one `fallocate(1)` of (available − `leave_mib` MiB), so the disk never
+/// drops below `leave_mib` on the way (filling it completely and then freeing some would leave
+/// a window in which the server's own writes hit ENOSPC). The server may write between the
+/// reading of the free space and the allocation: a failed allocation is retried (≤ 5 times) on
+/// a fresh reading. With `leave_mib` = 0 whatever is left after that is filled with `dd`.
 pub fn fill(pid: u32, data_dir: &Path, leave_mib: u32) -> Result<(), TmpfsError> {
     in_namespace(
         pid,
         data_dir,
         &format!(
-            "dd if=/dev/zero of=\"$0/filler\" bs=1M 2>/dev/null; \
-             test -f \"$0/filler\" && truncate -s -{leave_mib}M \"$0/filler\""
+            "leave=$(( {leave_mib} * 1048576 )); i=0; ok=0; \
+             while [ $i -lt 5 ]; do \
+               avail=$(df -B1 --output=avail \"$0\" | tail -n 1 | tr -d ' '); \
+               n=$(( avail - leave )); \
+               if [ $n -le 0 ]; then ok=1; break; fi; \
+               if fallocate -l $n \"$0/filler.$i\" 2>/dev/null; then ok=1; break; fi; \
+               rm -f \"$0/filler.$i\"; i=$((i + 1)); \
+             done; \
+             [ $ok = 1 ] || {{ echo 'could not allocate the filler' >&2; exit 1; }}; \
+             if [ {leave_mib} = 0 ]; then dd if=/dev/zero of=\"$0/filler.dd\" bs=64k 2>/dev/null; fi; \
+             exit 0"
         ),
     )
 }
 
 /// Deletes the filler ([`fill`]).
 pub fn unfill(pid: u32, data_dir: &Path) -> Result<(), TmpfsError> {
-    in_namespace(pid, data_dir, "rm -f \"$0/filler\"")
+    in_namespace(pid, data_dir, "rm -f \"$0\"/filler*")
 }
 
 /// Bytes available on the tmpfs on `data_dir` (`df -B1`), as the server sees them.
