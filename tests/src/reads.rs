@@ -12,7 +12,7 @@ use drawbridge_proto::api::{self, api_client::ApiClient};
 use crate::checker::History;
 use crate::cluster::{Cluster, TestResult};
 
-/// Reads a node's replica with [`read_node_once`], retrying for at most 10 s while the node
+/// Reads a node's replica (`read_node_once`), retrying for at most 10 s while the node
 /// answers FailedPrecondition "not in partition ISR": the ISR recorded in metadata trails the
 /// replica's catch-up (and a replica can briefly drop out of it after a fault), so a replica
 /// that holds every record may still be refused for a moment.

@@ -2,8 +2,9 @@
 //!
 //! Three `drawbridge-server` processes on a real `nats-server`, one stream with replication
 //! factor 3 and one partition. Two publishers send unique values (`c<client>-<counter>`)
-//! with ack ALL through pipelined [`Publisher`]s, retry a failed value a bounded number of
-//! times and record every attempt. Faults are injected one after another; afterwards every
+//! with ack ALL through pipelined [`drawbridge_client::Publisher`]s
+//! (`drawbridge_tests::workload`), retry a failed value a bounded number of times and record
+//! every attempt. Faults are injected one after another; afterwards every
 //! node is read from the earliest offset, through its own client port with
 //! `readISRReplica = true`, and [`drawbridge_tests::checker`] decides.
 //!
