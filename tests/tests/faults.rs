@@ -30,7 +30,8 @@
 //! - [`verify_finds_a_silently_diverged_replica`]: `cluster verify` passes on a healthy
 //!   cluster and names a replica whose log was rewritten consistently but wrongly.
 //!
-//! - Network partitions through per-link proxies (`drawbridge_tests::links`, `drawbridge_tests::proxy`):
+//! - Network partitions through per-link proxies (`drawbridge_tests::links`,
+//!   `drawbridge_tests::proxy`):
 //!   [`an_isolated_partition_leader_is_replaced_and_acks_nothing_lost`] (the partition leader
 //!   blackholed from its peers under ack-ALL load),
 //!   [`a_node_cut_from_nats_reconnects_and_loses_nothing`] (a follower's, then the partition
