@@ -30,7 +30,7 @@ use drawbridge_proto::api::{self, api_client::ApiClient};
 use drawbridge_tests::checker::{self, Attempt, History, ValueId};
 use drawbridge_tests::cluster::{Cluster, ClusterOptions, TestResult};
 use drawbridge_tests::metrics;
-use drawbridge_tests::reads::read_all_caught_up;
+use drawbridge_tests::reads::{read_all_caught_up, read_node};
 use drawbridge_tests::workload::{phase, Shape, Workload};
 
 /// One cluster at a time (held across awaits, hence tokio's mutex).
@@ -73,24 +73,38 @@ async fn isr(cl: &Cluster, stream: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Prints (at most 15 of) the WARN and ERROR lines of node `i`'s log: what the full node did.
+/// Prints what the full node `i` did: the number of its WARN and ERROR lines, the first 5 of
+/// them, and its reopens; and every node's "ISR changed" lines.
 fn print_notable(cl: &Cluster, i: usize) {
-    let log = std::fs::read_to_string(cl.specs[i].log_path()).unwrap_or_default();
+    let read = |j: usize| std::fs::read_to_string(cl.specs[j].log_path()).unwrap_or_default();
+    let log = read(i);
     let notable: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
+    let reopens: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reopening it from disk"))
+        .collect();
     eprintln!(
-        "faults: {} logged {} WARN/ERROR lines; the first 15:\n{}",
+        "faults: {} logged {} WARN/ERROR lines; the first 5:\n{}\nreopens:\n{}",
         cl.specs[i].id,
         notable.len(),
         notable
             .iter()
-            .take(15)
+            .take(5)
             .copied()
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n"),
+        reopens.join("\n")
     );
+    for j in 0..cl.specs.len() {
+        let log = read(j);
+        let isr: Vec<&str> = log.lines().filter(|l| l.contains("ISR changed")).collect();
+        if !isr.is_empty() {
+            eprintln!("faults: {}:\n{}", cl.specs[j].id, isr.join("\n"));
+        }
+    }
 }
 
 /// Waits (≤ 20 s) until node `i`'s `/readyz` answers 200 (its metadata group did not stop on
@@ -183,9 +197,23 @@ async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     phase(&w, "after the disk was freed", PER_PHASE / 2).await;
     cl.assert_no_crash()?;
     let restarts = counter(&cl, follower, "drawbridge_partition_group_restarts_total")?;
-    eprintln!("faults: {full_id}: {restarts} partition group restarts in all");
+    eprintln!("faults: {full_id}: {restarts} partition group restarts so far");
     print_notable(&cl, follower);
     check(&cl, name, w, History::new(), "follower disk full done").await?;
+    // The follower caught up: its replica ends at the leader's high watermark (the publishers
+    // have stopped, so it no longer moves).
+    let hw = cl
+        .client
+        .fetch_partition_metadata(name, 0)
+        .await?
+        .high_watermark;
+    let last = read_node(cl.specs[follower].port, name)
+        .await?
+        .last()
+        .map_or(-1, |(o, _)| *o);
+    if last < hw {
+        return Err(format!("{full_id} ends at {last}, the high watermark is {hw}").into());
+    }
     eprintln!("faults: {test} done in {:?}", started.elapsed());
     Ok(())
 }
