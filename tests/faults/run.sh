@@ -5,7 +5,10 @@
 #
 # Each round runs the process fault tests (tests/tests/faults.rs, one cluster at a time; this
 # includes the network-partition tests through proxies, `--filter isolated` or
-# `--filter cut_from_nats` select them) and
+# `--filter cut_from_nats` select them), the cluster disk-full tests
+# (tests/tests/diskfull_cluster.rs: a follower's, then the partition leader's tmpfs filled;
+# they need root for the mounts, and are skipped with a note without it unless CI is set),
+# and
 # the in-process network-partition tests of drawbridge-raft with a fresh random seed
 # (RAFT_FAULT_SEED) and its power-loss tests (POWER_LOSS_SEED, 4 cuts each), until the time
 # is up. Every checker report line ("checker: attempted ...", not the LEADER-ack test's line,
@@ -22,7 +25,7 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --filter) filter="$2"; shift 2 ;;
     --no-raft) raft=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -35,8 +38,8 @@ echo "fault loop: $minutes minute(s), logs in $OUT"
 
 cargo build -p drawbridge-server --bin drawbridge-server --locked >/dev/null 2>&1 || {
   echo "building drawbridge-server failed" >&2; exit 1; }
-cargo test -p drawbridge-tests --test faults --locked --no-run >/dev/null 2>&1 || {
-  echo "building the fault tests failed" >&2; exit 1; }
+cargo test -p drawbridge-tests --test faults --test diskfull_cluster --locked --no-run \
+  >/dev/null 2>&1 || { echo "building the fault tests failed" >&2; exit 1; }
 if [ "$raft" = 1 ]; then
   cargo test -p drawbridge-raft --test raft --locked --no-run >/dev/null 2>&1 || {
     echo "building the raft tests failed" >&2; exit 1; }
@@ -56,6 +59,8 @@ while [ "$(date +%s)" -lt "$end" ]; do
   ok=1
   cargo test -p drawbridge-tests --test faults --locked -- --nocapture --test-threads=1 \
     $filter >"$log" 2>&1 || ok=0
+  cargo test -p drawbridge-tests --test diskfull_cluster --locked -- --nocapture \
+    --test-threads=1 $filter >>"$log" 2>&1 || ok=0
   if [ "$raft" = 1 ]; then
     seed=$(( (RANDOM << 15) | RANDOM ))
     echo "RAFT_FAULT_SEED=$seed" >>"$log"

@@ -11,16 +11,27 @@
 //! - [`metrics`]: a server's `/metrics` (the metadata leader, gauges).
 //! - [`rewrite`]: a stopped replica's log changed consistently but wrongly (silent divergence,
 //!   for `drawbridge cluster verify`).
+//! - [`cluster`]: the fault suite's three-node cluster (NATS, servers, metrics, a client) and
+//!   its helpers (leaders, kill/restart, ISR waits, `cluster verify`, logs on failure).
+//! - [`links`]: per-link proxies of a partitionable cluster (network partitions).
+//! - [`tmpfs`]: a node's data dir on a small tmpfs in a private mount namespace (disk full).
+//! - [`workload`]: the fault suite's background publishers, recording every attempt.
+//! - [`reads`]: every replica of a partition read back into the checker's history.
 //!
 //! Invariants every test relies on: only 127.0.0.1 is used; every process a test starts is
 //! stopped when the test ends (even when it panics); every wait is bounded in time.
 
 pub mod bins;
 pub mod checker;
+pub mod cluster;
+pub mod links;
 pub mod metrics;
 pub mod nats;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod reads;
 pub mod rewrite;
 pub mod server;
+pub mod tmpfs;
+pub mod workload;

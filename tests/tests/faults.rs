@@ -2,8 +2,9 @@
 //!
 //! Three `drawbridge-server` processes on a real `nats-server`, one stream with replication
 //! factor 3 and one partition. Two publishers send unique values (`c<client>-<counter>`)
-//! with ack ALL through pipelined [`Publisher`]s, retry a failed value a bounded number of
-//! times and record every attempt. Faults are injected one after another; afterwards every
+//! with ack ALL through pipelined [`drawbridge_client::Publisher`]s
+//! (`drawbridge_tests::workload`), retry a failed value a bounded number of times and record
+//! every attempt. Faults are injected one after another; afterwards every
 //! node is read from the earliest offset, through its own client port with
 //! `readISRReplica = true`, and [`drawbridge_tests::checker`] decides.
 //!
@@ -29,7 +30,8 @@
 //! - [`verify_finds_a_silently_diverged_replica`]: `cluster verify` passes on a healthy
 //!   cluster and names a replica whose log was rewritten consistently but wrongly.
 //!
-//! - Network partitions through per-link proxies ([`Links`], `drawbridge_tests::proxy`):
+//! - Network partitions through per-link proxies (`drawbridge_tests::links`,
+//!   `drawbridge_tests::proxy`):
 //!   [`an_isolated_partition_leader_is_replaced_and_acks_nothing_lost`] (the partition leader
 //!   blackholed from its peers under ack-ALL load),
 //!   [`a_node_cut_from_nats_reconnects_and_loses_nothing`] (a follower's, then the partition
@@ -47,615 +49,43 @@
 //! Every loop is bounded in count and time; every process is stopped by PID when its guard
 //! drops.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drawbridge_client::{AckPolicy, Client, PublishMessage, Publisher, PublisherOptions};
-use drawbridge_client::{RetryPolicy, StreamOptions, VerifyReport};
+use drawbridge_client::{AckPolicy, Client, RetryPolicy};
 use drawbridge_proto::api::{self, api_client::ApiClient};
 use drawbridge_tests::checker::{self, Attempt, History, ValueId};
+use drawbridge_tests::cluster::{Cluster, ClusterOptions, TestResult};
 use drawbridge_tests::metrics;
-use drawbridge_tests::nats::NatsServer;
-use drawbridge_tests::ports::free_port;
-use drawbridge_tests::proxy::{Mode, Proxy};
-use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer, NatsMode, ServerSpec};
+use drawbridge_tests::proxy::Mode;
+use drawbridge_tests::reads::{read_all_caught_up, read_node};
+use drawbridge_tests::server::DrawbridgeServer;
+use drawbridge_tests::workload::{phase, AckTimes, Workload};
 
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// The options of this file's clusters: failure logs under
+/// `<CARGO_TARGET_TMPDIR>/faults-logs/<pid>/`.
+fn opts() -> ClusterOptions {
+    ClusterOptions::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-logs"))
+}
 
 /// One cluster at a time (held across awaits, hence tokio's mutex).
 static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Messages in flight per publisher.
-const WINDOW: usize = 16;
-/// Attempts per value before a publisher gives up on it.
-const MAX_ATTEMPTS: u32 = 5;
 /// New acknowledgements to wait for before and after each fault.
 const PER_PHASE: usize = 150;
-/// Longest wait for one phase's acknowledgements.
-const PHASE_WAIT: Duration = Duration::from_secs(40);
 /// How long the partition leader stays stopped: beyond the partition election timeout (at
 /// most 3 s with the default timing) and the metadata one.
 const PAUSE: Duration = Duration::from_secs(6);
-
-/// A started cluster: NATS, three servers (a stopped one is `None`), their specs (restart on
-/// the same data) and metrics ports, and a client of all.
-struct Cluster {
-    _nats: NatsServer,
-    specs: Vec<ServerSpec>,
-    servers: Vec<Option<DrawbridgeServer>>,
-    metrics: Vec<u16>,
-    client: Client,
-    /// The proxies of a partitionable cluster ([`Cluster::start_partitionable`]).
-    links: Option<Links>,
-}
-
-impl Cluster {
-    /// Starts NATS and three servers with a metrics endpoint each; `None` when nats-server is
-    /// missing outside CI.
-    async fn start(test: &str) -> TestResult<Option<Cluster>> {
-        Self::start_with(test, false).await
-    }
-
-    /// [`Cluster::start`] with every link through a proxy ([`Links`]).
-    async fn start_partitionable(test: &str) -> TestResult<Option<Cluster>> {
-        Self::start_with(test, true).await
-    }
-
-    async fn start_with(test: &str, partitionable: bool) -> TestResult<Option<Cluster>> {
-        let Some(nats) = NatsServer::start_or_skip(test) else {
-            return Ok(None);
-        };
-        let bin = drawbridge_tests::bins::drawbridge_server()?;
-        let mut specs = cluster_specs(&bin, &nats.url(), 3)?;
-        let links = match partitionable {
-            true => Some(Links::route(&mut specs, nats.port())?),
-            false => None,
-        };
-        let mut metrics = Vec::new();
-        for spec in &mut specs {
-            let port = free_port()?;
-            let conf = spec
-                .data_dir
-                .with_file_name(format!("{}-faults.yaml", spec.id));
-            std::fs::write(&conf, format!("metrics.listen: 127.0.0.1:{port}\n"))?;
-            spec.args
-                .extend(["--config".to_owned(), conf.display().to_string()]);
-            metrics.push(port);
-            // FAULTS_SERVER_LEVEL=debug reproduces a failure with the servers' debug logs.
-            if let Ok(level) = std::env::var("FAULTS_SERVER_LEVEL") {
-                spec.args.extend(["--level".to_owned(), level]);
-            }
-        }
-        let servers = cluster(&specs)?.into_iter().map(Some).collect();
-        let addrs: Vec<String> = specs
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let client = Client::builder(&addrs)
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(3))
-            .ack_timeout(Duration::from_secs(5))
-            .retry(RetryPolicy {
-                max_attempts: 8,
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-            })
-            .connect()
-            .await?;
-        Ok(Some(Cluster {
-            _nats: nats,
-            specs,
-            servers,
-            metrics,
-            client,
-            links,
-        }))
-    }
-
-    /// Creates an RF-3 stream and waits (≤ 20 s) until its partition has a leader and three
-    /// in-sync replicas.
-    async fn create_replicated(&self, name: &str) -> TestResult {
-        let opts = StreamOptions {
-            replication_factor: 3,
-            ..StreamOptions::default()
-        };
-        // A create that timed out (a busy, freshly started cluster) may still have been
-        // committed: retry, and take "exists" after a retry as success.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut retried = false;
-        loop {
-            match self.client.create_stream(name, name, opts.clone()).await {
-                Ok(()) => break,
-                Err(drawbridge_client::Error::StreamExists) if retried => break,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    eprintln!("faults: create {name}: {e}; retrying");
-                    retried = true;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(format!("create {name}: {e}").into()),
-            }
-        }
-        self.wait_in_sync(name, Duration::from_secs(20)).await?;
-        Ok(())
-    }
-
-    /// Waits (≤ `wait`) until partition 0 has a leader and three in-sync replicas; returns
-    /// the leader's index.
-    async fn wait_in_sync(&self, name: &str, wait: Duration) -> TestResult<usize> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(md) = self.client.fetch_metadata().await {
-                let p = md.stream(name).and_then(|s| s.partitions.get(&0)).cloned();
-                if let Some(p) = p.filter(|p| p.isr.len() == 3) {
-                    if let Some(i) = p.leader.and_then(|l| self.index_of(&l)) {
-                        return Ok(i);
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{name}: no leader with 3 in-sync replicas").into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The index of the running server `id`.
-    fn index_of(&self, id: &str) -> Option<usize> {
-        self.servers
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.spec.id == id))
-    }
-
-    /// The partition leader (≤ 20 s to find one that runs).
-    async fn partition_leader(&self, name: &str) -> TestResult<usize> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(md) = self.client.fetch_metadata().await {
-                let leader = md
-                    .stream(name)
-                    .and_then(|s| s.partitions.get(&0))
-                    .and_then(|p| p.leader.clone());
-                if let Some(i) = leader.and_then(|l| self.index_of(&l)) {
-                    return Ok(i);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{name}: no running partition leader").into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The metadata leader, from the `drawbridge_metadata_leader` gauge of each running
-    /// node's `/metrics` (≤ 20 s).
-    fn metadata_leader(&self) -> TestResult<usize> {
-        let stopped: Vec<usize> = (0..self.servers.len())
-            .filter(|i| self.servers[*i].is_none())
-            .collect();
-        Ok(metrics::metadata_leader(
-            &self.metrics,
-            &stopped,
-            Duration::from_secs(20),
-        )?)
-    }
-
-    /// SIGKILL of server `i` (by PID).
-    fn kill(&mut self, i: usize) {
-        if let Some(mut s) = self.servers[i].take() {
-            eprintln!("faults: SIGKILL {}", s.spec.id);
-            s.kill();
-        }
-    }
-
-    /// SIGTERM of server `i` (by PID), bounded.
-    fn terminate(&mut self, i: usize) {
-        if let Some(mut s) = self.servers[i].take() {
-            eprintln!("faults: SIGTERM {}", s.spec.id);
-            let clean = tokio::task::block_in_place(|| s.stop(Duration::from_secs(10)));
-            if !clean {
-                eprintln!("faults: {} did not exit within 10 s of SIGTERM", s.spec.id);
-            }
-        }
-    }
-
-    /// Restarts server `i` on its data.
-    fn restart(&mut self, i: usize) -> TestResult {
-        eprintln!("faults: restarting {}", self.specs[i].id);
-        let spec = &self.specs[i];
-        // Waiting for the port blocks: keep the runtime's other worker free meanwhile.
-        self.servers[i] = Some(tokio::task::block_in_place(|| {
-            DrawbridgeServer::start(spec)
-        })?);
-        Ok(())
-    }
-
-    /// `drawbridge cluster verify` in-process: compares every partition's replicas up to their
-    /// common high watermark. Retries (≤ 30 s) while a replica cannot be compared yet (a
-    /// restarted node still opening its partitions); fails on divergence at once.
-    async fn verify(&self) -> TestResult<VerifyReport> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let report = match self.client.verify_partitions().await {
-                Ok(r) => r,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    eprintln!("faults: verify: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(e) => return Err(format!("cluster verify: {e}").into()),
-            };
-            let divergent = !report.divergent().is_empty();
-            if divergent || report.incomplete().is_empty() || Instant::now() >= deadline {
-                let summary: Vec<String> = report
-                    .partitions
-                    .iter()
-                    .map(|p| format!("{}/{} {:?}", p.stream, p.partition, p.range))
-                    .collect();
-                eprintln!(
-                    "faults: verify: {} records compared; {}",
-                    report.records(),
-                    summary.join(", ")
-                );
-                if divergent || !report.incomplete().is_empty() {
-                    return Err(format!("cluster verify failed: {report:#?}").into());
-                }
-                return Ok(report);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Fails if a server exited by itself or logged a panic.
-    fn assert_no_crash(&mut self) -> TestResult {
-        for spec in &self.specs {
-            let log = std::fs::read_to_string(spec.log_path()).unwrap_or_default();
-            if let Some(line) = log.lines().find(|l| l.contains("panicked")) {
-                return Err(format!("{} panicked: {line}\n{}", spec.id, self.logs()).into());
-            }
-        }
-        for s in self.servers.iter_mut().flatten() {
-            if s.has_exited() {
-                return Err(format!("{} exited\n{}", s.spec.id, s.log_tail()).into());
-            }
-        }
-        Ok(())
-    }
-
-    /// The ends of every server's log, for failure messages; the whole logs are copied to
-    /// `<CARGO_TARGET_TMPDIR>/faults-logs/<pid>/` (the temp dirs go when the test ends).
-    fn logs(&self) -> String {
-        let keep = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("faults-logs")
-            .join(std::process::id().to_string());
-        let saved = std::fs::create_dir_all(&keep).is_ok()
-            && self
-                .specs
-                .iter()
-                .all(|s| std::fs::copy(s.log_path(), keep.join(format!("{}.log", s.id))).is_ok());
-        let tails = self
-            .servers
-            .iter()
-            .flatten()
-            .map(|s| format!("--- {} ---\n{}", s.spec.id, s.log_tail()))
-            .collect::<Vec<_>>()
-            .join("\n");
-        match saved {
-            true => format!("full logs in {}\n{tails}", keep.display()),
-            false => tails,
-        }
-    }
-}
-
-/// When each acknowledgement reached the client.
-type AckTimes = Arc<std::sync::Mutex<Vec<(ValueId, Instant)>>>;
-
-/// Two publishers running in the background (see the module docs).
-struct Workload {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicUsize>,
-    ack_times: AckTimes,
-    tasks: Vec<tokio::task::JoinHandle<History>>,
-}
-
-impl Workload {
-    /// Starts publishers (ack ALL) with client ids `first_client` and `first_client + 1`.
-    fn start(client: &Client, stream: &str, first_client: u32) -> TestResult<Workload> {
-        Self::start_with(client, stream, first_client, AckPolicy::All)
-    }
-
-    /// [`Workload::start`] with the ack policy `ack`.
-    fn start_with(
-        client: &Client,
-        stream: &str,
-        first_client: u32,
-        ack: AckPolicy,
-    ) -> TestResult<Workload> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicUsize::new(0));
-        let ack_times: AckTimes = Arc::default();
-        let mut tasks = Vec::new();
-        for id in [first_client, first_client + 1] {
-            let publisher = client.publisher_with(PublisherOptions {
-                queue_capacity: WINDOW * 2,
-                max_in_flight: WINDOW * 2,
-            })?;
-            tasks.push(tokio::spawn(publish_loop(
-                publisher,
-                stream.to_owned(),
-                id,
-                ack,
-                Arc::clone(&stop),
-                Arc::clone(&acked),
-                Arc::clone(&ack_times),
-            )));
-        }
-        Ok(Workload {
-            stop,
-            acked,
-            ack_times,
-            tasks,
-        })
-    }
-
-    /// Acknowledged values so far.
-    fn acked(&self) -> usize {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    /// Waits (≤ [`PHASE_WAIT`]) until `more` values beyond those acked now were acked;
-    /// returns how many were.
-    async fn progress(&self, more: usize) -> usize {
-        let from = self.acked();
-        let deadline = Instant::now() + PHASE_WAIT;
-        while self.acked() < from + more && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.acked() - from
-    }
-
-    /// Stops the publishers and returns what they did.
-    async fn finish(self) -> TestResult<History> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut h = History::new();
-        for t in self.tasks {
-            let part = tokio::time::timeout(Duration::from_secs(60), t).await??;
-            h.merge_attempts(part);
-        }
-        Ok(h)
-    }
-}
-
-/// One publisher: windows of [`WINDOW`] values, each retried up to [`MAX_ATTEMPTS`] times,
-/// until told to stop (or 3 minutes, a bound that is never reached in a passing run).
-async fn publish_loop(
-    publisher: Publisher,
-    stream: String,
-    client: u32,
-    ack: AckPolicy,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicUsize>,
-    ack_times: AckTimes,
-) -> History {
-    let mut h = History::new();
-    let mut retry: VecDeque<(ValueId, u32)> = VecDeque::new();
-    let mut counter = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let mut batch = Vec::with_capacity(WINDOW);
-        while batch.len() < WINDOW {
-            match retry.pop_front() {
-                Some(r) => batch.push(r),
-                None => {
-                    batch.push((ValueId::new(client, counter), 0));
-                    counter += 1;
-                }
-            }
-        }
-        let mut futures = Vec::with_capacity(WINDOW);
-        let mut failed = false;
-        for (value, tries) in batch {
-            let msg = PublishMessage::new(value.encode()).ack_policy(ack);
-            match tokio::time::timeout(Duration::from_secs(10), publisher.send(&stream, msg)).await
-            {
-                Ok(Ok(fut)) => futures.push((value, tries, fut)),
-                Ok(Err(_)) => {
-                    // Refused before it was queued: it cannot have been stored.
-                    h.record_attempt(value, Attempt::NotSent);
-                    failed = true;
-                    if tries + 1 < MAX_ATTEMPTS {
-                        retry.push_back((value, tries + 1));
-                    }
-                }
-                Err(_) => {
-                    h.record_attempt(value, Attempt::Unknown);
-                    failed = true;
-                    if tries + 1 < MAX_ATTEMPTS {
-                        retry.push_back((value, tries + 1));
-                    }
-                }
-            }
-        }
-        // Awaited together, so each acknowledgement's arrival time is its own.
-        let outcomes =
-            futures::future::join_all(futures.into_iter().map(|(value, tries, fut)| async move {
-                // The future enforces the ack timeout (5 s) itself; 15 s is a backstop.
-                let r = tokio::time::timeout(Duration::from_secs(15), fut).await;
-                (value, tries, r, Instant::now())
-            }))
-            .await;
-        for (value, tries, outcome, at) in outcomes {
-            match outcome {
-                Ok(Ok(Some(ack))) => {
-                    if let Ok(mut t) = ack_times.lock() {
-                        t.push((value, at));
-                    }
-                    h.record_attempt(
-                        value,
-                        Attempt::Acked {
-                            partition: 0,
-                            offset: ack.offset,
-                        },
-                    );
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    h.record_attempt(value, Attempt::Unknown);
-                    failed = true;
-                    if tries + 1 < MAX_ATTEMPTS {
-                        retry.push_back((value, tries + 1));
-                    }
-                }
-            }
-        }
-        if failed {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    h
-}
-
-/// Reads partition 0 of `stream` on the node at `port` from its earliest offset to its
-/// newest committed one (`STOP_LATEST`, `readISRReplica`), bounded.
-/// Reads a node's replica with [`read_node_once`], retrying for at most 10 s while the node
-/// answers FailedPrecondition "not in partition ISR": the ISR recorded in metadata trails the
-/// replica's catch-up (and a replica can briefly drop out of it after a fault), so a replica
-/// that holds every record may still be refused for a moment.
-async fn read_node(port: u16, stream: &str) -> TestResult<Vec<(i64, Vec<u8>)>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for attempt in 0.. {
-        match read_node_once(port, stream).await {
-            Err(NodeRead::NotInIsr(msg)) if Instant::now() < deadline && attempt < 50 => {
-                eprintln!("faults: {msg}; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(NodeRead::NotInIsr(msg)) => return Err(msg.into()),
-            Err(NodeRead::Other(e)) => return Err(e),
-            Ok(out) => return Ok(out),
-        }
-    }
-    Err(format!("reading port {port}: out of attempts").into())
-}
-
-/// Why one read of a node failed.
-enum NodeRead {
-    /// The node refused a read-ISR-replica subscription because it is not in the ISR.
-    NotInIsr(String),
-    Other(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for NodeRead {
-    fn from(e: E) -> Self {
-        NodeRead::Other(e.into())
-    }
-}
-
-async fn read_node_once(port: u16, stream: &str) -> Result<Vec<(i64, Vec<u8>)>, NodeRead> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
-    let mut api = ApiClient::new(channel);
-    let req = api::SubscribeRequest {
-        stream: stream.to_owned(),
-        partition: 0,
-        start_position: api::StartPosition::Earliest as i32,
-        stop_position: api::StopPosition::StopLatest as i32,
-        read_isr_replica: true,
-        ..Default::default()
-    };
-    let mut calls = match api.subscribe(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::ResourceExhausted => return Ok(Vec::new()),
-        Err(s)
-            if s.code() == tonic::Code::FailedPrecondition
-                && s.message().contains("not in partition ISR") =>
-        {
-            return Err(NodeRead::NotInIsr(format!("subscribe on port {port}: {s}")))
-        }
-        Err(s) => return Err(format!("subscribe on port {port}: {s}").into()),
-    };
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, calls.message()).await {
-            Ok(Ok(Some(m))) if m == api::Message::default() => {}
-            Ok(Ok(Some(m))) => out.push((m.offset, m.value.to_vec())),
-            Ok(Ok(None)) => return Ok(out),
-            Ok(Err(s)) if s.code() == tonic::Code::ResourceExhausted => return Ok(out),
-            Ok(Err(s)) => {
-                return Err(format!("reading port {port} after {}: {s}", out.len()).into())
-            }
-            Err(_) => return Err(format!("reading port {port}: no end within 30 s").into()),
-        }
-    }
-}
-
-/// Waits (≤ 40 s) until every node serves the leader's high watermark, then records every
-/// node's read in `h`. Fails if a node does not catch up.
-async fn read_all_caught_up(cl: &Cluster, stream: &str, h: &mut History) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let hw = cl
-            .client
-            .fetch_partition_metadata(stream, 0)
-            .await
-            .map(|p| p.high_watermark)
-            .ok();
-        let mut reads = Vec::new();
-        for s in cl.servers.iter().flatten() {
-            reads.push((s.spec.id.clone(), read_node(s.spec.port, stream).await));
-        }
-        let caught_up = hw.is_some_and(|hw| {
-            reads.iter().all(|(_, r)| {
-                r.as_ref()
-                    .is_ok_and(|r| r.last().map_or(-1, |(o, _)| *o) >= hw)
-            })
-        });
-        if caught_up || Instant::now() >= deadline {
-            let mut summary = Vec::new();
-            for (node, read) in reads {
-                let read = read?;
-                summary.push(format!(
-                    "{node}: {} records, last {:?}",
-                    read.len(),
-                    read.last().map(|(o, _)| *o)
-                ));
-                h.record_read(&node, 0, read);
-            }
-            eprintln!(
-                "faults: leader high watermark {hw:?}; {}",
-                summary.join("; ")
-            );
-            if !caught_up {
-                eprintln!("faults: not every node caught up within 40 s");
-            }
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Waits for `more` acks and prints how it went.
-async fn phase(w: &Workload, label: &str, more: usize) -> usize {
-    let started = Instant::now();
-    let got = w.progress(more).await;
-    eprintln!(
-        "faults: {label}: {got} acks in {:?} (total {})",
-        started.elapsed(),
-        w.acked()
-    );
-    got
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_faults_lose_no_acknowledged_message() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
-    let Some(mut cl) = Cluster::start("process_faults_lose_no_acknowledged_message").await? else {
+    let Some(mut cl) =
+        Cluster::start("process_faults_lose_no_acknowledged_message", opts()).await?
+    else {
         return Ok(());
     };
     let name = "faults-process";
@@ -834,7 +264,7 @@ fn apply(fault: StorageFault, dir: &Path) -> TestResult<String> {
 async fn storage_fault(test: &str, fault: StorageFault, sigkill: bool) -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
-    let Some(mut cl) = Cluster::start(test).await? else {
+    let Some(mut cl) = Cluster::start(test, opts()).await? else {
         return Ok(());
     };
     let name = "faults-storage";
@@ -920,7 +350,8 @@ async fn deleted_index_on_a_stopped_follower_loses_nothing() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_a_silently_diverged_replica() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
-    let Some(mut cl) = Cluster::start("verify_finds_a_silently_diverged_replica").await? else {
+    let Some(mut cl) = Cluster::start("verify_finds_a_silently_diverged_replica", opts()).await?
+    else {
         return Ok(());
     };
     let name = "faults-verify";
@@ -982,7 +413,8 @@ async fn verify_finds_a_silently_diverged_replica() -> TestResult {
 async fn a_resumed_deposed_leader_neither_appends_nor_acks() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
-    let Some(mut cl) = Cluster::start("a_resumed_deposed_leader_neither_appends_nor_acks").await?
+    let Some(mut cl) =
+        Cluster::start("a_resumed_deposed_leader_neither_appends_nor_acks", opts()).await?
     else {
         return Ok(());
     };
@@ -1099,7 +531,7 @@ async fn a_resumed_deposed_leader_loses_leader_acks_only_before_stepping_down() 
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "a_resumed_deposed_leader_loses_leader_acks_only_before_stepping_down";
-    let Some(mut cl) = Cluster::start(test).await? else {
+    let Some(mut cl) = Cluster::start(test, opts()).await? else {
         return Ok(());
     };
     let name = "faults-deposed-leader-ack";
@@ -1204,7 +636,8 @@ async fn a_resumed_deposed_leader_loses_leader_acks_only_before_stepping_down() 
 async fn two_replicas_killed_after_a_burst_lose_no_ack() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
-    let Some(mut cl) = Cluster::start("two_replicas_killed_after_a_burst_lose_no_ack").await?
+    let Some(mut cl) =
+        Cluster::start("two_replicas_killed_after_a_burst_lose_no_ack", opts()).await?
     else {
         return Ok(());
     };
@@ -1256,81 +689,6 @@ async fn two_replicas_killed_after_a_burst_lose_no_ack() -> TestResult {
     }
     cl.verify().await?;
     Ok(())
-}
-
-/// The network of a partitionable cluster (issue 7, fault 3): every link goes through its own
-/// [`Proxy`] on 127.0.0.1. Node `i` reaches NATS through `nats[i]`, and reaches node `j`'s raft
-/// port through `raft[i][j]` (`--raft-peer-route <j's raft address>=<proxy>`; nodes talk to each
-/// other only over raft, and find each other over NATS). Cutting both directions between a
-/// node and its peers isolates it from them while it keeps NATS and its clients.
-struct Links {
-    nats: Vec<Proxy>,
-    raft: Vec<Vec<Option<Proxy>>>,
-}
-
-impl Links {
-    /// Puts the proxies into `specs` (before the servers start): NATS through a proxy per node
-    /// to the NATS server on `nats_port`, raft through a proxy per ordered pair.
-    fn route(specs: &mut [ServerSpec], nats_port: u16) -> TestResult<Links> {
-        let mut nats = Vec::new();
-        for spec in specs.iter_mut() {
-            let proxy = Proxy::start(nats_port)?;
-            spec.nats = NatsMode::External(format!("nats://{}", proxy.addr()));
-            nats.push(proxy);
-        }
-        let raft_ports: Vec<u16> = specs.iter().map(|s| s.raft_port).collect();
-        let mut raft = Vec::new();
-        for (i, spec) in specs.iter_mut().enumerate() {
-            let mut row = Vec::new();
-            for (j, port) in raft_ports.iter().enumerate() {
-                if i == j {
-                    row.push(None);
-                    continue;
-                }
-                let proxy = Proxy::start(*port)?;
-                spec.args.extend([
-                    "--raft-peer-route".to_owned(),
-                    format!("127.0.0.1:{port}={}", proxy.addr()),
-                ]);
-                row.push(Some(proxy));
-            }
-            raft.push(row);
-        }
-        Ok(Links { nats, raft })
-    }
-
-    /// Sets both directions of every raft link between node `i` and the others to `mode`.
-    fn isolate(&self, i: usize, mode: Mode) {
-        for (j, row) in self.raft.iter().enumerate() {
-            if j == i {
-                row.iter().flatten().for_each(|p| p.set_mode(mode));
-            } else if let Some(p) = &row[i] {
-                p.set_mode(mode);
-            }
-        }
-    }
-
-    /// Every link back to [`Mode::Pass`].
-    fn heal(&self) {
-        self.nats.iter().for_each(|p| p.set_mode(Mode::Pass));
-        self.raft
-            .iter()
-            .flatten()
-            .flatten()
-            .for_each(|p| p.set_mode(Mode::Pass));
-    }
-
-    /// Bytes node `i` exchanged with its peers through the raft proxies (both directions).
-    fn raft_bytes(&self, i: usize) -> u64 {
-        let out: u64 = self.raft[i].iter().flatten().map(Proxy::forwarded).sum();
-        let inbound: u64 = self
-            .raft
-            .iter()
-            .filter_map(|row| row[i].as_ref())
-            .map(Proxy::forwarded)
-            .sum();
-        out + inbound
-    }
 }
 
 /// A client bootstrapped with the nodes other than `cut` (the majority side of a partition).
@@ -1423,7 +781,7 @@ async fn an_isolated_partition_leader_is_replaced_and_acks_nothing_lost() -> Tes
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "an_isolated_partition_leader_is_replaced_and_acks_nothing_lost";
-    let Some(cl) = Cluster::start_partitionable(test).await? else {
+    let Some(cl) = Cluster::start(test, opts().partitionable()).await? else {
         return Ok(());
     };
     let links = cl.links.as_ref().ok_or("no links")?;
@@ -1595,7 +953,7 @@ async fn a_node_cut_from_nats_reconnects_and_loses_nothing() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "a_node_cut_from_nats_reconnects_and_loses_nothing";
-    let Some(mut cl) = Cluster::start_partitionable(test).await? else {
+    let Some(mut cl) = Cluster::start(test, opts().partitionable()).await? else {
         return Ok(());
     };
     let name = "partition-nats-cut";
@@ -1664,7 +1022,7 @@ async fn an_isolated_metadata_leader_is_replaced_for_create_stream() -> TestResu
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "an_isolated_metadata_leader_is_replaced_for_create_stream";
-    let Some(mut cl) = Cluster::start_partitionable(test).await? else {
+    let Some(mut cl) = Cluster::start(test, opts().partitionable()).await? else {
         return Ok(());
     };
     cl.create_replicated("partition-meta-before").await?;
