@@ -89,6 +89,29 @@ pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
         .map(|v| v.as_str().to_owned())
 }
 
+/// Builds the ack for `p`, moving its strings instead of copying them (the success path of
+/// the ingest sends each pending ack exactly once).
+pub fn build_owned(
+    stream: &str,
+    base_subject: &str,
+    p: PendingAck,
+    offset: i64,
+    error: ack::Error,
+) -> Ack {
+    Ack {
+        stream: stream.to_owned(),
+        partition_subject: base_subject.to_owned(),
+        msg_subject: p.msg_subject,
+        offset: if error == ack::Error::Ok { offset } else { 0 },
+        ack_inbox: p.inbox,
+        correlation_id: p.correlation_id,
+        ack_policy: p.policy as i32,
+        reception_timestamp: p.reception_ns,
+        commit_timestamp: now_ns(),
+        ack_error: error as i32,
+    }
+}
+
 /// Publishes an ack envelope to its inbox; failures are logged (the publisher times out).
 pub async fn send(nats: &async_nats::Client, ack: &Ack) {
     if ack.ack_inbox.is_empty() {
@@ -97,5 +120,17 @@ pub async fn send(nats: &async_nats::Client, ack: &Ack) {
     let body = envelope::encode_ack(ack);
     if let Err(e) = nats.publish(ack.ack_inbox.clone(), body).await {
         tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
+    }
+}
+
+/// [`send`] for an ack that is not needed afterwards: its inbox becomes the NATS subject
+/// without a copy.
+pub async fn send_owned(nats: &async_nats::Client, ack: Ack) {
+    if ack.ack_inbox.is_empty() {
+        return;
+    }
+    let body = envelope::encode_ack(&ack);
+    if let Err(e) = nats.publish(ack.ack_inbox, body).await {
+        tracing::debug!(error = %e, "sending an ack failed");
     }
 }

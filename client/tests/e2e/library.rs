@@ -270,6 +270,67 @@ async fn expected_offset_is_checked() -> TestResult {
     Ok(())
 }
 
+/// Optimistic concurrency behind a pipelined burst: a message sent right after N still
+/// unacknowledged ones names offset N; the leader's ingest holds an in-flight slot for it and
+/// must drain every other proposal before checking, so it is stored at N (no deadlock, no
+/// INCORRECT_OFFSET), while a wrong expectation sent next is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_offset_after_a_pipelined_burst() -> TestResult {
+    const N: usize = 600;
+    let srv = shared_server();
+    let c = client(&[srv.addr()]).await?;
+    let name = unique("occ-burst");
+    let opts = StreamOptions {
+        optimistic_concurrency_control: Some(true),
+        ..StreamOptions::default()
+    };
+    c.create_stream(&name, &name, opts).await?;
+    let publisher = c.publisher_with(PublisherOptions {
+        queue_capacity: 256,
+        max_in_flight: 1024,
+    })?;
+    let burst = async {
+        let mut futs = Vec::with_capacity(N + 2);
+        for i in 0..N {
+            futs.push(
+                publisher
+                    .send(&name, PublishMessage::new(format!("m{i}")))
+                    .await?,
+            );
+        }
+        futs.push(
+            publisher
+                .send(&name, PublishMessage::new("at-n").expected_offset(N as i64))
+                .await?,
+        );
+        futs.push(
+            publisher
+                .send(&name, PublishMessage::new("stale").expected_offset(3))
+                .await?,
+        );
+        Ok::<_, Error>(futs)
+    };
+    let mut futs = tokio::time::timeout(Duration::from_secs(60), burst).await??;
+    let stale = futs.pop().ok_or("no future")?;
+    let mut offsets = Vec::with_capacity(N + 1);
+    for (i, fut) in futs.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(60), fut)
+            .await?
+            .map_err(|e| format!("message {i}: {e}"))?;
+        offsets.push(ack.ok_or_else(|| format!("message {i}: no ack"))?.offset);
+    }
+    assert_eq!(offsets, (0..=N as i64).collect::<Vec<_>>());
+    let r = tokio::time::timeout(Duration::from_secs(60), stale).await?;
+    assert!(matches!(r, Err(Error::IncorrectOffset(_))), "{r:?}");
+    let mut sub = c
+        .subscribe(&name, from(StartAt::Earliest, StopAt::Latest))
+        .await?;
+    let got = read_to_end(&mut sub, N + 2, EACH).await?;
+    assert_eq!(got.len(), N + 1);
+    assert_eq!(&got[N].value[..], b"at-n");
+    Ok(())
+}
+
 /// Idempotent publish: a (producer, sequence) published again — unary or pipelined, from the
 /// library or the CLI — is stored once and acknowledged with the stored offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
