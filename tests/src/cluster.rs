@@ -106,7 +106,22 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Starts NATS and three servers with a metrics endpoint each, as `opts` says; `None` when
     /// nats-server is missing, or a tmpfs cannot be mounted, outside CI.
+    ///
+    /// A start that fails (a server that never listens: e.g. a port taken between
+    /// [`free_port`] and the bind by another process's outgoing connection) is retried once
+    /// from scratch, with fresh ports and directories; what the failed attempt started is
+    /// stopped when it is dropped.
     pub async fn start(test: &str, opts: ClusterOptions) -> TestResult<Option<Cluster>> {
+        match Self::start_once(test, opts.clone()).await {
+            Err(e) => {
+                eprintln!("cluster: start failed ({e}); retrying once from scratch");
+                Self::start_once(test, opts).await
+            }
+            done => done,
+        }
+    }
+
+    async fn start_once(test: &str, opts: ClusterOptions) -> TestResult<Option<Cluster>> {
         let Some(nats) = NatsServer::start_or_skip(test) else {
             return Ok(None);
         };
