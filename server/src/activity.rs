@@ -11,7 +11,7 @@
 //! - At least once: an event is removed only after its publish was acknowledged; a new leader
 //!   (or this one after a failed publish) starts again at the oldest event still recorded, so
 //!   an event may repeat (with the same id), as Liftbridge allows.
-//! - The task wakes on every metadata change and at least every [`RETRY`]; it ends at shutdown.
+//! - The task wakes on every metadata change and at least every `RETRY`; it ends at shutdown.
 
 use std::time::Duration;
 

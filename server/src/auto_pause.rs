@@ -11,7 +11,7 @@
 //!   new leader or a restart grants a full period).
 //! - With `auto.pause.disable.if.subscribers`, an open subscription on the leader restarts the
 //!   idle period, so a subscribed partition is never paused.
-//! - One task per node wakes every [`TICK`]; it ends at shutdown.
+//! - One task per node wakes every `TICK`; it ends at shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -11,7 +11,7 @@
 //! Invariants:
 //! - Only the recorded leader in its recorded term writes the ISR (the state machine ignores
 //!   anything else), and only once the leadership itself is recorded.
-//! - At most one `SetPartitionIsr` per partition is started per [`RETRY`]; a failed or not yet
+//! - At most one `SetPartitionIsr` per partition is started per `RETRY`; a failed or not yet
 //!   visible one is retried on a later round.
 
 use std::collections::HashMap;

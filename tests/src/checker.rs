@@ -174,7 +174,7 @@ pub struct Report {
     pub offset_errors: usize,
     /// Values read that no client attempted (violation 6).
     pub unexpected: usize,
-    /// Examples of the violations, at most [`SAMPLES`] per kind.
+    /// Examples of the violations, at most 8 per kind (`SAMPLES`).
     pub samples: Vec<String>,
 }
 

@@ -10,6 +10,9 @@
 //!
 //! Exit status: 0 when every workload succeeded, 1 when any failed (the others still ran and
 //! were reported), 2 on bad usage.
+//!
+//! The `///` comments on the arguments double as `--help` text, in plain help notation.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

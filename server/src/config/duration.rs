@@ -7,7 +7,7 @@
 //!
 //! Invariants: [`parse`] never panics, rejects values above `u64::MAX` nanoseconds (Go's own limit
 //! is `i64::MAX`; we accept the wider range only because `std::time::Duration` can hold it), and
-//! [`format`] produces text that [`parse`] reads back to the same value.
+//! [`fn@format`] produces text that [`parse`] reads back to the same value.
 
 use std::time::Duration;
 

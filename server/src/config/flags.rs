@@ -5,7 +5,7 @@
 //! | `--config`, `-c` FILE | | (the YAML file to read) |
 //! | `--server-id` ID | `--id` | `clustering.server.id` |
 //! | `--namespace` NS | `--ns` | `clustering.namespace` |
-//! | `--nats-servers`, `-n` ADDR[,ADDR] | | `nats.servers` (repeatable) |
+//! | `--nats-servers`, `-n` `ADDR[,ADDR]` | | `nats.servers` (repeatable) |
 //! | `--embedded-nats`, `-e` | | `nats.embedded` |
 //! | `--embedded-nats-config` FILE | `--nc` | `nats.embedded.config` |
 //! | `--data-dir`, `-d` DIR | | `data.dir` |
@@ -14,13 +14,17 @@
 //! | `--tls-key` FILE | | `tls.key` |
 //! | `--level`, `-l` LEVEL | | `logging.level` |
 //! | `--raft-bootstrap-seed` | | `clustering.raft.bootstrap.seed` |
-//! | `--raft-bootstrap-peers` ID[,ID] | | `clustering.raft.bootstrap.peers` (repeatable) |
+//! | `--raft-bootstrap-peers` `ID[,ID]` | | `clustering.raft.bootstrap.peers` (repeatable) |
 //! | `--metrics-listen` HOST:PORT | | `metrics.listen` (Drawbridge; an empty host is 127.0.0.1) |
 //! | `--log-format` text\|json | | `logging.format` (Drawbridge) |
 //!
 //! Invariant: a flag that was not given produces no entry, so it never overrides the file or
 //! the environment; a given flag always wins over both. Values are checked by the same code
 //! as file and environment values (errors name the flag).
+//!
+//! The `///` comments on the flags double as `--help` text, so they use the plain notation of
+//! command-line help (`ADDR[,ADDR]`, `<namespace>`) rather than rustdoc markup.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //!
 //! # Sources and precedence
 //! defaults < YAML config file (`--config`) < `LIFTBRIDGE_*` environment < command-line flags.
-//! Every source is turned into dotted-key [`Entry`]s first ([`file`], [`env`], [`flags`]),
+//! Every source is turned into dotted-key [`Entry`]s first ([`mod@file`], [`mod@env`], [`flags`]),
 //! then all entries are applied in that order onto [`Config::default`] by one key table
 //! ([`keys`]), derived defaults are resolved and cross-key rules checked ([`validate`]).
 //!

@@ -305,7 +305,7 @@ pub struct Config {
     pub host: Option<String>,
     /// `port` (9292).
     pub port: u16,
-    /// `data.dir` (/tmp/liftbridge/<namespace>).
+    /// `data.dir` (`/tmp/liftbridge/<namespace>`).
     pub data_dir: PathBuf,
     /// `metadata.cache.max.age` (2m).
     pub metadata_cache_max_age: Duration,

@@ -1,5 +1,5 @@
 //! One client connection: a reader task that parses and executes operations, and a writer task
-//! that drains the connection's [`Outbound`] queue into the socket.
+//! that drains the connection's [`Outbound`](super::outbound::Outbound) queue into the socket.
 //!
 //! Invariants:
 //! 1. The reader is the only task that executes this client's operations, so they take effect
