@@ -20,9 +20,10 @@
 //! What a cut does, by [`Mode`] (the proxies' semantics, [`crate::proxy`]):
 //! - [`Mode::Blackhole`]: `drop`. Packets vanish both ways; connections stay open and TCP
 //!   retransmits; new connections time out. After the heal TCP delivers what was held.
-//! - [`Mode::Reset`]: `reject with tcp reset`, and the existing connections of the link are
-//!   destroyed at once (`ss -K`, both ends): the node sees its connection reset and every
-//!   reconnect refused.
+//! - [`Mode::Reset`]: the existing connections of the link are destroyed at once (`ss -K`,
+//!   both ends), and the cut node's packets are rejected with a TCP reset (the other side's are
+//!   dropped, except that reset): the node sees its connection reset and every reconnect
+//!   refused.
 //!
 //! Invariants: the table exists before any server starts (so every connection is marked) and
 //! is deleted when the [`NftLinks`] drops; only rules this value added are deleted; marks are
@@ -41,6 +42,9 @@ pub const GID_BASE: u32 = 71_000;
 /// Why an nft (or ss) command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
+    /// Refused: this process is not a test's network namespace child.
+    #[error("nft rules are only installed inside a test's private network namespace")]
+    NotInNamespace,
     /// The tool is not installed.
     #[error("{0} is not installed")]
     Missing(&'static str),
@@ -127,9 +131,14 @@ fn port_set(ports: &[u16]) -> String {
 }
 
 impl NftLinks {
-    /// Creates the table (named after this process and `tag`, e.g. the NATS port) with its mark
-    /// and counter rules for `nodes`; NATS listens on `nats_port`. Call before any node starts.
+    /// Creates the table (named after this process and the NATS port) with its mark and counter
+    /// rules for `nodes`; NATS listens on `nats_port`. Call before any node starts. Refused
+    /// outside a network namespace child of a test ([`crate::netns::inside`]): the host's
+    /// ruleset is never touched.
     pub fn install(nodes: Vec<NodePorts>, nats_port: u16) -> Result<Self, NftError> {
+        if !crate::netns::inside() {
+            return Err(NftError::NotInNamespace);
+        }
         let nft = tool("nft").ok_or(NftError::Missing("nft"))?;
         let ss = tool("ss").ok_or(NftError::Missing("ss"))?;
         let table = format!("drawbridge_{}_{nats_port}", std::process::id());
@@ -186,20 +195,31 @@ impl NftLinks {
 
     /// Adds the rule that cuts connections node `from` opens to `ports`, as `mode` says.
     fn cut(&self, from: usize, ports: &[u16], mode: Mode) -> Result<(), NftError> {
-        let verdict = match mode {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        // A Reset cut rejects the node's packets (original direction: its SYNs get a refusal,
+        // its data a reset) and drops the other side's, except resets: the reset `reject`
+        // sends back belongs to the same connection (reply direction) and must get through.
+        let rules: &[&str] = match mode {
             Mode::Pass => return Ok(()),
-            Mode::Blackhole => "drop",
-            Mode::Reset => "reject with tcp reset",
+            Mode::Blackhole => &["drop"],
+            Mode::Reset => &[
+                "ct direction original reject with tcp reset",
+                "ct direction reply tcp flags & rst == 0 drop",
+            ],
         };
-        let handle = self.rule(&format!(
-            "ct mark {} meta l4proto tcp ct original proto-dst {} {verdict}",
-            self.nodes[from].gid,
-            port_set(ports)
-        ))?;
-        self.cuts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(handle);
+        for verdict in rules {
+            let handle = self.rule(&format!(
+                "ct mark {} meta l4proto tcp ct original proto-dst {} {verdict}",
+                self.nodes[from].gid,
+                port_set(ports)
+            ))?;
+            self.cuts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle);
+        }
         Ok(())
     }
 
