@@ -4,8 +4,11 @@
 #   tests/faults/run.sh --minutes 30 [--filter NAME] [--no-raft]
 #
 # Each round runs the process fault tests (tests/tests/faults.rs, one cluster at a time; this
-# includes the network-partition tests through proxies, `--filter isolated` or
-# `--filter cut_from_nats` select them), the cluster disk-full tests
+# includes the network-partition tests, `--filter isolated` or `--filter cut_from_nats` select
+# them: as root with nftables each re-runs itself in a private network namespace whose loopback
+# carries the whole cluster and cuts links with nft rules; without root or nft they use per-link
+# TCP proxies on 127.0.0.1 instead, or fail when CI is set; DRAWBRIDGE_LINKS=proxy forces the
+# proxies), the cluster disk-full tests
 # (tests/tests/diskfull_cluster.rs: a follower's, then the partition leader's tmpfs filled;
 # they need root for the mounts, and are skipped with a note without it unless CI is set),
 # and
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --filter) filter="$2"; shift 2 ;;
     --no-raft) raft=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done

@@ -1,8 +1,9 @@
 //! A three-node fault-test cluster (issue 7): a real `nats-server`, three `drawbridge-server`
 //! processes that bootstrap together, each with a `/metrics` endpoint, and a [`Client`] of all.
 //!
-//! [`ClusterOptions`] chooses how it starts: every link through a fault-injecting proxy
-//! ([`Links`], for network partitions), chosen nodes' data directories on small tmpfs mounts
+//! [`ClusterOptions`] chooses how it starts: links that can be cut ([`Links`], for network
+//! partitions: nftables rules when the test runs in its own network namespace
+//! ([`crate::netns`]), fault-injecting proxies otherwise), chosen nodes' data directories on small tmpfs mounts
 //! ([`crate::tmpfs`], for disk full), extra configuration for every node. The helpers find the
 //! partition and metadata leaders, stop, restart and signal nodes, wait for the ISR, fill and
 //! free the tmpfs node's disk, run `cluster verify`, and collect logs when a test fails.
@@ -22,7 +23,9 @@ use drawbridge_client::{Client, RetryPolicy, StreamOptions, VerifyReport};
 use crate::links::Links;
 use crate::metrics;
 use crate::nats::NatsServer;
+use crate::netns;
 use crate::ports::free_port;
+use crate::proxy::Mode;
 use crate::server::{cluster, cluster_specs, DrawbridgeServer, ServerSpec};
 use crate::tmpfs;
 
@@ -35,7 +38,8 @@ pub struct ClusterOptions {
     /// Where a failing test keeps the servers' whole logs ([`Cluster::logs`]); the servers'
     /// temp dirs go when the test ends.
     pub logs_dir: PathBuf,
-    /// Every link through its own proxy ([`Links`]).
+    /// Links that can be cut ([`Links`]: nftables inside a network namespace of the test's
+    /// own, [`netns::inside`]; proxies elsewhere).
     pub partitionable: bool,
     /// `(node, size)` pairs: node `node`'s data dir on a tmpfs of `size` (`mount -o size=`,
     /// e.g. `"32m"`) in a private mount namespace ([`crate::tmpfs`]).
@@ -55,7 +59,7 @@ impl ClusterOptions {
         }
     }
 
-    /// Every link through a proxy ([`Links`]).
+    /// Links that can be cut ([`Links`]).
     pub fn partitionable(mut self) -> Self {
         self.partitionable = true;
         self
@@ -87,7 +91,7 @@ pub struct Cluster {
     pub metrics: Vec<u16>,
     /// A client bootstrapped with every node.
     pub client: Client,
-    /// The proxies of a partitionable cluster ([`ClusterOptions::partitionable`]).
+    /// The links of a partitionable cluster ([`ClusterOptions::partitionable`]).
     pub links: Option<Links>,
     /// How the cluster was started.
     opts: ClusterOptions,
@@ -134,13 +138,19 @@ impl Cluster {
             }
             spec.wrapper = tmpfs::wrapper(&spec.data_dir, size);
         }
-        let links = match opts.partitionable {
-            true => Some(Links::route(&mut specs, nats.port())?),
-            false => None,
+        let metrics = specs
+            .iter()
+            .map(|_| free_port())
+            .collect::<std::io::Result<Vec<u16>>>()?;
+        let links = match (opts.partitionable, netns::inside()) {
+            (false, _) => None,
+            (true, true) => Some(Links::netns(&mut specs, &metrics, nats.port())?),
+            (true, false) => Some(Links::proxies(&mut specs, nats.port())?),
         };
-        let mut metrics = Vec::new();
-        for spec in &mut specs {
-            let port = free_port()?;
+        if let Some(l) = &links {
+            eprintln!("cluster: partitionable, links over {}", l.backend());
+        }
+        for (spec, port) in specs.iter_mut().zip(metrics.iter().copied()) {
             let conf = spec
                 .data_dir
                 .with_file_name(format!("{}-faults.yaml", spec.id));
@@ -150,7 +160,6 @@ impl Cluster {
             )?;
             spec.args
                 .extend(["--config".to_owned(), conf.display().to_string()]);
-            metrics.push(port);
             // FAULTS_SERVER_LEVEL=debug reproduces a failure with the servers' debug logs.
             if let Ok(level) = std::env::var("FAULTS_SERVER_LEVEL") {
                 spec.args.extend(["--level".to_owned(), level]);
@@ -388,6 +397,52 @@ impl Cluster {
             .get(i)
             .and_then(Option::as_ref)
             .ok_or_else(|| format!("node {i} is not running").into())
+    }
+
+    fn links(&self) -> TestResult<&Links> {
+        self.links
+            .as_ref()
+            .ok_or_else(|| "the cluster is not partitionable".into())
+    }
+
+    fn pids(&self) -> Vec<Option<u32>> {
+        self.servers
+            .iter()
+            .map(|s| s.as_ref().and_then(DrawbridgeServer::pid))
+            .collect()
+    }
+
+    /// Cuts node `i` from every other node (both directions; it keeps NATS and its clients),
+    /// as `mode` says ([`Links::isolate`]).
+    pub fn isolate(&self, i: usize, mode: Mode) -> TestResult {
+        let links = self.links()?;
+        eprintln!(
+            "faults: cutting {} from its peers ({mode:?}, {})",
+            self.specs[i].id,
+            links.backend()
+        );
+        links.isolate(i, mode, &self.pids())
+    }
+
+    /// Cuts node `i` from NATS as `mode` says ([`Links::cut_from_nats`]).
+    pub fn cut_from_nats(&self, i: usize, mode: Mode) -> TestResult {
+        let links = self.links()?;
+        eprintln!(
+            "faults: cutting {} from NATS ({mode:?}, {})",
+            self.specs[i].id,
+            links.backend()
+        );
+        links.cut_from_nats(i, mode, self.pids().get(i).copied().flatten())
+    }
+
+    /// Restores every link ([`Links::heal`]).
+    pub fn heal(&self) -> TestResult {
+        self.links()?.heal()
+    }
+
+    /// Bytes node `i` exchanged over raft with its peers so far ([`Links::raft_bytes`]).
+    pub fn raft_bytes(&self, i: usize) -> TestResult<u64> {
+        self.links()?.raft_bytes(i)
     }
 
     /// Fills the tmpfs of node `i` (see [`ClusterOptions::tmpfs`]), leaving `leave_mib` MiB.

@@ -89,10 +89,17 @@ async fn read_node_once(port: u16, stream: &str) -> Result<Vec<(i64, Vec<u8>)>, 
     }
 }
 
-/// Waits (≤ 40 s) until every node serves the leader's high watermark, then records every
-/// node's read in `h`. Fails if a node does not catch up.
+/// Waits (≤ 40 s) until every node serves the same last offset, at or above the high watermark
+/// the partition metadata reports, then records every node's read in `h`. Fails if a node does
+/// not answer.
+///
+/// Agreement, not just the reported high watermark: the metadata may come from a deposed
+/// leader that has not yet heard of the new term — after a silent partition heals, its peers'
+/// connections resume only at TCP's next retransmission, seconds later — and that node
+/// reports its own, stale high watermark, which its own stale replica reaches.
 pub async fn read_all_caught_up(cl: &Cluster, stream: &str, h: &mut History) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(40);
     loop {
         let hw = cl
             .client
@@ -104,11 +111,13 @@ pub async fn read_all_caught_up(cl: &Cluster, stream: &str, h: &mut History) -> 
         for s in cl.servers.iter().flatten() {
             reads.push((s.spec.id.clone(), read_node(s.spec.port, stream).await));
         }
+        let lasts: Vec<i64> = reads
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|r| r.last().map_or(-1, |(o, _)| *o))
+            .collect();
         let caught_up = hw.is_some_and(|hw| {
-            reads.iter().all(|(_, r)| {
-                r.as_ref()
-                    .is_ok_and(|r| r.last().map_or(-1, |(o, _)| *o) >= hw)
-            })
+            lasts.len() == reads.len() && lasts.iter().all(|l| *l >= hw && Some(l) == lasts.first())
         });
         if caught_up || Instant::now() >= deadline {
             let mut summary = Vec::new();
@@ -122,8 +131,9 @@ pub async fn read_all_caught_up(cl: &Cluster, stream: &str, h: &mut History) -> 
                 h.record_read(&node, 0, read);
             }
             eprintln!(
-                "faults: leader high watermark {hw:?}; {}",
-                summary.join("; ")
+                "faults: reported high watermark {hw:?}; {} (after {:?})",
+                summary.join("; "),
+                started.elapsed()
             );
             if !caught_up {
                 eprintln!("faults: not every node caught up within 40 s");

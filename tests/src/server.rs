@@ -13,6 +13,7 @@
 //! every wait is bounded; a server's data dir outlives restarts of the process (it belongs to
 //! the spec, not to the process).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub struct ServerSpec {
     /// program and arguments are appended to it, so it must end by exec-ing them (e.g.
     /// `unshare -m sh -c '... && exec "$@"' sh`), which keeps the PID the harness stops.
     pub wrapper: Vec<String>,
+    /// The group id the server runs as (`setgid` before exec; the uid stays), so that
+    /// nftables can tell its sockets apart (`meta skgid`, [`crate::nft`]). `None`: inherited.
+    pub gid: Option<u32>,
     /// Keeps the temp dir alive as long as any spec clone lives.
     _tmp: Arc<tempfile::TempDir>,
 }
@@ -89,6 +93,7 @@ impl ServerSpec {
             args: Vec::new(),
             env: Vec::new(),
             wrapper: Vec::new(),
+            gid: None,
             _tmp: Arc::new(tmp),
         })
     }
@@ -152,6 +157,9 @@ impl ServerSpec {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
+        if let Some(gid) = self.gid {
+            cmd.gid(gid);
+        }
         Ok(cmd)
     }
 }

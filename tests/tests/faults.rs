@@ -30,14 +30,18 @@
 //! - [`verify_finds_a_silently_diverged_replica`]: `cluster verify` passes on a healthy
 //!   cluster and names a replica whose log was rewritten consistently but wrongly.
 //!
-//! - Network partitions through per-link proxies (`drawbridge_tests::links`,
-//!   `drawbridge_tests::proxy`):
+//! - Network partitions (`drawbridge_tests::links`): each of these tests re-runs itself in a
+//!   private network namespace (`drawbridge_tests::netns`; root, `unshare -n`, nftables)
+//!   whose loopback carries the whole cluster, and cuts links with nftables rules
+//!   (`drawbridge_tests::nft`: nodes told apart by the gid they run as); without root or nft it
+//!   fails under `CI` and falls back to per-link TCP proxies (`drawbridge_tests::proxy`)
+//!   elsewhere:
 //!   [`an_isolated_partition_leader_is_replaced_and_acks_nothing_lost`] (the partition leader
-//!   blackholed from its peers under ack-ALL load),
+//!   cut silently from its peers under ack-ALL load),
 //!   [`a_node_cut_from_nats_reconnects_and_loses_nothing`] (a follower's, then the partition
 //!   leader's NATS link reset)
 //!   and [`an_isolated_metadata_leader_is_replaced_for_create_stream`] (CreateStream through the
-//!   majority while the metadata leader is blackholed).
+//!   majority while the metadata leader is cut silently from its peers).
 //!
 //! Every test ends with `cluster verify` (the replicas agree up to their common high
 //! watermark). Longer runs: `tests/faults/run.sh --minutes N`.
@@ -59,6 +63,7 @@ use drawbridge_proto::api::{self, api_client::ApiClient};
 use drawbridge_tests::checker::{self, Attempt, History, ValueId};
 use drawbridge_tests::cluster::{Cluster, ClusterOptions, TestResult};
 use drawbridge_tests::metrics;
+use drawbridge_tests::netns::{self, Backend};
 use drawbridge_tests::proxy::Mode;
 use drawbridge_tests::reads::{read_all_caught_up, read_node};
 use drawbridge_tests::server::DrawbridgeServer;
@@ -771,8 +776,26 @@ async fn wait_nats_connected(cl: &Cluster, i: usize, want: f64, wait: Duration) 
 /// How long a partition lasts at most before the tests heal it.
 const CUT_WAIT: Duration = Duration::from_secs(15);
 
+/// Longest run of one partition test in its network namespace child.
+const CHILD_BOUND: Duration = Duration::from_secs(300);
+
+/// The cluster of the network-partition test `test` (call with the cluster turn held), its
+/// links cut as [`netns::decide`] says. Outside its namespace child, with the netns backend,
+/// the test is run again in a child ([`netns::run_in_child`]: its own loopback, links cut with
+/// nftables) and `None` is returned once the child passed; inside the child, or with the proxy
+/// fallback, the cluster is started here (`None` when nats-server is missing outside CI).
+async fn partition_cluster(test: &str) -> TestResult<Option<Cluster>> {
+    if netns::decide(test)? == Backend::Netns && !netns::inside() {
+        // Built (if stale) here, not by each child.
+        drawbridge_tests::bins::drawbridge_server()?;
+        tokio::task::block_in_place(|| netns::run_in_child(test, CHILD_BOUND))?;
+        return Ok(None);
+    }
+    Cluster::start(test, opts().partitionable()).await
+}
+
 /// Network partition (issue 7, fault 3): the partition leader is cut from both peers (its raft
-/// links blackholed both ways; it keeps NATS and its clients) while ack-ALL publishers run. The
+/// links cut silently both ways; it keeps NATS and its clients) while ack-ALL publishers run. The
 /// majority must elect a new leader; the isolated leader cannot commit, so it must acknowledge
 /// nothing that is then lost (the checker); after the heal the replicas converge (`cluster
 /// verify`) and publishing goes on.
@@ -781,20 +804,18 @@ async fn an_isolated_partition_leader_is_replaced_and_acks_nothing_lost() -> Tes
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "an_isolated_partition_leader_is_replaced_and_acks_nothing_lost";
-    let Some(cl) = Cluster::start(test, opts().partitionable()).await? else {
+    let Some(cl) = partition_cluster(test).await? else {
         return Ok(());
     };
-    let links = cl.links.as_ref().ok_or("no links")?;
     let name = "partition-leader-cut";
     cl.create_replicated(name).await?;
     let w = Workload::start(&cl.client, name, 0)?;
     phase(&w, "isolated leader: warm-up", PER_PHASE / 3).await;
     let leader = cl.partition_leader(name).await?;
-    if links.raft_bytes(leader) == 0 {
-        return Err("no raft traffic went through the proxies".into());
+    if cl.raft_bytes(leader)? == 0 {
+        return Err("no raft traffic of the leader went through the links".into());
     }
-    eprintln!("faults: blackholing {} from its peers", cl.specs[leader].id);
-    links.isolate(leader, Mode::Blackhole);
+    cl.isolate(leader, Mode::Blackhole)?;
     let cut_at = Instant::now();
     let before = w.acked();
     let majority = majority_client(&cl, leader).await?;
@@ -806,7 +827,7 @@ async fn an_isolated_partition_leader_is_replaced_and_acks_nothing_lost() -> Tes
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let during = w.acked() - before;
-    links.heal();
+    cl.heal()?;
     eprintln!(
         "faults: isolated leader: new leader {:?} named by the majority after {elected_in:?}; \
          {during} acks during the {:?} cut",
@@ -839,7 +860,7 @@ async fn an_isolated_partition_leader_is_replaced_and_acks_nothing_lost() -> Tes
 /// How long a node stays cut from NATS.
 const NATS_CUT: Duration = Duration::from_secs(3);
 
-/// Cuts node `victim` from NATS (its proxy resets the connection and every reconnect) for
+/// Cuts node `victim` from NATS (its connections reset and every reconnect refused) for
 /// [`NATS_CUT`], checks that the node notices (`drawbridge_nats_connected` 0 within 10 s) and
 /// reconnects after the heal (1 within 20 s); returns by how much each of `acks` (ack counters
 /// of running publishers) grew during the cut.
@@ -849,13 +870,12 @@ async fn cut_from_nats(
     victim: usize,
     role: &str,
 ) -> TestResult<Vec<usize>> {
-    let links = cl.links.as_ref().ok_or("no links")?;
     eprintln!(
         "faults: resetting the NATS link of {} ({role})",
         cl.specs[victim].id
     );
     let before: Vec<usize> = acks.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-    links.nats[victim].set_mode(Mode::Reset);
+    cl.cut_from_nats(victim, Mode::Reset)?;
     let cut_at = Instant::now();
     wait_nats_connected(cl, victim, 0.0, Duration::from_secs(10)).await?;
     let noticed = cut_at.elapsed();
@@ -865,7 +885,7 @@ async fn cut_from_nats(
         .zip(before)
         .map(|(a, b)| a.load(Ordering::Relaxed) - b)
         .collect();
-    links.heal();
+    cl.heal()?;
     let healed_at = Instant::now();
     wait_nats_connected(cl, victim, 1.0, Duration::from_secs(20)).await?;
     eprintln!(
@@ -953,7 +973,7 @@ async fn a_node_cut_from_nats_reconnects_and_loses_nothing() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "a_node_cut_from_nats_reconnects_and_loses_nothing";
-    let Some(mut cl) = Cluster::start(test, opts().partitionable()).await? else {
+    let Some(mut cl) = partition_cluster(test).await? else {
         return Ok(());
     };
     let name = "partition-nats-cut";
@@ -1014,7 +1034,7 @@ async fn a_node_cut_from_nats_reconnects_and_loses_nothing() -> TestResult {
 const CREATE_WAIT: Duration = Duration::from_secs(25);
 
 /// Network partition of the metadata leader (issue 7, fault 3): its raft links to both peers
-/// are blackholed. Metadata operations (CreateStream through a node of the majority) must work
+/// are cut silently. Metadata operations (CreateStream through a node of the majority) must work
 /// again within a bounded time — the majority elects a new metadata leader — and after the
 /// heal the old leader must learn the streams created meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1022,17 +1042,13 @@ async fn an_isolated_metadata_leader_is_replaced_for_create_stream() -> TestResu
     let _turn = CLUSTER_TURN.lock().await;
     let started = Instant::now();
     let test = "an_isolated_metadata_leader_is_replaced_for_create_stream";
-    let Some(mut cl) = Cluster::start(test, opts().partitionable()).await? else {
+    let Some(mut cl) = partition_cluster(test).await? else {
         return Ok(());
     };
     cl.create_replicated("partition-meta-before").await?;
     let meta = tokio::task::block_in_place(|| cl.metadata_leader())?;
-    let links = cl.links.as_ref().ok_or("no links")?;
-    eprintln!(
-        "faults: blackholing metadata leader {} from its peers",
-        cl.specs[meta].id
-    );
-    links.isolate(meta, Mode::Blackhole);
+    eprintln!("faults: isolating metadata leader {}", cl.specs[meta].id);
+    cl.isolate(meta, Mode::Blackhole)?;
     let cut_at = Instant::now();
     // CreateStream through one node of the majority (a raw API client, so no call lands on
     // the isolated node), retried while the majority elects a new metadata leader.
@@ -1071,8 +1087,7 @@ async fn an_isolated_metadata_leader_is_replaced_for_create_stream() -> TestResu
     let new_meta = tokio::task::block_in_place(|| {
         metrics::metadata_leader(&cl.metrics, &[meta], Duration::from_secs(5))
     });
-    let links = cl.links.as_ref().ok_or("no links")?;
-    links.heal();
+    cl.heal()?;
     let created = match created {
         Ok(t) => t,
         Err(e) => {
