@@ -170,7 +170,7 @@ fn close_cleanly(group: &PartitionGroup, dir: &Path) -> std::io::Result<()> {
     unclean::write_marker(dir)
 }
 
-fn partition_dir(root: &Path, id: &PartitionId) -> PathBuf {
+pub(crate) fn partition_dir(root: &Path, id: &PartitionId) -> PathBuf {
     let hex: String = id.stream.bytes().map(|b| format!("{b:02x}")).collect();
     root.join("partitions")
         .join(format!("{hex}-{}", id.partition))

@@ -375,6 +375,12 @@ pub fn render(ctx: &Ctx) -> String {
              disk full (ENOSPC/EDQUOT) and are retried instead of stopping the group.",
             drawbridge_raft::disk_full_waits(),
         ),
+        (
+            "drawbridge_raft_snapshots_abandoned_total",
+            "State machine snapshots abandoned because writing them found the disk full \
+             (ENOSPC/EDQUOT); the previous snapshot stays current and the log keeps everything.",
+            drawbridge_raft::snapshots_abandoned(),
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {v}");

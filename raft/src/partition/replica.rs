@@ -865,4 +865,49 @@ mod tests {
         assert_eq!(o.base_offset, 200);
         node.shutdown().await;
     }
+
+    /// A snapshot that finds the disk full is abandoned (issue 7, fault 5): the group keeps
+    /// running and committing, no tmp file stays, nothing is purged, the abandon is counted,
+    /// and the next snapshot (space back) is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_that_finds_the_disk_full_is_abandoned_and_retried() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (node, addr) = one_node(tmp.path()).await;
+        let id = PartitionId::new("snapfull", 0);
+        let replica = node
+            .create_partition_group(id.clone(), BTreeMap::from([(1, addr)]))
+            .await
+            .expect("create group");
+        replica.wait_for_leader(T).await.expect("partition leader");
+        for i in 0..20u32 {
+            replica.append(batch(i), 1, T).await.expect("append");
+        }
+        let snapshot = crate::node::partition_dir(tmp.path(), &id).join("snapshot");
+        let tmp_file = crate::log::meta_file::tmp_path(&snapshot);
+        let abandoned = crate::log::nospace::snapshots_abandoned();
+        crate::log::nospace::inject_full(&tmp_file, 1);
+        // The snapshot never covers the applied index: compaction gives up after its wait
+        // (and purges nothing), the group does not stop.
+        let r = replica.compact(Duration::from_secs(2)).await;
+        assert!(r.is_err(), "compaction without a snapshot: {r:?}");
+        assert!(crate::log::nospace::snapshots_abandoned() > abandoned);
+        assert!(
+            !tmp_file.exists(),
+            "the abandoned snapshot left its tmp file"
+        );
+        assert!(!snapshot.exists(), "no snapshot was ever written");
+        assert_eq!(replica.log().earliest_offset(), 0, "nothing was purged");
+        let o = replica
+            .append(batch(20), 1, T)
+            .await
+            .expect("append while full");
+        assert_eq!(o.base_offset, 20);
+        // Space back: the next snapshot is written and the log purged up to it.
+        let purged = replica.compact(T).await.expect("compaction with space");
+        assert!(purged >= 20, "purged through {purged}");
+        assert!(snapshot.exists());
+        let o = replica.append(batch(21), 1, T).await.expect("append after");
+        assert_eq!(o.base_offset, 21);
+        node.shutdown().await;
+    }
 }
