@@ -47,6 +47,9 @@ pub struct DiskGuard {
     cache: Mutex<Option<(Instant, Option<u64>)>>,
     /// Messages refused because the disk was below the margin.
     pub rejected: AtomicU64,
+    /// Partition leaderships handed off because the disk was below the margin
+    /// ([`crate::disk_handoff`]).
+    pub handoffs: AtomicU64,
 }
 
 impl DiskGuard {

@@ -352,6 +352,21 @@ pub fn render(ctx: &Ctx) -> String {
         "drawbridge_disk_full_rejections_total {}",
         ctx.stats.disk.rejected()
     );
+    family(
+        &mut out,
+        "drawbridge_disk_full_leader_handoffs_total",
+        "counter",
+        "Partition leaderships this node handed to a replica with space because data.dir had \
+         less than storage.min.free.bytes available.",
+    );
+    let _ = writeln!(
+        out,
+        "drawbridge_disk_full_leader_handoffs_total {}",
+        ctx.stats
+            .disk
+            .handoffs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let io = ctx.raft.io_stats();
     for (name, help, v) in [
         (

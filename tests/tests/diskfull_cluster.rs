@@ -14,8 +14,10 @@
 //!   three, and the checker and `cluster verify` are clean.
 //! - [`a_full_leader_refuses_with_a_clear_error_and_recovers`]: the partition leader's disk is
 //!   filled below `storage.min.free.bytes`. A unary Publish to it is refused with
-//!   `RESOURCE_EXHAUSTED` naming the setting, the publishers' retries lose nothing, the node keeps
-//!   running, and once the filler is deleted acks resume.
+//!   `RESOURCE_EXHAUSTED` naming the setting; within seconds it hands the leadership to an
+//!   in-sync replica with space, ack-ALL publishes are acknowledged again while it is still
+//!   full (and it does not take the leadership back), the publishers' retries lose nothing,
+//!   the node keeps running, and once the filler is deleted it rejoins the ISR.
 //!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise. The tests take turns (a lock) like the ones in `faults.rs`; failure logs go to
@@ -247,6 +249,7 @@ async fn a_full_leader_refuses_with_a_clear_error_and_recovers() -> TestResult {
     // preallocation step (appends proposed before the refusals start, within the 200 ms the
     // free-space reading is cached) and the metadata writes.
     cl.fill(leader, 6)?;
+    let filled = Instant::now();
 
     // A unary Publish to the full leader is refused with a clear error (once the leader's
     // cached free-space reading, at most 200 ms old, sees the filler). The probes are values
@@ -298,18 +301,49 @@ async fn a_full_leader_refuses_with_a_clear_error_and_recovers() -> TestResult {
     if !refusal.message().contains("storage.min.free.bytes") {
         return Err(format!("unclear refusal: {refusal:?}").into());
     }
-    let acked_before = w.acked();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let leader_during = cl.partition_leader(name).await?;
+    // The full leader hands the partition to an in-sync replica with space (two free-space
+    // ticks after the fill, `drawbridge_server::disk_handoff`), and ack-ALL publishes (the
+    // workload's client looks the leader up) are acknowledged again while it is still full.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_leader = loop {
+        let now = cl.partition_leader(name).await?;
+        if now != leader {
+            break now;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the full leader {full_id} still leads 20 s after the fill\n{}",
+                cl.logs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     eprintln!(
-        "faults: {} acks in 3 s while the leader's disk was full; leader now {}",
-        w.acked() - acked_before,
-        cl.specs[leader_during].id
+        "faults: leadership moved from {full_id} to {} {:?} after the fill",
+        cl.specs[new_leader].id,
+        filled.elapsed()
     );
+    let during = phase(&w, "leader handed off, old leader still full", PER_PHASE).await;
+    if during == 0 {
+        return Err(format!(
+            "no acks after the hand-off while {full_id} was full\n{}",
+            cl.logs()
+        )
+        .into());
+    }
     let rejected = counter(&cl, leader, "drawbridge_disk_full_rejections_total")?;
-    eprintln!("faults: {full_id}: {rejected} disk-full rejections");
+    let handoffs = counter(&cl, leader, "drawbridge_disk_full_leader_handoffs_total")?;
+    eprintln!("faults: {full_id}: {rejected} disk-full rejections, {handoffs} hand-offs");
     if rejected < 1.0 {
         return Err(format!("{full_id} counted no disk-full rejection").into());
+    }
+    if handoffs < 1.0 {
+        return Err(format!("{full_id} counted no leadership hand-off").into());
+    }
+    // Still full, it does not take the leadership back.
+    if cl.partition_leader(name).await? == leader {
+        return Err(format!("{full_id} leads again while its disk is full").into());
     }
     let mut cl = cl;
     cl.assert_no_crash()?;

@@ -529,6 +529,25 @@ impl PartitionReplica {
         let Some(target) = target else {
             return Ok(None);
         };
+        self.transfer_to(target, timeout).await?;
+        Ok(Some(target))
+    }
+
+    /// Asks openraft to hand the leadership to `target` and waits up to `timeout` until
+    /// another node leads.
+    ///
+    /// Rules:
+    /// 1. From the call on, openraft on this node refuses new proposals and sends no more
+    ///    heartbeats for the group (until another node leads): call it only towards a voter
+    ///    that will take the leadership, or accept that the group elects after its election
+    ///    timeout.
+    /// 2. `target` takes over only if its log holds the leader's last entry when the request
+    ///    arrives.
+    pub(crate) async fn transfer_to(
+        &self,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<(), RaftError> {
         let gid = self.group_id();
         self.group
             .raft
@@ -541,7 +560,7 @@ impl PartitionReplica {
             m.current_leader.is_some_and(|l| l != me)
         })
         .await?;
-        Ok(Some(target))
+        Ok(())
     }
 
     /// Waits until some node leads the group; returns it.
