@@ -42,7 +42,9 @@
 //!   full it is *abandoned* ([`SnapshotSkips::abandoned`]): its tmp file is removed, the
 //!   previous snapshot stays current (openraft is told so, which purges nothing), one WARN per
 //!   streak of abandoned snapshots, each counted ([`snapshots_abandoned`], exported as
-//!   `drawbridge_raft_snapshots_abandoned_total`). openraft builds again at its next trigger.
+//!   `drawbridge_raft_snapshots_abandoned_total`). openraft builds again at its next trigger,
+//!   but not within [`MAX_WAIT`] of an abandoned one ([`SnapshotSkips::deferring`]: the
+//!   builder is refused, which openraft takes as "deferred").
 //! - A snapshot that must exist is waited for like a log write (backoff, no bound): one
 //!   installed from the leader (the follower's log was reset to continue it), and one openraft
 //!   rebuilds at startup because the log was purged past the persisted one.
@@ -133,6 +135,8 @@ impl Backoff {
 pub(crate) struct SnapshotSkips {
     what: &'static str,
     skipping: std::sync::atomic::AtomicBool,
+    /// When the last snapshot was abandoned.
+    last_abandoned: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl SnapshotSkips {
@@ -141,12 +145,24 @@ impl SnapshotSkips {
         Self {
             what,
             skipping: std::sync::atomic::AtomicBool::new(false),
+            last_abandoned: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Whether an optional snapshot should not even be tried now: one was abandoned less than
+    /// [`MAX_WAIT`] ago (openraft asks again at every applied entry once its policy says a
+    /// snapshot is due; this keeps a full disk from being probed with a snapshot write each
+    /// time).
+    pub(crate) fn deferring(&self) -> bool {
+        self.last_abandoned
+            .lock()
+            .is_some_and(|at| at.elapsed() < MAX_WAIT)
     }
 
     /// Counts a snapshot to `path` abandoned because of `e`; WARNs if it starts a streak.
     pub(crate) fn abandoned(&self, path: &Path, e: &io::Error) {
         SNAPSHOTS_ABANDONED.fetch_add(1, Ordering::Relaxed);
+        *self.last_abandoned.lock() = Some(Instant::now());
         if !self.skipping.swap(true, Ordering::Relaxed) {
             warn!(what = self.what, path = %path.display(), error = %e,
                 "disk full: snapshot abandoned, the previous one stays current (the log keeps \

@@ -212,6 +212,9 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.skips.deferring() {
+            return None;
+        }
         let mut b = self.clone();
         b.when_full = if force {
             WhenFull::Wait
@@ -275,8 +278,10 @@ mod tests {
         assert!(nospace::snapshots_abandoned() > abandoned);
         assert!(!tmp.exists() && !path.exists());
         assert!(sm.get_current_snapshot().await?.is_none());
+        // Not tried again right away (openraft takes "no builder" as deferred).
+        assert!(sm.try_create_snapshot_builder(false).await.is_none());
 
-        // Forced: two failed attempts (50 + 100 ms of backoff), then written.
+        // Forced: not deferred; two failed attempts (50 + 100 ms of backoff), then written.
         nospace::inject_full(&tmp, 2);
         let mut b = sm
             .try_create_snapshot_builder(true)

@@ -329,6 +329,9 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.skips.deferring() {
+            return None;
+        }
         let mut b = self.clone();
         b.when_full = if force {
             WhenFull::Wait
