@@ -151,6 +151,10 @@ async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     };
     let name = "diskfull-follower";
     cl.create_replicated(name).await?;
+    // A second stream whose readonly flag is toggled while the follower is full: metadata
+    // entries that the full node's metadata group must store too.
+    let meta_stream = "diskfull-follower-meta";
+    cl.create_replicated(meta_stream).await?;
     let shape = Shape {
         ack: AckPolicy::All,
         pad: PAD,
@@ -183,12 +187,44 @@ async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     cl.assert_no_crash()?;
     let restarts = counter(&cl, follower, "drawbridge_partition_group_restarts_total")?;
     eprintln!("faults: {full_id}: {restarts} partition group restarts while full");
+    // Metadata changes while the follower is full (refused with RESOURCE_EXHAUSTED when the
+    // full node happens to be the metadata leader: counted, not an error).
+    // 100 of them: more than the page slack of its metadata log and journal on the tmpfs.
+    let (mut changed, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..100 {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let opts = drawbridge_client::ReadonlyOptions {
+            partitions: Vec::new(),
+            readonly: i % 2 == 0,
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            cl.client.set_stream_readonly(meta_stream, opts),
+        )
+        .await
+        {
+            Ok(Ok(())) => changed += 1,
+            _ => refused += 1,
+        }
+    }
+    eprintln!("faults: {changed} metadata changes while {full_id} was full ({refused} refused)");
+    // The full node's metadata group (its log and the raft state journal wait out ENOSPC,
+    // snapshots are abandoned) does not stop: `wait_ready` below fails for good if it did.
+    let waits = counter(&cl, follower, "drawbridge_raft_disk_full_waits_total")?;
+    let abandoned = counter(&cl, follower, "drawbridge_raft_snapshots_abandoned_total")?;
+    eprintln!(
+        "faults: {full_id}: {waits} disk-full waits, {abandoned} snapshots abandoned while full"
+    );
     if during == 0 {
         return Err(format!("no acks while the follower's disk was full\n{}", cl.logs()).into());
     }
 
     cl.unfill(follower)?;
     let back = Instant::now();
+    // Ready again: in particular its metadata group did not stop on the full disk.
     wait_ready(&cl, follower).await?;
     let leader_now = cl.wait_in_sync(name, Duration::from_secs(30)).await?;
     eprintln!(
