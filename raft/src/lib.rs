@@ -57,6 +57,13 @@ pub fn disk_full_waits() -> u64 {
     log::nospace::waits()
 }
 
+/// State machine snapshots abandoned so far (this process) because writing them found the disk
+/// full; the log keeps everything they would have covered (see the `log` module docs): the
+/// server exports it as `drawbridge_raft_snapshots_abandoned_total`.
+pub fn snapshots_abandoned() -> u64 {
+    log::nospace::snapshots_abandoned()
+}
+
 pub use config::GroupTimings;
 pub use config::LogSyncPolicy;
 pub use config::RaftConfig;

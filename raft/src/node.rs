@@ -170,7 +170,7 @@ fn close_cleanly(group: &PartitionGroup, dir: &Path) -> std::io::Result<()> {
     unclean::write_marker(dir)
 }
 
-fn partition_dir(root: &Path, id: &PartitionId) -> PathBuf {
+pub(crate) fn partition_dir(root: &Path, id: &PartitionId) -> PathBuf {
     let hex: String = id.stream.bytes().map(|b| format!("{b:02x}")).collect();
     root.join("partitions")
         .join(format!("{hex}-{}", id.partition))
@@ -502,6 +502,69 @@ impl RaftNode {
             self.inner.scheduler.register(id, group.raft.clone(), clock);
         }
         Ok(PartitionReplica { group })
+    }
+
+    /// Sets what this node answers when a partition leader asks whether it would take a
+    /// leadership now (the `MayLead` probe of [`Self::hand_off_leadership`]). The server: "my
+    /// data directory is above `storage.min.free.bytes`". Without a gate: always yes. Called
+    /// on every probe: keep it cheap.
+    pub fn set_lead_gate(&self, gate: impl Fn() -> bool + Send + Sync + 'static) {
+        self.inner.registry.set_lead_gate(Arc::new(gate));
+    }
+
+    /// Hands the leadership of `replica` (led by this node) to an in-sync voter that says it
+    /// would take it; used when this node's disk is (nearly) full, as in Kafka and Redpanda a
+    /// replica that cannot write should not lead. Returns the new leader, or `None` when no
+    /// voter qualified (this node keeps leading: nothing was started).
+    ///
+    /// Rules:
+    /// 1. Candidates are the other voters whose matched index is the leader's last log index
+    ///    and whose last acknowledgement is at most `max_ack_age` old; the most recently
+    ///    acknowledging first.
+    /// 2. Each candidate is asked (`MayLead`, at most a second each) in that order; the first
+    ///    that answers yes is the target. A transfer stops this node's heartbeats and
+    ///    proposals for the group ([`PartitionReplica::transfer_to`], rule 1), so it is only
+    ///    started towards a node that said yes: when every node is full nobody moves (no
+    ///    ping-pong) and this node keeps leading.
+    /// 3. Waits up to `timeout` until another node leads; a timeout is an error (the group
+    ///    then elects after its election timeout, as after a crash).
+    pub async fn hand_off_leadership(
+        &self,
+        replica: &PartitionReplica,
+        max_ack_age: Duration,
+        timeout: Duration,
+    ) -> Result<Option<NodeId>, RaftError> {
+        let Some(p) = replica.replication_progress() else {
+            return Ok(None);
+        };
+        let mut candidates: Vec<(NodeId, Duration)> = p
+            .followers
+            .iter()
+            .filter(|(_, f)| f.matched_index == Some(p.last_log_index))
+            .filter_map(|(id, f)| f.ack_age.filter(|a| *a <= max_ack_age).map(|a| (*id, a)))
+            .collect();
+        candidates.sort_by_key(|(_, age)| *age);
+        let id = replica.id();
+        for (target, _) in candidates {
+            match self
+                .inner
+                .router
+                .may_lead(target, id, Duration::from_secs(1))
+                .await
+            {
+                Ok(true) => {
+                    replica.transfer_to(target, timeout).await?;
+                    return Ok(Some(target));
+                }
+                Ok(false) => {
+                    tracing::debug!(partition = %id, target, "declines the leadership")
+                }
+                Err(e) => {
+                    tracing::debug!(partition = %id, target, error = %e, "leadership probe failed")
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The handle of a hosted partition group.

@@ -256,6 +256,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     cluster::form(&ctx, embedded_only).await?;
     partitions::spawn_reconciler(ctx.clone());
     crate::auto_pause::spawn(ctx.clone());
+    crate::disk_handoff::spawn(ctx.clone());
     crate::activity::spawn(ctx.clone());
     crate::key_rotation::spawn(ctx.clone());
     crate::isr::spawn_monitor(ctx.clone());

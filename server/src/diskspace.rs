@@ -11,6 +11,10 @@
 //!   node): dropped with a warn log and counted; a message that names an ack inbox gets an
 //!   UNKNOWN error ack (Ack.Error has no better fitting code and the proto is frozen).
 //!
+//! A leader that stays below the margin hands its partitions to in-sync replicas with space
+//! within seconds ([`crate::disk_handoff`]), so the refusals last only until clients find the
+//! new leader; when every replica is below the margin it keeps leading and refusing.
+//!
 //! Invariants:
 //! - At most one `statvfs(2)` per [`CACHE_FOR`]: the result is cached and shared by every
 //!   partition of the node, so the check is not a syscall per message.
@@ -47,6 +51,9 @@ pub struct DiskGuard {
     cache: Mutex<Option<(Instant, Option<u64>)>>,
     /// Messages refused because the disk was below the margin.
     pub rejected: AtomicU64,
+    /// Partition leaderships handed off because the disk was below the margin
+    /// ([`crate::disk_handoff`]).
+    pub handoffs: AtomicU64,
 }
 
 impl DiskGuard {

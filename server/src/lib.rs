@@ -16,6 +16,8 @@
 //! - [`cluster`]: broker survey, admin forwarding to the metadata leader, cluster formation.
 //! - [`partitions`]: hosted partition replicas, leadership, starting and stopping ingest;
 //!   [`auto_pause`]: pausing idle partitions on their leader.
+//! - [`diskspace`]: refusing messages on a leader whose disk is below the free-space margin;
+//!   [`disk_handoff`]: handing such leaderships to a replica with space.
 //! - [`groups`]: consumer-group heartbeats, member expiry, coordinator choice and reports,
 //!   subscription fencing (the replicated group state is in the metadata group).
 //! - [`isr`]: in-sync replicas from raft progress on partition leaders, recorded in metadata.
@@ -46,6 +48,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod dedup;
+pub mod disk_handoff;
 pub mod diskspace;
 pub mod embedded_nats;
 pub mod encryption;

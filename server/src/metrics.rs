@@ -352,6 +352,21 @@ pub fn render(ctx: &Ctx) -> String {
         "drawbridge_disk_full_rejections_total {}",
         ctx.stats.disk.rejected()
     );
+    family(
+        &mut out,
+        "drawbridge_disk_full_leader_handoffs_total",
+        "counter",
+        "Partition leaderships this node handed to a replica with space because data.dir had \
+         less than storage.min.free.bytes available.",
+    );
+    let _ = writeln!(
+        out,
+        "drawbridge_disk_full_leader_handoffs_total {}",
+        ctx.stats
+            .disk
+            .handoffs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let io = ctx.raft.io_stats();
     for (name, help, v) in [
         (
@@ -374,6 +389,12 @@ pub fn render(ctx: &Ctx) -> String {
             "Backoff waits of metadata raft log and raft state journal writes that found the \
              disk full (ENOSPC/EDQUOT) and are retried instead of stopping the group.",
             drawbridge_raft::disk_full_waits(),
+        ),
+        (
+            "drawbridge_raft_snapshots_abandoned_total",
+            "State machine snapshots abandoned because writing them found the disk full \
+             (ENOSPC/EDQUOT); the previous snapshot stays current and the log keeps everything.",
+            drawbridge_raft::snapshots_abandoned(),
         ),
     ] {
         family(&mut out, name, "counter", help);

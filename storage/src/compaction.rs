@@ -181,12 +181,52 @@ impl Out {
 }
 
 /// Rewrites one segment. `None` when nothing would be removed.
+///
+/// A failure before the renames (a full disk, typically) removes the `*.compacting` files it
+/// wrote, best effort, so they do not hold on to space until the next recovery; the segment
+/// is left as it was.
 fn rewrite(
     dir: &Path,
     view: &SegView,
     latest: &HashMap<Vec<u8>, u64>,
     config: &LogConfig,
 ) -> Result<Option<(u64, u64)>> {
+    let (log_p, idx_p, time_p) = paths(dir, view.base_offset);
+    let written = match write_rewritten(dir, view, latest, config) {
+        Ok(w) => w,
+        Err(e) => {
+            for p in [tmp(&log_p), tmp(&idx_p), tmp(&time_p)] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(rm) if rm.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(rm) => tracing::warn!(path = %p.display(), error = %rm,
+                        "removing a failed compaction's file"),
+                }
+            }
+            return Err(e);
+        }
+    };
+    let Some((removed, pos, [log_tmp, idx_tmp, time_tmp])) = written else {
+        return Ok(None);
+    };
+    for (from, to) in [(&time_tmp, &time_p), (&idx_tmp, &idx_p), (&log_tmp, &log_p)] {
+        std::fs::rename(from, to).map_err(|e| StorageError::io("renaming", to, e))?;
+        crate::powerloss::renamed(from, to);
+    }
+    fsutil::fsync_dir(dir)?;
+    Ok(Some((removed, pos)))
+}
+
+/// Writes and syncs the `*.compacting` files of one segment's rewrite; `None` when nothing
+/// would be removed. Returns the records removed, the new length and the files (log, index,
+/// time index).
+#[allow(clippy::type_complexity)]
+fn write_rewritten(
+    dir: &Path,
+    view: &SegView,
+    latest: &HashMap<Vec<u8>, u64>,
+    config: &LogConfig,
+) -> Result<Option<(u64, u64, [PathBuf; 3])>> {
     // First pass: does anything go?
     let mut doomed = 0u64;
     for_each_record_key(view, u64::MAX, |k, off| {
@@ -300,10 +340,5 @@ fn rewrite(
     let log_tmp = log.finish()?;
     let idx_tmp = idx.finish()?;
     let time_tmp = tix.finish()?;
-    for (from, to) in [(&time_tmp, &time_p), (&idx_tmp, &idx_p), (&log_tmp, &log_p)] {
-        std::fs::rename(from, to).map_err(|e| StorageError::io("renaming", to, e))?;
-        crate::powerloss::renamed(from, to);
-    }
-    fsutil::fsync_dir(dir)?;
-    Ok(Some((removed, pos)))
+    Ok(Some((removed, pos, [log_tmp, idx_tmp, time_tmp])))
 }

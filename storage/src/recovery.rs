@@ -140,12 +140,20 @@ pub(crate) fn write_point(dir: &Path, point: &Point) -> Result<()> {
     let crc = crc32c::crc32c(&raw);
     raw.extend_from_slice(&crc.to_le_bytes());
     let tmp = dir.join(format!("{RECOVERY_POINT}.tmp"));
-    std::fs::write(&tmp, &raw).map_err(|e| StorageError::io("writing", &tmp, e))?;
-    crate::powerloss::created(&tmp);
-    let f = std::fs::File::open(&tmp).map_err(|e| StorageError::io("opening", &tmp, e))?;
-    fsutil::fdatasync(&f, &tmp)?;
     let dst = dir.join(RECOVERY_POINT);
-    std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io("renaming", &dst, e))?;
+    let replaced = (|| {
+        std::fs::write(&tmp, &raw).map_err(|e| StorageError::io("writing", &tmp, e))?;
+        crate::powerloss::created(&tmp);
+        let f = std::fs::File::open(&tmp).map_err(|e| StorageError::io("opening", &tmp, e))?;
+        fsutil::fdatasync(&f, &tmp)?;
+        std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io("renaming", &dst, e))
+    })();
+    if let Err(e) = replaced {
+        // A full disk at close: no recovery point (the next open scans the tail), and no
+        // half-written tmp file holding space either.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     crate::powerloss::renamed(&tmp, &dst);
     fsutil::fsync_dir(dir)
 }

@@ -14,8 +14,10 @@
 //!   three, and the checker and `cluster verify` are clean.
 //! - [`a_full_leader_refuses_with_a_clear_error_and_recovers`]: the partition leader's disk is
 //!   filled below `storage.min.free.bytes`. A unary Publish to it is refused with
-//!   `RESOURCE_EXHAUSTED` naming the setting, the publishers' retries lose nothing, the node keeps
-//!   running, and once the filler is deleted acks resume.
+//!   `RESOURCE_EXHAUSTED` naming the setting; within seconds it hands the leadership to an
+//!   in-sync replica with space, ack-ALL publishes are acknowledged again while it is still
+//!   full (and it does not take the leadership back), the publishers' retries lose nothing,
+//!   the node keeps running, and once the filler is deleted it rejoins the ISR.
 //!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise. The tests take turns (a lock) like the ones in `faults.rs`; failure logs go to
@@ -149,6 +151,10 @@ async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     };
     let name = "diskfull-follower";
     cl.create_replicated(name).await?;
+    // A second stream whose readonly flag is toggled while the follower is full: metadata
+    // entries that the full node's metadata group must store too.
+    let meta_stream = "diskfull-follower-meta";
+    cl.create_replicated(meta_stream).await?;
     let shape = Shape {
         ack: AckPolicy::All,
         pad: PAD,
@@ -181,12 +187,44 @@ async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     cl.assert_no_crash()?;
     let restarts = counter(&cl, follower, "drawbridge_partition_group_restarts_total")?;
     eprintln!("faults: {full_id}: {restarts} partition group restarts while full");
+    // Metadata changes while the follower is full (refused with RESOURCE_EXHAUSTED when the
+    // full node happens to be the metadata leader: counted, not an error).
+    // 100 of them: more than the page slack of its metadata log and journal on the tmpfs.
+    let (mut changed, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..100 {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let opts = drawbridge_client::ReadonlyOptions {
+            partitions: Vec::new(),
+            readonly: i % 2 == 0,
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            cl.client.set_stream_readonly(meta_stream, opts),
+        )
+        .await
+        {
+            Ok(Ok(())) => changed += 1,
+            _ => refused += 1,
+        }
+    }
+    eprintln!("faults: {changed} metadata changes while {full_id} was full ({refused} refused)");
+    // The full node's metadata group (its log and the raft state journal wait out ENOSPC,
+    // snapshots are abandoned) does not stop: `wait_ready` below fails for good if it did.
+    let waits = counter(&cl, follower, "drawbridge_raft_disk_full_waits_total")?;
+    let abandoned = counter(&cl, follower, "drawbridge_raft_snapshots_abandoned_total")?;
+    eprintln!(
+        "faults: {full_id}: {waits} disk-full waits, {abandoned} snapshots abandoned while full"
+    );
     if during == 0 {
         return Err(format!("no acks while the follower's disk was full\n{}", cl.logs()).into());
     }
 
     cl.unfill(follower)?;
     let back = Instant::now();
+    // Ready again: in particular its metadata group did not stop on the full disk.
     wait_ready(&cl, follower).await?;
     let leader_now = cl.wait_in_sync(name, Duration::from_secs(30)).await?;
     eprintln!(
@@ -247,6 +285,7 @@ async fn a_full_leader_refuses_with_a_clear_error_and_recovers() -> TestResult {
     // preallocation step (appends proposed before the refusals start, within the 200 ms the
     // free-space reading is cached) and the metadata writes.
     cl.fill(leader, 6)?;
+    let filled = Instant::now();
 
     // A unary Publish to the full leader is refused with a clear error (once the leader's
     // cached free-space reading, at most 200 ms old, sees the filler). The probes are values
@@ -298,18 +337,49 @@ async fn a_full_leader_refuses_with_a_clear_error_and_recovers() -> TestResult {
     if !refusal.message().contains("storage.min.free.bytes") {
         return Err(format!("unclear refusal: {refusal:?}").into());
     }
-    let acked_before = w.acked();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let leader_during = cl.partition_leader(name).await?;
+    // The full leader hands the partition to an in-sync replica with space (two free-space
+    // ticks after the fill, `drawbridge_server::disk_handoff`), and ack-ALL publishes (the
+    // workload's client looks the leader up) are acknowledged again while it is still full.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_leader = loop {
+        let now = cl.partition_leader(name).await?;
+        if now != leader {
+            break now;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the full leader {full_id} still leads 20 s after the fill\n{}",
+                cl.logs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     eprintln!(
-        "faults: {} acks in 3 s while the leader's disk was full; leader now {}",
-        w.acked() - acked_before,
-        cl.specs[leader_during].id
+        "faults: leadership moved from {full_id} to {} {:?} after the fill",
+        cl.specs[new_leader].id,
+        filled.elapsed()
     );
+    let during = phase(&w, "leader handed off, old leader still full", PER_PHASE).await;
+    if during == 0 {
+        return Err(format!(
+            "no acks after the hand-off while {full_id} was full\n{}",
+            cl.logs()
+        )
+        .into());
+    }
     let rejected = counter(&cl, leader, "drawbridge_disk_full_rejections_total")?;
-    eprintln!("faults: {full_id}: {rejected} disk-full rejections");
+    let handoffs = counter(&cl, leader, "drawbridge_disk_full_leader_handoffs_total")?;
+    eprintln!("faults: {full_id}: {rejected} disk-full rejections, {handoffs} hand-offs");
     if rejected < 1.0 {
         return Err(format!("{full_id} counted no disk-full rejection").into());
+    }
+    if handoffs < 1.0 {
+        return Err(format!("{full_id} counted no leadership hand-off").into());
+    }
+    // Still full, it does not take the leadership back.
+    if cl.partition_leader(name).await? == leader {
+        return Err(format!("{full_id} leads again while its disk is full").into());
     }
     let mut cl = cl;
     cl.assert_no_crash()?;

@@ -11,18 +11,22 @@
 //! - Every sync, create and rename is reported to `drawbridge_storage::powerloss` (no-ops
 //!   outside the power-loss tests).
 //! - A file that fails its checksum is an error at open, never silently reset.
+//! - A replacement that fails before its rename removes its tmp file (best effort) and leaves
+//!   the old file as it was, so a full disk is not kept full by a half-written snapshot and
+//!   the caller may give up or retry ([`super::nospace`] says which).
 
 use std::fs;
 use std::fs::File;
 use std::io;
-use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
 use drawbridge_storage::powerloss;
 use serde::Deserialize;
 use serde::Serialize;
+use tracing::warn;
 
+use super::nospace;
 use crate::codec;
 
 const MAGIC: &[u8; 4] = b"DBRM";
@@ -68,6 +72,11 @@ pub(crate) fn load_framed<T: for<'de> Deserialize<'de>>(
 
 /// Atomically replaces the file at `path` with a framed, checksummed `value`: write a tmp file,
 /// fsync it, rename it over `path`, fsync the directory.
+///
+/// Rules:
+/// 1. An error before the rename leaves `path` untouched and removes the tmp file.
+/// 2. An error after the rename (the directory fsync) leaves the new value in place, maybe not
+///    durable: the caller must treat it as fatal, not as "the old value is still there".
 pub(crate) fn store_framed<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let body = codec::encode_io(value)?;
     let mut buf = Vec::with_capacity(body.len() + 12);
@@ -76,18 +85,90 @@ pub(crate) fn store_framed<T: Serialize>(path: &Path, value: &T) -> io::Result<(
     buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     buf.extend_from_slice(&body);
     let tmp = tmp_path(path);
-    {
+    let replaced = (|| {
         let mut f = File::create(&tmp)?;
         powerloss::created(&tmp);
-        f.write_all(&buf)?;
+        nospace::write_all(&mut f, &tmp, &buf)?;
         powerloss::sync_file(&f, &tmp, false)?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = replaced {
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(rm) if rm.kind() == io::ErrorKind::NotFound => {}
+            Err(rm) => {
+                warn!(path = %tmp.display(), error = %rm, "removing a failed replacement's tmp file")
+            }
+        }
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     powerloss::renamed(&tmp, path);
-    sync_dir(path)
+    // Rule 2: whatever its kind, this error must not read as "nothing changed".
+    sync_dir(path).map_err(|e| {
+        io::Error::other(format!(
+            "{} replaced but its directory fsync failed: {e}",
+            path.display()
+        ))
+    })
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// What a snapshot write does when the disk is full ([`super::nospace`], module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Give up: the snapshot is optional (built on openraft's schedule or for retention).
+    Abandon,
+    /// Back off and retry until it is written: the snapshot must exist (installed from the
+    /// leader, or rebuilt at startup over a purged log).
+    Wait,
+}
+
+/// Persists a state machine snapshot `value` at `path` with [`store_framed`], on a blocking
+/// thread. Returns `Ok(true)` once it is written, `Ok(false)` when it was abandoned for lack
+/// of space (`when_full` = [`WhenFull::Abandon`]; counted and logged by `skips`); any other
+/// error, and a failure after the rename, is returned.
+pub(crate) async fn persist_snapshot<T>(
+    path: &Path,
+    value: std::sync::Arc<T>,
+    when_full: WhenFull,
+    skips: &nospace::SnapshotSkips,
+) -> io::Result<bool>
+where
+    T: Serialize + Send + Sync + 'static,
+{
+    let mut backoff: Option<nospace::Backoff> = None;
+    loop {
+        let (p, v) = (path.to_path_buf(), value.clone());
+        let r = match tokio::task::spawn_blocking(move || store_framed(&p, &*v)).await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
+        };
+        match r {
+            Ok(()) => {
+                if let Some(b) = backoff {
+                    b.succeeded();
+                }
+                skips.persisted(path);
+                return Ok(true);
+            }
+            Err(e) if nospace::is_no_space(&e) => match when_full {
+                WhenFull::Abandon => {
+                    skips.abandoned(path, &e);
+                    return Ok(false);
+                }
+                WhenFull::Wait => {
+                    let b = backoff.get_or_insert_with(|| {
+                        nospace::Backoff::new("snapshot", path.display().to_string())
+                    });
+                    tokio::time::sleep(b.failed(&e)).await;
+                }
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(".tmp");
     PathBuf::from(p)
@@ -119,6 +200,31 @@ mod tests {
         };
         store_framed(&p, &s)?;
         assert_eq!(load_framed::<S>(&p, "t")?, Some(s));
+        Ok(())
+    }
+
+    #[test]
+    fn a_store_that_finds_the_disk_full_keeps_the_old_value_and_no_tmp() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("snapshot");
+        let old = S {
+            vote: Some(1),
+            ..S::default()
+        };
+        store_framed(&p, &old)?;
+        nospace::inject_full(&tmp_path(&p), 1);
+        let new = S {
+            vote: Some(2),
+            ..S::default()
+        };
+        let e = store_framed(&p, &new)
+            .err()
+            .ok_or_else(|| io::Error::other("no failure"))?;
+        assert!(nospace::is_no_space(&e), "{e}");
+        assert!(!tmp_path(&p).exists(), "the half-written tmp file stayed");
+        assert_eq!(load_framed::<S>(&p, "t")?, Some(old));
+        store_framed(&p, &new)?;
+        assert_eq!(load_framed::<S>(&p, "t")?, Some(new));
         Ok(())
     }
 

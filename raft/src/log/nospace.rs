@@ -33,6 +33,21 @@
 //!     `storage.min.free.bytes` check), so in practice only elections and commit records wait.
 //! - fsync errors are *not* retried, whatever their kind: after a failed fsync the kernel may
 //!   have dropped the dirty pages, so a retry could report success for data that is gone.
+//!
+//! State machine snapshots (the `snapshot` file of the metadata group and of every partition
+//! group, [`meta_file::store_framed`](super::meta_file::store_framed)) are the one other kind
+//! of file a group writes while it runs, and they are treated differently:
+//! - A snapshot that openraft builds on its own schedule (or that retention asks for) is
+//!   optional: the log still holds everything it would cover. When writing it finds the disk
+//!   full it is *abandoned* ([`SnapshotSkips::abandoned`]): its tmp file is removed, the
+//!   previous snapshot stays current (openraft is told so, which purges nothing), one WARN per
+//!   streak of abandoned snapshots, each counted ([`snapshots_abandoned`], exported as
+//!   `drawbridge_raft_snapshots_abandoned_total`). openraft builds again at its next trigger,
+//!   but not within [`MAX_WAIT`] of an abandoned one ([`SnapshotSkips::deferring`]: the
+//!   builder is refused, which openraft takes as "deferred").
+//! - A snapshot that must exist is waited for like a log write (backoff, no bound): one
+//!   installed from the leader (the follower's log was reset to continue it), and one openraft
+//!   rebuilds at startup because the log was purged past the persisted one.
 
 use std::io;
 use std::path::Path;
@@ -50,6 +65,12 @@ pub(crate) const FIRST_WAIT: Duration = Duration::from_millis(50);
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
 
 static WAITS: AtomicU64 = AtomicU64::new(0);
+static SNAPSHOTS_ABANDONED: AtomicU64 = AtomicU64::new(0);
+
+/// Snapshots abandoned so far, in this process, because writing them found the disk full.
+pub(crate) fn snapshots_abandoned() -> u64 {
+    SNAPSHOTS_ABANDONED.load(Ordering::Relaxed)
+}
 
 /// Waits made so far, in this process, because a metadata log or journal write found the disk
 /// full (each backoff step counts one).
@@ -104,6 +125,55 @@ impl Backoff {
         if let Some(since) = self.since {
             info!(what = self.what, path = %self.path, waited_ms = since.elapsed().as_millis() as u64,
                 "disk space back: write succeeded after waiting");
+        }
+    }
+}
+
+/// The abandoned-snapshot streak of one group's state machine (see the module docs): a WARN
+/// for the first snapshot abandoned after a success, an INFO for the first success after.
+#[derive(Debug)]
+pub(crate) struct SnapshotSkips {
+    what: &'static str,
+    skipping: std::sync::atomic::AtomicBool,
+    /// When the last snapshot was abandoned.
+    last_abandoned: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl SnapshotSkips {
+    /// No snapshot of `what` (for the logs) abandoned yet.
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            skipping: std::sync::atomic::AtomicBool::new(false),
+            last_abandoned: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether an optional snapshot should not even be tried now: one was abandoned less than
+    /// [`MAX_WAIT`] ago (openraft asks again at every applied entry once its policy says a
+    /// snapshot is due; this keeps a full disk from being probed with a snapshot write each
+    /// time).
+    pub(crate) fn deferring(&self) -> bool {
+        self.last_abandoned
+            .lock()
+            .is_some_and(|at| at.elapsed() < MAX_WAIT)
+    }
+
+    /// Counts a snapshot to `path` abandoned because of `e`; WARNs if it starts a streak.
+    pub(crate) fn abandoned(&self, path: &Path, e: &io::Error) {
+        SNAPSHOTS_ABANDONED.fetch_add(1, Ordering::Relaxed);
+        *self.last_abandoned.lock() = Some(Instant::now());
+        if !self.skipping.swap(true, Ordering::Relaxed) {
+            warn!(what = self.what, path = %path.display(), error = %e,
+                "disk full: snapshot abandoned, the previous one stays current (the log keeps \
+                 everything); retried at the next snapshot trigger");
+        }
+    }
+
+    /// Records a snapshot persisted; an INFO if it ends a streak.
+    pub(crate) fn persisted(&self, path: &Path) {
+        if self.skipping.swap(false, Ordering::Relaxed) {
+            info!(what = self.what, path = %path.display(), "disk space back: snapshot persisted");
         }
     }
 }

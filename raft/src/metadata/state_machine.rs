@@ -10,6 +10,11 @@
 //!   state that is not a prefix of the committed log.
 //! - Every entry with a responder gets exactly one response, including blank and membership
 //!   entries.
+//! - `current` is the snapshot on disk: it changes only after the file was replaced. A
+//!   snapshot built on openraft's schedule that finds the disk full is abandoned and the
+//!   builder returns `current` (or an empty snapshot when there is none), which openraft
+//!   ignores as not newer, so it purges nothing; an installed snapshot and a forced rebuild
+//!   (startup) wait for space instead (`crate::log::nospace`).
 
 use std::io;
 use std::path::Path;
@@ -37,6 +42,8 @@ use tokio::sync::watch;
 use super::command::MetadataResponse;
 use super::state::MetadataState;
 use crate::log::meta_file;
+use crate::log::meta_file::WhenFull;
+use crate::log::nospace::SnapshotSkips;
 use crate::types::MetaTypes;
 
 type Persisted = (SnapshotMetaOf<MetaTypes>, MetadataState);
@@ -63,6 +70,11 @@ pub(crate) struct MetaStateMachine {
     inner: Arc<Mutex<SmState>>,
     snapshot_path: PathBuf,
     view_tx: Arc<watch::Sender<MetadataView>>,
+    /// Abandoned snapshots (shared by clones).
+    skips: Arc<SnapshotSkips>,
+    /// On a snapshot builder: what its snapshot does when the disk is full (a builder openraft
+    /// forces must persist).
+    when_full: WhenFull,
 }
 
 impl std::fmt::Debug for MetaStateMachine {
@@ -88,6 +100,8 @@ impl MetaStateMachine {
             })),
             snapshot_path: snapshot_path.to_path_buf(),
             view_tx: Arc::new(view_tx),
+            skips: Arc::new(SnapshotSkips::new("metadata snapshot")),
+            when_full: WhenFull::Abandon,
         })
     }
 
@@ -109,11 +123,22 @@ impl MetaStateMachine {
         self.view_tx.send_replace(view);
     }
 
-    async fn persist(&self, p: Persisted) -> io::Result<()> {
-        let path = self.snapshot_path.clone();
-        match tokio::task::spawn_blocking(move || meta_file::store_framed(&path, &p)).await {
-            Ok(r) => r,
-            Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
+    /// Persists `p` as the snapshot file; `Ok(false)` when it was abandoned (`when_full`).
+    async fn persist(&self, p: Persisted, when_full: WhenFull) -> io::Result<bool> {
+        meta_file::persist_snapshot(&self.snapshot_path, Arc::new(p), when_full, &self.skips).await
+    }
+
+    /// The snapshot on disk as openraft sees it; an empty one (no last log id) when none.
+    fn current_snapshot(&self) -> SnapshotOf<MetaTypes, MetadataState> {
+        match self.inner.lock().current.clone() {
+            Some((meta, snapshot)) => Snapshot { meta, snapshot },
+            None => Snapshot {
+                meta: SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                },
+                snapshot: MetadataState::default(),
+            },
         }
     }
 }
@@ -130,7 +155,12 @@ impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
             };
             (meta, st.data.clone())
         };
-        self.persist((meta.clone(), data.clone())).await?;
+        if !self
+            .persist((meta.clone(), data.clone()), self.when_full)
+            .await?
+        {
+            return Ok(self.current_snapshot());
+        }
         self.inner.lock().current = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -181,12 +211,26 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
         self.clone()
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.skips.deferring() {
+            return None;
+        }
+        let mut b = self.clone();
+        b.when_full = if force {
+            WhenFull::Wait
+        } else {
+            WhenFull::Abandon
+        };
+        Some(b)
+    }
+
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<MetaTypes>,
         snapshot: MetadataState,
     ) -> Result<(), io::Error> {
-        self.persist((meta.clone(), snapshot.clone())).await?;
+        self.persist((meta.clone(), snapshot.clone()), WhenFull::Wait)
+            .await?;
         let mut st = self.inner.lock();
         st.applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
@@ -205,5 +249,49 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
             .current
             .clone()
             .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::nospace;
+
+    /// A metadata snapshot that finds the disk full is abandoned: the builder returns the
+    /// snapshot on disk (none yet: empty, which openraft ignores), leaves no tmp file and
+    /// counts it; a forced build (startup) waits and writes it; the next one succeeds.
+    #[tokio::test]
+    async fn a_snapshot_that_finds_the_disk_full_is_abandoned_unless_forced() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("snapshot");
+        let tmp = meta_file::tmp_path(&path);
+        let mut sm = MetaStateMachine::open(&path)?;
+        let abandoned = nospace::snapshots_abandoned();
+        nospace::inject_full(&tmp, 1);
+        let mut b = sm
+            .try_create_snapshot_builder(false)
+            .await
+            .ok_or_else(|| io::Error::other("no builder"))?;
+        let s = b.build_snapshot().await?;
+        assert_eq!(s.meta.last_log_id, None);
+        // Other tests of this process may abandon snapshots too: at least this one counted.
+        assert!(nospace::snapshots_abandoned() > abandoned);
+        assert!(!tmp.exists() && !path.exists());
+        assert!(sm.get_current_snapshot().await?.is_none());
+        // Not tried again right away (openraft takes "no builder" as deferred).
+        assert!(sm.try_create_snapshot_builder(false).await.is_none());
+
+        // Forced: not deferred; two failed attempts (50 + 100 ms of backoff), then written.
+        nospace::inject_full(&tmp, 2);
+        let mut b = sm
+            .try_create_snapshot_builder(true)
+            .await
+            .ok_or_else(|| io::Error::other("no builder"))?;
+        tokio::time::timeout(std::time::Duration::from_secs(10), b.build_snapshot())
+            .await
+            .map_err(|_| io::Error::other("forced snapshot still waiting after 10 s"))??;
+        assert!(path.exists() && !tmp.exists());
+        assert!(sm.get_current_snapshot().await?.is_some());
+        Ok(())
     }
 }

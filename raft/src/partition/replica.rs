@@ -529,6 +529,25 @@ impl PartitionReplica {
         let Some(target) = target else {
             return Ok(None);
         };
+        self.transfer_to(target, timeout).await?;
+        Ok(Some(target))
+    }
+
+    /// Asks openraft to hand the leadership to `target` and waits up to `timeout` until
+    /// another node leads.
+    ///
+    /// Rules:
+    /// 1. From the call on, openraft on this node refuses new proposals and sends no more
+    ///    heartbeats for the group (until another node leads): call it only towards a voter
+    ///    that will take the leadership, or accept that the group elects after its election
+    ///    timeout.
+    /// 2. `target` takes over only if its log holds the leader's last entry when the request
+    ///    arrives.
+    pub(crate) async fn transfer_to(
+        &self,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<(), RaftError> {
         let gid = self.group_id();
         self.group
             .raft
@@ -541,7 +560,7 @@ impl PartitionReplica {
             m.current_leader.is_some_and(|l| l != me)
         })
         .await?;
-        Ok(Some(target))
+        Ok(())
     }
 
     /// Waits until some node leads the group; returns it.
@@ -863,6 +882,53 @@ mod tests {
             .await
             .expect("append after purge");
         assert_eq!(o.base_offset, 200);
+        node.shutdown().await;
+    }
+
+    /// A snapshot that finds the disk full is abandoned (issue 7, fault 5): the group keeps
+    /// running and committing, no tmp file stays, nothing is purged, the abandon is counted,
+    /// and the next snapshot (space back) is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_that_finds_the_disk_full_is_abandoned_and_retried() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (node, addr) = one_node(tmp.path()).await;
+        let id = PartitionId::new("snapfull", 0);
+        let replica = node
+            .create_partition_group(id.clone(), BTreeMap::from([(1, addr)]))
+            .await
+            .expect("create group");
+        replica.wait_for_leader(T).await.expect("partition leader");
+        for i in 0..20u32 {
+            replica.append(batch(i), 1, T).await.expect("append");
+        }
+        let snapshot = crate::node::partition_dir(tmp.path(), &id).join("snapshot");
+        let tmp_file = crate::log::meta_file::tmp_path(&snapshot);
+        let abandoned = crate::log::nospace::snapshots_abandoned();
+        crate::log::nospace::inject_full(&tmp_file, 1);
+        // The snapshot never covers the applied index: compaction gives up after its wait
+        // (and purges nothing), the group does not stop.
+        let r = replica.compact(Duration::from_secs(2)).await;
+        assert!(r.is_err(), "compaction without a snapshot: {r:?}");
+        assert!(crate::log::nospace::snapshots_abandoned() > abandoned);
+        assert!(
+            !tmp_file.exists(),
+            "the abandoned snapshot left its tmp file"
+        );
+        assert!(!snapshot.exists(), "no snapshot was ever written");
+        assert_eq!(replica.log().earliest_offset(), 0, "nothing was purged");
+        let o = replica
+            .append(batch(20), 1, T)
+            .await
+            .expect("append while full");
+        assert_eq!(o.base_offset, 20);
+        // Space back: the next snapshot (not tried within MAX_WAIT of the abandoned one) is
+        // written and the log purged up to it.
+        tokio::time::sleep(crate::log::nospace::MAX_WAIT).await;
+        let purged = replica.compact(T).await.expect("compaction with space");
+        assert!(purged >= 20, "purged through {purged}");
+        assert!(snapshot.exists());
+        let o = replica.append(batch(21), 1, T).await.expect("append after");
+        assert_eq!(o.base_offset, 21);
         node.shutdown().await;
     }
 }

@@ -17,6 +17,12 @@
 //! - Snapshot install keeps the storage log when it already holds the snapshot's last entry
 //!   (same term), or starts right after it (purged through it); otherwise the log is reset to
 //!   the snapshot's next offset, so the entries that follow get the offsets the leader gave them.
+//! - `current` is the snapshot on disk: it changes only after the file was replaced. A
+//!   snapshot built for retention or on openraft's schedule that finds the disk full is
+//!   abandoned and the builder returns `current` (or an empty snapshot when there is none),
+//!   which openraft ignores as not newer: nothing is purged, and retention's wait for a
+//!   covering snapshot times out and is retried at its next pass. An installed snapshot and a
+//!   forced rebuild (startup) wait for space instead (`crate::log::nospace`).
 
 use std::io;
 use std::path::Path;
@@ -46,6 +52,8 @@ use super::types::Offsets;
 use super::types::PartitionResponse;
 use super::types::PartitionSnapshot;
 use crate::log::meta_file;
+use crate::log::meta_file::WhenFull;
+use crate::log::nospace::SnapshotSkips;
 use crate::types::PartitionTypes;
 
 type Persisted = (SnapshotMetaOf<PartitionTypes>, PartitionSnapshot);
@@ -65,6 +73,11 @@ pub(crate) struct PartitionStateMachine {
     hw_tx: Arc<watch::Sender<Option<u64>>>,
     /// The partition's storage log (also the group's raft log).
     log: Log,
+    /// Abandoned snapshots (shared by clones).
+    skips: Arc<SnapshotSkips>,
+    /// On a snapshot builder: what its snapshot does when the disk is full (a builder openraft
+    /// forces must persist).
+    when_full: WhenFull,
 }
 
 impl std::fmt::Debug for PartitionStateMachine {
@@ -97,6 +110,8 @@ impl PartitionStateMachine {
             snapshot_path: snapshot_path.to_path_buf(),
             hw_tx: Arc::new(hw_tx),
             log,
+            skips: Arc::new(SnapshotSkips::new("partition snapshot")),
+            when_full: WhenFull::Abandon,
         })
     }
 
@@ -166,11 +181,25 @@ impl PartitionStateMachine {
         }
     }
 
-    async fn persist(&self, p: Persisted) -> io::Result<()> {
-        let path = self.snapshot_path.clone();
-        match tokio::task::spawn_blocking(move || meta_file::store_framed(&path, &p)).await {
-            Ok(r) => r,
-            Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
+    /// Persists `p` as the snapshot file; `Ok(false)` when it was abandoned (`when_full`).
+    async fn persist(&self, p: Persisted, when_full: WhenFull) -> io::Result<bool> {
+        meta_file::persist_snapshot(&self.snapshot_path, Arc::new(p), when_full, &self.skips).await
+    }
+
+    /// The snapshot on disk as openraft sees it; an empty one (no last log id) when none.
+    fn current_snapshot(&self) -> SnapshotOf<PartitionTypes, PartitionSnapshot> {
+        match self.inner.lock().current {
+            Some((ref meta, snapshot)) => Snapshot {
+                meta: meta.clone(),
+                snapshot,
+            },
+            None => Snapshot {
+                meta: SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                },
+                snapshot: PartitionSnapshot::default(),
+            },
         }
     }
 }
@@ -221,7 +250,9 @@ impl RaftSnapshotBuilder<PartitionTypes> for PartitionStateMachine {
             };
             (meta, st.data)
         };
-        self.persist((meta.clone(), data)).await?;
+        if !self.persist((meta.clone(), data), self.when_full).await? {
+            return Ok(self.current_snapshot());
+        }
         self.inner.lock().current = Some((meta.clone(), data));
         Ok(Snapshot {
             meta,
@@ -297,12 +328,26 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         self.clone()
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.skips.deferring() {
+            return None;
+        }
+        let mut b = self.clone();
+        b.when_full = if force {
+            WhenFull::Wait
+        } else {
+            WhenFull::Abandon
+        };
+        Some(b)
+    }
+
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<PartitionTypes>,
         snapshot: PartitionSnapshot,
     ) -> Result<(), io::Error> {
-        self.persist((meta.clone(), snapshot)).await?;
+        self.persist((meta.clone(), snapshot), WhenFull::Wait)
+            .await?;
         let log = self.log.clone();
         let last = meta.last_log_id;
         let next = snapshot.next_offset;

@@ -7,7 +7,8 @@
 //! - [`router`]: the client side; one lazily connected `Channel` per peer shared by all groups
 //!   (openraft-multi's `GroupRouter`).
 //! - [`network`]: the per-group `RaftNetworkFactory` handed to `Raft::new`.
-//! - [`registry`]: group id -> raft handle, consulted by the server side.
+//! - [`registry`]: group id -> raft handle, consulted by the server side; also the node's lead
+//!   gate, which answers `MayLead` probes (`RaftNode::hand_off_leadership`).
 //! - [`service`]: the server side (`RaftTransport` service), dispatching by group id.
 //! - [`faults`]: tests only: blocked, dropped and delayed RPCs between chosen nodes.
 //! - [`coalesce`]: heartbeats (append-entries without entries) of many groups to one peer in one

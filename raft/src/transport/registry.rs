@@ -15,11 +15,16 @@ use crate::partition::PartitionGroup;
 use crate::types::MetaRaft;
 use crate::types::PartitionId;
 
+/// Whether this node accepts partition leaderships now (see [`GroupRegistry::may_lead`]).
+pub(crate) type LeadGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The groups hosted by this node.
 #[derive(Default)]
 pub(crate) struct GroupRegistry {
     metadata: RwLock<Option<MetaRaft>>,
     partitions: RwLock<HashMap<PartitionId, Arc<PartitionGroup>>>,
+    /// Set by the server (`RaftNode::set_lead_gate`); none = always.
+    lead_gate: RwLock<Option<LeadGate>>,
 }
 
 impl std::fmt::Debug for GroupRegistry {
@@ -70,6 +75,18 @@ impl GroupRegistry {
     /// Removes every partition group from routing.
     pub(crate) fn drain_partitions(&self) -> Vec<Arc<PartitionGroup>> {
         self.partitions.write().drain().map(|(_, g)| g).collect()
+    }
+
+    /// Sets what [`Self::may_lead`] asks.
+    pub(crate) fn set_lead_gate(&self, gate: LeadGate) {
+        *self.lead_gate.write() = Some(gate);
+    }
+
+    /// Whether this node accepts a partition leadership handed to it now (answered to a
+    /// leader's `MayLead` probe).
+    pub(crate) fn may_lead(&self) -> bool {
+        let gate = self.lead_gate.read().clone();
+        gate.is_none_or(|g| g())
     }
 
     /// Ids of the hosted partition groups.

@@ -64,6 +64,7 @@ enum Rpc {
     PreVote,
     Snapshot,
     TransferLeader,
+    MayLead,
 }
 
 /// Why an RPC failed, before it is mapped to an openraft error.
@@ -306,6 +307,24 @@ impl Router {
         }
     }
 
+    /// Asks `target` whether it would take the leadership of partition group `id` now (the
+    /// `MayLead` RPC); an unreachable peer is an error, not a "no".
+    pub(crate) async fn may_lead(
+        &self,
+        target: NodeId,
+        id: &crate::types::PartitionId,
+        ttl: Duration,
+    ) -> Result<bool, SendError> {
+        self.call(
+            target,
+            &GroupId::Partition(id.clone()),
+            Rpc::MayLead,
+            &(),
+            ttl,
+        )
+        .await
+    }
+
     /// Sends one encoded request and decodes the reply.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -329,6 +348,7 @@ impl Router {
                 Rpc::PreVote => client.pre_vote(request).await,
                 Rpc::Snapshot => client.install_snapshot(request).await,
                 Rpc::TransferLeader => client.transfer_leader(request).await,
+                Rpc::MayLead => client.may_lead(request).await,
             }
         };
         let reply = match tokio::time::timeout(ttl, fut).await {

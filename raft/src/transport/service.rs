@@ -419,4 +419,33 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<pb::RaftReply>, Status> {
         Ok(Response::new(self.liveness_beat(&req.into_inner().payload)))
     }
+
+    async fn may_lead(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        Ok(Response::new(self.may_lead_answer(req.into_inner())))
+    }
+}
+
+impl TransportService {
+    /// Answers a `MayLead` probe: whether this node would take the partition group's
+    /// leadership now (it hosts the group, its raft runs, and the node's gate allows it).
+    fn may_lead_answer(&self, req: pb::RaftRequest) -> pb::RaftReply {
+        let id = match wire::group_from_pb(req.group) {
+            Ok(GroupId::Partition(p)) => p,
+            Ok(g) => {
+                return wire::failure(Code::BadRequest, format!("MayLead for group {g}"));
+            }
+            Err(e) => return wire::failure(Code::BadRequest, e.to_string()),
+        };
+        let Some(g) = self.registry.partition(&id) else {
+            return wire::failure(Code::GroupNotFound, format!("group {id} not hosted"));
+        };
+        let running = crate::wait::metrics(g.raft()).running_state.is_ok();
+        match codec::encode(&(running && self.registry.may_lead())) {
+            Ok(bytes) => wire::success(bytes),
+            Err(e) => wire::failure(Code::Unknown, e.to_string()),
+        }
+    }
 }

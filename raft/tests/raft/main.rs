@@ -2,6 +2,7 @@
 //! ports, temp dirs). Every wait is bounded.
 
 mod compaction;
+mod disk_handoff;
 mod harness;
 mod lazy_sync;
 mod metadata_cluster;
