@@ -315,18 +315,26 @@ async fn random_run(seed: u64) -> Totals {
     totals.faults = injected;
     totals.dropped = faults.dropped();
     faults.heal();
-    // One more committed entry after healing: the cluster works again.
-    let leader = partition_leader(&replicas, T).await;
-    let v = "after-heal".to_owned();
-    let o = leader.append(batch(&v), 1, T).await;
-    let o = match o {
-        Ok(o) => o,
-        Err(_) => {
-            let leader = partition_leader(&replicas, T).await;
-            leader
-                .append(batch(&v), 1, T)
-                .await
-                .expect("append after heal")
+    // One more committed entry after healing: the cluster works again. A leader that was cut
+    // off may still believe it leads for a moment after the heal (NotLeader once the others'
+    // newer term reaches it), so the append is retried against whoever leads then, a bounded
+    // number of times; each attempt has its own value, so one that timed out but committed
+    // anyway is just an unacknowledged entry.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    let (o, v) = loop {
+        attempt += 1;
+        let v = format!("after-heal-{attempt}");
+        let leader = partition_leader(&replicas, T).await;
+        match leader.append(batch(&v), 1, T).await {
+            Ok(o) => break (o, v),
+            Err(e) => {
+                assert!(
+                    attempt < 20 && Instant::now() < deadline,
+                    "seed {seed}: append after heal: {e} ({attempt} attempts)"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     };
     acked.insert(o.base_offset, v);
