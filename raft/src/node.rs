@@ -549,7 +549,11 @@ impl RaftNode {
             match self
                 .inner
                 .router
-                .may_lead(target, id, Duration::from_secs(1))
+                .may_lead(
+                    target,
+                    &GroupId::Partition(id.clone()),
+                    Duration::from_secs(1),
+                )
                 .await
             {
                 Ok(true) => {
@@ -561,6 +565,39 @@ impl RaftNode {
                 }
                 Err(e) => {
                     tracing::debug!(partition = %id, target, error = %e, "leadership probe failed")
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands the metadata leadership (when this node holds it) to another voter that
+    /// acknowledged recently and says it would take it (graceful shutdown). Returns the new
+    /// leader, or `None` when this node does not lead or no voter qualified.
+    ///
+    /// Rules: candidates as [`MetadataHandle::handoff_candidates`] orders them; each is asked
+    /// (`MayLead`, at most a second each) before the transfer starts, so a peer that died a
+    /// moment ago, or is shutting down itself, costs one failed probe instead of the whole
+    /// `timeout` (a transfer stops this node's heartbeats until another node leads).
+    pub async fn hand_off_metadata_leadership(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<NodeId>, RaftError> {
+        let metadata = &self.inner.metadata;
+        for target in metadata.handoff_candidates() {
+            match self
+                .inner
+                .router
+                .may_lead(target, &GroupId::Metadata, Duration::from_secs(1))
+                .await
+            {
+                Ok(true) => {
+                    metadata.transfer_to(target, timeout).await?;
+                    return Ok(Some(target));
+                }
+                Ok(false) => tracing::debug!(target, "declines the metadata leadership"),
+                Err(e) => {
+                    tracing::debug!(target, error = %e, "metadata leadership probe failed")
                 }
             }
         }

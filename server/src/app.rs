@@ -362,7 +362,7 @@ async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
     let results = futures::future::join_all(
         leading
             .iter()
-            .map(|(_, l)| l.replica.transfer_leadership(bound)),
+            .map(|(_, l)| hand_off_one(ctx, &l.replica, bound)),
     )
     .await;
     let moved = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
@@ -379,11 +379,38 @@ async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
     );
 }
 
+/// Hands one partition's leadership to a fully caught-up voter that says it would take it
+/// (`RaftNode::hand_off_leadership`: a peer that is down or shutting down itself costs one
+/// failed probe, not the whole bound). A follower may still be taking the last batch when
+/// shutdown starts, so a round that found no candidate is tried twice more, 100 ms apart.
+async fn hand_off_one(
+    ctx: &Ctx,
+    replica: &drawbridge_raft::PartitionReplica,
+    bound: Duration,
+) -> std::result::Result<Option<drawbridge_raft::NodeId>, drawbridge_raft::RaftError> {
+    // The probe answers for liveness; the age only skips followers that never acknowledged
+    // in the last half minute (a quiesced group's followers acknowledge rarely).
+    const MAX_ACK_AGE: Duration = Duration::from_secs(30);
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(to) = ctx
+            .raft
+            .hand_off_leadership(replica, MAX_ACK_AGE, bound)
+            .await?
+        {
+            return Ok(Some(to));
+        }
+    }
+    Ok(None)
+}
+
 /// Hands the metadata leadership to another voter when this node holds it, bounded by
 /// `bound` (otherwise the cluster elects after the metadata election timeout).
 async fn hand_off_metadata_leadership(ctx: &Ctx, bound: Duration) {
     let started = std::time::Instant::now();
-    match ctx.raft.metadata().transfer_leadership(bound).await {
+    match ctx.raft.hand_off_metadata_leadership(bound).await {
         Ok(Some(to)) => info!(to, took = ?started.elapsed(), "metadata leadership handed off"),
         Ok(None) => {}
         Err(e) => warn!(error = %e, "metadata leadership not handed off"),
@@ -445,6 +472,9 @@ impl Running {
                 abort.abort();
             }
         }
+        // From now on this node declines leaderships (`MayLead` probes from peers that are
+        // shutting down too, e.g. a whole cluster stopped at once, move nothing here).
+        self.ctx.raft.set_lead_gate(|| false);
         self.ctx.partitions.stop_all();
         // Give ingest a moment to finish the batches in flight (their acks and commits).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);

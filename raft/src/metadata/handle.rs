@@ -120,13 +120,23 @@ impl MetadataHandle {
         &self,
         timeout: Duration,
     ) -> Result<Option<NodeId>, RaftError> {
-        if !self.is_leader() {
+        let Some(target) = self.handoff_candidates().into_iter().next() else {
             return Ok(None);
+        };
+        self.transfer_to(target, timeout).await?;
+        Ok(Some(target))
+    }
+
+    /// The voters the leadership could be handed to, most caught up first: other voters that
+    /// acknowledged within the last two seconds (a dead one would just cost the wait). Empty
+    /// when this node does not lead.
+    pub(crate) fn handoff_candidates(&self) -> Vec<NodeId> {
+        if !self.is_leader() {
+            return Vec::new();
         }
         let m = wait::metrics(&self.raft);
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let me = self.node_id;
-        // Only a voter that acknowledged recently: a dead one would just cost the wait.
         let recent = |id: &NodeId| {
             m.heartbeat
                 .as_ref()
@@ -134,17 +144,28 @@ impl MetadataHandle {
                 .and_then(|t| t.as_ref())
                 .is_some_and(|t| openraft::Instant::elapsed(&**t) < RECENT_ACK)
         };
-        let target = m.replication.as_ref().and_then(|r| {
-            r.iter()
-                .filter(|(id, matched)| {
-                    **id != me && voters.contains(id) && matched.is_some() && recent(id)
-                })
-                .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
-                .map(|(id, _)| *id)
-        });
-        let Some(target) = target else {
-            return Ok(None);
-        };
+        let mut candidates: Vec<(NodeId, u64)> = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != me && voters.contains(id) && recent(id))
+                    .filter_map(|(id, matched)| matched.as_ref().map(|l| (*id, l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        candidates.sort_by_key(|(_, index)| std::cmp::Reverse(*index));
+        candidates.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Asks openraft to hand the leadership to `target` and waits up to `timeout` until
+    /// another node leads (openraft stops this node's heartbeats from the call on).
+    pub(crate) async fn transfer_to(
+        &self,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<(), RaftError> {
+        let me = self.node_id;
         self.raft
             .trigger()
             .transfer_leader(target)
@@ -158,7 +179,7 @@ impl MetadataHandle {
             |m| m.current_leader.is_some_and(|l| l != me),
         )
         .await?;
-        Ok(Some(target))
+        Ok(())
     }
 
     /// Waits until some node leads the metadata group.

@@ -312,17 +312,10 @@ impl Router {
     pub(crate) async fn may_lead(
         &self,
         target: NodeId,
-        id: &crate::types::PartitionId,
+        group: &GroupId,
         ttl: Duration,
     ) -> Result<bool, SendError> {
-        self.call(
-            target,
-            &GroupId::Partition(id.clone()),
-            Rpc::MayLead,
-            &(),
-            ttl,
-        )
-        .await
+        self.call(target, group, Rpc::MayLead, &(), ttl).await
     }
 
     /// Sends one encoded request and decodes the reply.

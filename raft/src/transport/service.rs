@@ -429,20 +429,25 @@ impl RaftTransport for TransportService {
 }
 
 impl TransportService {
-    /// Answers a `MayLead` probe: whether this node would take the partition group's
-    /// leadership now (it hosts the group, its raft runs, and the node's gate allows it).
+    /// Answers a `MayLead` probe: whether this node would take the group's leadership now
+    /// (it hosts the group, its raft runs, and the node's gate allows it: not while its disk
+    /// is below the margin, nor once it is shutting down).
     fn may_lead_answer(&self, req: pb::RaftRequest) -> pb::RaftReply {
-        let id = match wire::group_from_pb(req.group) {
-            Ok(GroupId::Partition(p)) => p,
-            Ok(g) => {
-                return wire::failure(Code::BadRequest, format!("MayLead for group {g}"));
+        let running = match wire::group_from_pb(req.group) {
+            Ok(GroupId::Partition(id)) => {
+                let Some(g) = self.registry.partition(&id) else {
+                    return wire::failure(Code::GroupNotFound, format!("group {id} not hosted"));
+                };
+                crate::wait::metrics(g.raft()).running_state.is_ok()
+            }
+            Ok(GroupId::Metadata) => {
+                let Some(raft) = self.registry.metadata() else {
+                    return wire::failure(Code::GroupNotFound, "metadata group not started");
+                };
+                crate::wait::metrics(&raft).running_state.is_ok()
             }
             Err(e) => return wire::failure(Code::BadRequest, e.to_string()),
         };
-        let Some(g) = self.registry.partition(&id) else {
-            return wire::failure(Code::GroupNotFound, format!("group {id} not hosted"));
-        };
-        let running = crate::wait::metrics(g.raft()).running_state.is_ok();
         match codec::encode(&(running && self.registry.may_lead())) {
             Ok(bytes) => wire::success(bytes),
             Err(e) => wire::failure(Code::Unknown, e.to_string()),
