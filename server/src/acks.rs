@@ -38,60 +38,9 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Builds the ack for `p`.
+/// Builds the ack for `p`, moving its strings into the ack (each pending ack is sent once;
+/// callers that still need `p` clone it, only error paths do).
 pub fn build(
-    stream: &str,
-    base_subject: &str,
-    p: &PendingAck,
-    offset: i64,
-    error: ack::Error,
-) -> Ack {
-    Ack {
-        stream: stream.to_owned(),
-        partition_subject: base_subject.to_owned(),
-        msg_subject: p.msg_subject.clone(),
-        offset: if error == ack::Error::Ok { offset } else { 0 },
-        ack_inbox: p.inbox.clone(),
-        correlation_id: p.correlation_id.clone(),
-        ack_policy: p.policy as i32,
-        reception_timestamp: p.reception_ns,
-        commit_timestamp: now_ns(),
-        ack_error: error as i32,
-    }
-}
-
-/// NATS header naming why an UNKNOWN error ack was sent: the partition leader's disk is full
-/// (value: the leader's refusal text, see [`crate::diskspace::DiskFull`]).
-pub const DISK_FULL_HEADER: &str = "Drawbridge-Disk-Full";
-
-/// [`send`] for an ack refused because the leader's disk is full: `reason` travels in the
-/// [`DISK_FULL_HEADER`] header.
-pub async fn send_disk_full(nats: &async_nats::Client, ack: &Ack, reason: &str) {
-    if ack.ack_inbox.is_empty() {
-        return;
-    }
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(DISK_FULL_HEADER, reason);
-    let body = envelope::encode_ack(ack);
-    if let Err(e) = nats
-        .publish_with_headers(ack.ack_inbox.clone(), headers, body)
-        .await
-    {
-        tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
-    }
-}
-
-/// The [`DISK_FULL_HEADER`] text of a received ack message, if any.
-pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
-    msg.headers
-        .as_ref()?
-        .get(DISK_FULL_HEADER)
-        .map(|v| v.as_str().to_owned())
-}
-
-/// Builds the ack for `p`, moving its strings instead of copying them (the success path of
-/// the ingest sends each pending ack exactly once).
-pub fn build_owned(
     stream: &str,
     base_subject: &str,
     p: PendingAck,
@@ -112,20 +61,38 @@ pub fn build_owned(
     }
 }
 
-/// Publishes an ack envelope to its inbox; failures are logged (the publisher times out).
-pub async fn send(nats: &async_nats::Client, ack: &Ack) {
+/// NATS header naming why an UNKNOWN error ack was sent: the partition leader's disk is full
+/// (value: the leader's refusal text, see [`crate::diskspace::DiskFull`]).
+pub const DISK_FULL_HEADER: &str = "Drawbridge-Disk-Full";
+
+/// [`send`] for an ack refused because the leader's disk is full: `reason` travels in the
+/// [`DISK_FULL_HEADER`] header.
+pub async fn send_disk_full(nats: &async_nats::Client, ack: Ack, reason: &str) {
     if ack.ack_inbox.is_empty() {
         return;
     }
-    let body = envelope::encode_ack(ack);
-    if let Err(e) = nats.publish(ack.ack_inbox.clone(), body).await {
-        tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DISK_FULL_HEADER, reason);
+    let body = envelope::encode_ack(&ack);
+    if let Err(e) = nats
+        .publish_with_headers(ack.ack_inbox, headers, body)
+        .await
+    {
+        tracing::debug!(error = %e, "sending an ack failed");
     }
 }
 
-/// [`send`] for an ack that is not needed afterwards: its inbox becomes the NATS subject
-/// without a copy.
-pub async fn send_owned(nats: &async_nats::Client, ack: Ack) {
+/// The [`DISK_FULL_HEADER`] text of a received ack message, if any.
+pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
+    msg.headers
+        .as_ref()?
+        .get(DISK_FULL_HEADER)
+        .map(|v| v.as_str().to_owned())
+}
+
+/// Publishes an ack envelope to its inbox (which becomes the NATS subject without a copy);
+/// failures are logged (the publisher times out).
+pub async fn send(nats: &async_nats::Client, ack: Ack) {
     if ack.ack_inbox.is_empty() {
         return;
     }
