@@ -331,7 +331,7 @@ pub async fn run(
                 }
                 if let Some(pa) = pending {
                     acks::send(
-                        &ctx.nats,
+                        &ctx,
                         acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::TooLarge),
                     )
                     .await;
@@ -358,7 +358,7 @@ pub async fn run(
                     if p.occ && m.offset != -1 && u64::try_from(m.offset).ok() != Some(next) {
                         if let Some(pa) = pending {
                             acks::send(
-                                &ctx.nats,
+                                &ctx,
                                 acks::build(
                                     &p.stream,
                                     &p.base_subject,
@@ -508,7 +508,7 @@ async fn refuse_disk_full(
             reception_ns: acks::now_ns(),
         };
         acks::send_disk_full(
-            &ctx.nats,
+            ctx,
             acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::Unknown),
             &full.to_string(),
         )
@@ -520,7 +520,7 @@ async fn refuse_disk_full(
 async fn send_encryption_ack(ctx: &Ctx, p: &IngestParams, pending: Option<PendingAck>) {
     if let Some(pa) = pending {
         acks::send(
-            &ctx.nats,
+            ctx,
             acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::Encryption),
         )
         .await;
@@ -548,7 +548,7 @@ fn ack_duplicates(
             }
             let off = stored.map_or(-1, |o| i64::try_from(o).unwrap_or(i64::MAX));
             acks::send(
-                &ctx.nats,
+                &ctx,
                 acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
             )
             .await;
@@ -604,7 +604,7 @@ async fn ack_loop(
         for (pa, offset) in std::mem::take(&mut job.leader_acks) {
             let off = i64::try_from(offset).unwrap_or(i64::MAX);
             acks::send(
-                &ctx.nats,
+                &ctx,
                 acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
             )
             .await;
@@ -644,7 +644,7 @@ async fn commit_loop(ctx: Ctx, p: IngestParams, mut rx: mpsc::Receiver<Committin
         for (pa, offset) in job.all_acks {
             let off = i64::try_from(offset).unwrap_or(i64::MAX);
             acks::send(
-                &ctx.nats,
+                &ctx,
                 acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
             )
             .await;

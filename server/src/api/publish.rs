@@ -22,6 +22,11 @@
 //!   `asyncError` INTERNAL with that text (PublishAsync).
 //! - Publish and PublishAsync admit a request through one chain ([`admit`]): stream/partition
 //!   checks, the leader's disk, the NATS connection.
+//! - The message itself always goes through NATS (every subscriber of the subject sees it; the
+//!   leader's ingest appends it once, in order with raw NATS publishes). Only the ack may skip
+//!   NATS: PublishAsync's inbox, and a unary Publish's server-generated inbox when this node
+//!   leads the partition, are registered in [`acks::LocalInboxes`], so a local leader hands
+//!   their acks over in-process (remote leaders' acks still arrive on the NATS inbox).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,10 +123,7 @@ fn leader_disk_full(ctx: &Node, stream: &str, partition: i32) -> Option<DiskFull
         .disk
         .check(&ctx.config.data_dir, ctx.config.storage.min_free_bytes)
         .err()?;
-    ctx.partitions
-        .get(&PartitionId::new(stream, partition))
-        .is_some_and(|l| l.replica.is_leader())
-        .then_some(full)
+    leads(ctx, stream, partition).then_some(full)
 }
 
 /// Why an UNKNOWN error ack means a full disk on the partition leader, if it does: this node
@@ -204,13 +206,18 @@ fn message_of(r: PublishRequest, subject: String, inbox: String) -> Message {
 
 /// Publishes `body` on `subject`; with a deadline and a policy other than NONE, waits for the
 /// first ack on `inbox`; returns it with the leader's disk-full text if the ack carried one
-/// ([`acks::DISK_FULL_HEADER`]).
+/// ([`acks::DISK_FULL_HEADER`]). With `local` (a server-generated inbox and a partition this
+/// node leads) the ack is awaited in-process ([`acks::LocalInboxes`]) instead of through a NATS
+/// subscription: no SUB/UNSUB and no ack round trip through NATS. Should leadership move to
+/// another node in between, that node's ack is not seen and the call times out, as it would
+/// if the leader had failed.
 async fn publish_and_wait(
     ctx: &Node,
     subject: String,
     inbox: &str,
     body: bytes::Bytes,
     wait: Option<Duration>,
+    local: bool,
 ) -> Result<Option<(Ack, Option<String>)>> {
     let Some(wait) = wait else {
         ctx.nats
@@ -219,6 +226,20 @@ async fn publish_and_wait(
             .map_err(|e| ServerError::Nats(e.to_string()))?;
         return Ok(None);
     };
+    let deadline = tokio::time::Instant::now() + wait;
+    if local {
+        let mut local = ctx.local_inboxes.register(inbox);
+        ctx.nats
+            .publish(subject, body)
+            .await
+            .map_err(|e| ServerError::Nats(e.to_string()))?;
+        return match tokio::time::timeout_at(deadline, local.rx.recv()).await {
+            Ok(Some(l)) => Ok(Some((l.ack, l.disk_full))),
+            Err(_) | Ok(None) => Err(ServerError::DeadlineExceeded(
+                "timed out waiting for ack".into(),
+            )),
+        };
+    }
     let mut sub = ctx
         .nats
         .subscribe(inbox.to_owned())
@@ -228,7 +249,6 @@ async fn publish_and_wait(
         .publish(subject, body)
         .await
         .map_err(|e| ServerError::Nats(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + wait;
     let out = loop {
         match tokio::time::timeout_at(deadline, sub.next()).await {
             Err(_) | Ok(None) => {
@@ -246,6 +266,13 @@ async fn publish_and_wait(
     out
 }
 
+/// Whether this node leads `stream`/`partition` (its raft replica is the leader).
+fn leads(ctx: &Node, stream: &str, partition: i32) -> bool {
+    ctx.partitions
+        .get(&PartitionId::new(stream, partition))
+        .is_some_and(|l| l.replica.is_leader())
+}
+
 /// Unary Publish.
 pub async fn publish(
     ctx: &Ctx,
@@ -253,6 +280,8 @@ pub async fn publish(
     deadline: Option<Duration>,
 ) -> Result<PublishResponse> {
     let subject = admit(ctx, &ctx.raft.metadata().state().state, &r)?;
+    // A server-generated inbox is ours alone: its ack can come in-process when we lead.
+    let local = r.ack_inbox.is_empty() && leads(ctx, &r.stream, r.partition);
     let inbox = if r.ack_inbox.is_empty() {
         new_inbox(ctx)
     } else {
@@ -260,7 +289,7 @@ pub async fn publish(
     };
     let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
     let body = envelope::encode_publish(&message_of(r, subject.clone(), inbox.clone()));
-    let (ack, disk_full) = publish_and_wait(ctx, subject, &inbox, body, wait)
+    let (ack, disk_full) = publish_and_wait(ctx, subject, &inbox, body, wait, local)
         .await?
         .map_or((None, None), |(a, r)| (Some(a), r));
     if let Some(a) = &ack {
@@ -317,7 +346,7 @@ pub async fn publish_to_subject(
         ..Default::default()
     });
     let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
-    let ack = match publish_and_wait(ctx, r.subject, &inbox, body, wait).await? {
+    let ack = match publish_and_wait(ctx, r.subject, &inbox, body, wait, false).await? {
         None => None,
         Some((a, disk_full)) => {
             if let Some(full) = ack_disk_full(ctx, &a, disk_full) {
@@ -407,6 +436,8 @@ pub async fn publish_async(
     mut requests: Streaming<PublishRequest>,
 ) -> Result<ReceiverStream<Result<PublishResponse, Status>>> {
     let inbox = new_inbox(&ctx);
+    // Acks of partitions this node leads come in-process; others' over NATS.
+    let mut local = ctx.local_inboxes.register(&inbox);
     let mut acks = ctx
         .nats
         .subscribe(inbox.clone())
@@ -435,8 +466,21 @@ pub async fn publish_async(
             if drain_until.is_some() && flights.lock().is_empty() {
                 return;
             }
-            let m = tokio::select! {
-                m = acks.next() => m,
+            let (a, disk_full) = tokio::select! {
+                m = acks.next() => {
+                    let Some(m) = m else { return };
+                    match envelope::decode_ack(&m.payload) {
+                        Ok(a) => (a, acks::disk_full_reason(&m)),
+                        Err(e) => {
+                            debug!(error = %e, "non-ack message on a PublishAsync inbox ignored");
+                            continue;
+                        }
+                    }
+                }
+                l = local.rx.recv() => match l {
+                    Some(l) => (l.ack, l.disk_full),
+                    None => return,
+                },
                 _ = crate::context::until_true(&mut done_rx), if drain_until.is_none() => {
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
                     continue;
@@ -465,14 +509,6 @@ pub async fn publish_async(
                             return;
                         }
                     }
-                    continue;
-                }
-            };
-            let Some(m) = m else { return };
-            let a = match envelope::decode_ack(&m.payload) {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "non-ack message on a PublishAsync inbox ignored");
                     continue;
                 }
             };
@@ -507,7 +543,7 @@ pub async fn publish_async(
                 err => {
                     // An UNKNOWN ack may be a full disk (this node's ingest, or another
                     // leader's that says so in a header): say so.
-                    let full = ack_disk_full(&actx, &a, acks::disk_full_reason(&m));
+                    let full = ack_disk_full(&actx, &a, disk_full);
                     let (code, message) = match (err, full) {
                         (_, Some(full)) => (publish_async_error::Code::Internal, full),
                         (ack::Error::IncorrectOffset, _) => (
