@@ -11,10 +11,90 @@
 //!   node that forwarded a unary Publish can answer `ResourceExhausted` with the leader's text.
 //! - `commitTimestamp` is stamped when the ack is sent; `partitionSubject` is the stream's base
 //!   subject, `msgSubject` the subject the message arrived on.
+//! - An ack whose inbox is registered in [`LocalInboxes`] (a PublishAsync session or a unary
+//!   Publish served by this process, with a server-generated inbox nobody else subscribes to)
+//!   is handed to that session in-process, with the same disk-full reason the header would
+//!   carry, instead of taking the round trip through NATS. When the session's queue is full the
+//!   ack goes over NATS as before (so a slow gRPC client never stalls a partition's acker);
+//!   acks of one partition may then reach the session out of order, which the session does
+//!   not depend on (it matches them by correlation id).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use drawbridge_proto::api::{ack, Ack, AckPolicy};
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
 
+use crate::context::Node;
 use crate::envelope;
+
+/// How many acks a local inbox queues before further acks go over NATS.
+pub const LOCAL_QUEUE: usize = 8192;
+
+/// An ack handed over in-process, with the disk-full reason [`DISK_FULL_HEADER`] would carry.
+#[derive(Debug)]
+pub struct LocalAck {
+    /// The ack.
+    pub ack: Ack,
+    /// Why it is an UNKNOWN error ack, when the leader's disk is full.
+    pub disk_full: Option<String>,
+}
+
+type Inboxes = RwLock<HashMap<String, mpsc::Sender<LocalAck>>>;
+
+/// The ack inboxes of this process's publish sessions (see the module docs).
+#[derive(Debug, Default)]
+pub struct LocalInboxes {
+    inboxes: Arc<Inboxes>,
+}
+
+/// Keeps an inbox registered in [`LocalInboxes`]; unregisters it when dropped.
+#[derive(Debug)]
+pub struct LocalInbox {
+    inboxes: Arc<Inboxes>,
+    inbox: String,
+    /// The acks handed over.
+    pub rx: mpsc::Receiver<LocalAck>,
+}
+
+impl Drop for LocalInbox {
+    fn drop(&mut self) {
+        self.inboxes.write().remove(&self.inbox);
+    }
+}
+
+impl LocalInboxes {
+    /// Registers `inbox` (a fresh, server-generated one) until the returned guard is dropped.
+    pub fn register(&self, inbox: &str) -> LocalInbox {
+        let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
+        self.inboxes.write().insert(inbox.to_owned(), tx);
+        LocalInbox {
+            inboxes: self.inboxes.clone(),
+            inbox: inbox.to_owned(),
+            rx,
+        }
+    }
+
+    /// Hands `ack` to the local session of its inbox; gives it back (`Some`) when there is
+    /// none or its queue is full (it then goes over NATS).
+    fn deliver(&self, ack: Ack, disk_full: Option<&str>) -> Option<Ack> {
+        let map = self.inboxes.read();
+        let Some(tx) = map.get(&ack.ack_inbox) else {
+            return Some(ack);
+        };
+        let local = LocalAck {
+            ack,
+            disk_full: disk_full.map(str::to_owned),
+        };
+        match tx.try_send(local) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l)) => {
+                Some(l.ack)
+            }
+        }
+    }
+}
 
 /// What the ingest path remembers about one message until it is acked.
 #[derive(Debug, Clone)]
@@ -38,60 +118,9 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Builds the ack for `p`.
+/// Builds the ack for `p`, moving its strings into the ack (each pending ack is sent once;
+/// callers that still need `p` clone it, only error paths do).
 pub fn build(
-    stream: &str,
-    base_subject: &str,
-    p: &PendingAck,
-    offset: i64,
-    error: ack::Error,
-) -> Ack {
-    Ack {
-        stream: stream.to_owned(),
-        partition_subject: base_subject.to_owned(),
-        msg_subject: p.msg_subject.clone(),
-        offset: if error == ack::Error::Ok { offset } else { 0 },
-        ack_inbox: p.inbox.clone(),
-        correlation_id: p.correlation_id.clone(),
-        ack_policy: p.policy as i32,
-        reception_timestamp: p.reception_ns,
-        commit_timestamp: now_ns(),
-        ack_error: error as i32,
-    }
-}
-
-/// NATS header naming why an UNKNOWN error ack was sent: the partition leader's disk is full
-/// (value: the leader's refusal text, see [`crate::diskspace::DiskFull`]).
-pub const DISK_FULL_HEADER: &str = "Drawbridge-Disk-Full";
-
-/// [`send`] for an ack refused because the leader's disk is full: `reason` travels in the
-/// [`DISK_FULL_HEADER`] header.
-pub async fn send_disk_full(nats: &async_nats::Client, ack: &Ack, reason: &str) {
-    if ack.ack_inbox.is_empty() {
-        return;
-    }
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(DISK_FULL_HEADER, reason);
-    let body = envelope::encode_ack(ack);
-    if let Err(e) = nats
-        .publish_with_headers(ack.ack_inbox.clone(), headers, body)
-        .await
-    {
-        tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
-    }
-}
-
-/// The [`DISK_FULL_HEADER`] text of a received ack message, if any.
-pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
-    msg.headers
-        .as_ref()?
-        .get(DISK_FULL_HEADER)
-        .map(|v| v.as_str().to_owned())
-}
-
-/// Builds the ack for `p`, moving its strings instead of copying them (the success path of
-/// the ingest sends each pending ack exactly once).
-pub fn build_owned(
     stream: &str,
     base_subject: &str,
     p: PendingAck,
@@ -112,25 +141,95 @@ pub fn build_owned(
     }
 }
 
-/// Publishes an ack envelope to its inbox; failures are logged (the publisher times out).
-pub async fn send(nats: &async_nats::Client, ack: &Ack) {
+/// NATS header naming why an UNKNOWN error ack was sent: the partition leader's disk is full
+/// (value: the leader's refusal text, see [`crate::diskspace::DiskFull`]).
+pub const DISK_FULL_HEADER: &str = "Drawbridge-Disk-Full";
+
+/// [`send`] for an ack refused because the leader's disk is full: `reason` travels in the
+/// [`DISK_FULL_HEADER`] header.
+pub async fn send_disk_full(ctx: &Node, ack: Ack, reason: &str) {
     if ack.ack_inbox.is_empty() {
         return;
     }
-    let body = envelope::encode_ack(ack);
-    if let Err(e) = nats.publish(ack.ack_inbox.clone(), body).await {
-        tracing::debug!(error = %e, inbox = %ack.ack_inbox, "sending an ack failed");
+    let Some(ack) = ctx.local_inboxes.deliver(ack, Some(reason)) else {
+        return;
+    };
+    let nats = &ctx.nats;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DISK_FULL_HEADER, reason);
+    let body = envelope::encode_ack(&ack);
+    if let Err(e) = nats
+        .publish_with_headers(ack.ack_inbox, headers, body)
+        .await
+    {
+        tracing::debug!(error = %e, "sending an ack failed");
     }
 }
 
-/// [`send`] for an ack that is not needed afterwards: its inbox becomes the NATS subject
-/// without a copy.
-pub async fn send_owned(nats: &async_nats::Client, ack: Ack) {
+/// The [`DISK_FULL_HEADER`] text of a received ack message, if any.
+pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
+    msg.headers
+        .as_ref()?
+        .get(DISK_FULL_HEADER)
+        .map(|v| v.as_str().to_owned())
+}
+
+/// Sends an ack to its inbox: in-process to a local session ([`LocalInboxes`]), else as an
+/// envelope published on NATS (the inbox becomes the subject without a copy); failures are
+/// logged (the publisher times out).
+pub async fn send(ctx: &Node, ack: Ack) {
     if ack.ack_inbox.is_empty() {
         return;
     }
+    let Some(ack) = ctx.local_inboxes.deliver(ack, None) else {
+        return;
+    };
     let body = envelope::encode_ack(&ack);
-    if let Err(e) = nats.publish(ack.ack_inbox, body).await {
+    if let Err(e) = ctx.nats.publish(ack.ack_inbox, body).await {
         tracing::debug!(error = %e, "sending an ack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack_to(inbox: &str, correlation_id: &str) -> Ack {
+        Ack {
+            ack_inbox: inbox.into(),
+            correlation_id: correlation_id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn local_inboxes_hand_over_until_dropped_or_full() {
+        let inboxes = LocalInboxes::default();
+        // Not registered: given back (it goes over NATS).
+        assert!(inboxes.deliver(ack_to("a", "0"), None).is_some());
+        let mut a = inboxes.register("a");
+        assert!(inboxes.deliver(ack_to("a", "1"), None).is_none());
+        assert!(inboxes.deliver(ack_to("a", "2"), Some("full")).is_none());
+        assert!(inboxes.deliver(ack_to("b", "3"), None).is_some());
+        let first = a.rx.try_recv().ok();
+        assert_eq!(
+            first.map(|l| (l.ack.correlation_id, l.disk_full)),
+            Some(("1".to_owned(), None))
+        );
+        let second = a.rx.try_recv().ok();
+        assert_eq!(
+            second.map(|l| (l.ack.correlation_id, l.disk_full)),
+            Some(("2".to_owned(), Some("full".to_owned())))
+        );
+        // A full queue gives the ack back instead of waiting.
+        for i in 0..LOCAL_QUEUE {
+            assert!(inboxes.deliver(ack_to("a", &i.to_string()), None).is_none());
+        }
+        let back = inboxes.deliver(ack_to("a", "over"), None);
+        assert_eq!(back.map(|a| a.correlation_id), Some("over".to_owned()));
+        // Dropping the guard unregisters the inbox.
+        drop(a);
+        assert!(inboxes.deliver(ack_to("a", "late"), None).is_some());
+        assert!(inboxes.inboxes.read().is_empty());
     }
 }

@@ -233,6 +233,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         stats: Default::default(),
         compaction_slots,
         keyring: extra.keyring.clone(),
+        local_inboxes: Default::default(),
     });
     if let Some(listen) = &ctx.config.metrics.listen {
         let host = if listen.host.is_empty() {

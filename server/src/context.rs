@@ -52,6 +52,8 @@ pub struct Node {
     pub compaction_slots: Arc<tokio::sync::Semaphore>,
     /// Master keys for encryption at rest ([`crate::encryption`]); fixed for the run.
     pub keyring: Arc<crate::encryption::Keyring>,
+    /// Ack inboxes of this process's publish sessions, served in-process ([`crate::acks`]).
+    pub local_inboxes: crate::acks::LocalInboxes,
 }
 
 impl Node {

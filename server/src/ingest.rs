@@ -253,7 +253,7 @@ pub async fn run(
         }
         let decoded: Vec<_> = msgs
             .iter()
-            .map(|m| envelope::decode_publish(&m.payload).ok())
+            .map(|m| envelope::decode_publish_shared(&m.payload).ok())
             .collect();
 
         // Expected offsets are checked against durable offsets only: drain first (this batch
@@ -311,22 +311,17 @@ pub async fn run(
         // be committed before the ack goes out.
         let mut dup_acks: Vec<(PendingAck, Option<u64>, Option<u64>)> = Vec::new();
         let base = next;
-        for (msg, decoded) in msgs.into_iter().zip(decoded) {
+        for (msg, mut decoded) in msgs.into_iter().zip(decoded) {
             let reception_ns = acks::now_ns();
-            let subject = msg.subject.to_string();
-            let reply = msg
-                .reply
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_default();
+            // The inbox and correlation id move into the pending ack (nothing else reads them).
             let pending = decoded
-                .as_ref()
+                .as_mut()
                 .filter(|m| !m.ack_inbox.is_empty())
                 .map(|m| PendingAck {
-                    inbox: m.ack_inbox.clone(),
-                    correlation_id: m.correlation_id.clone(),
+                    inbox: std::mem::take(&mut m.ack_inbox),
+                    correlation_id: std::mem::take(&mut m.correlation_id),
                     policy: AckPolicy::try_from(m.ack_policy).unwrap_or(AckPolicy::Leader),
-                    msg_subject: subject.clone(),
+                    msg_subject: msg.subject.to_string(),
                     reception_ns,
                 });
             if msg.payload.len() > max_bytes {
@@ -334,10 +329,10 @@ pub async fn run(
                     warn!(stream = %p.stream, len = msg.payload.len(), max_bytes,
                         "message over clustering.replication.max.bytes dropped");
                 }
-                if let Some(pa) = &pending {
+                if let Some(pa) = pending {
                     acks::send(
-                        &ctx.nats,
-                        &acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::TooLarge),
+                        &ctx,
+                        acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::TooLarge),
                     )
                     .await;
                 }
@@ -357,35 +352,30 @@ pub async fn run(
                     continue;
                 }
             }
-            let (key, value, mut headers): (Option<Bytes>, Bytes, Vec<(String, Bytes)>) =
-                match decoded {
-                    Some(m) => {
-                        if p.occ && m.offset != -1 && u64::try_from(m.offset).ok() != Some(next) {
-                            if let Some(pa) = &pending {
-                                acks::send(
-                                    &ctx.nats,
-                                    &acks::build(
-                                        &p.stream,
-                                        &p.base_subject,
-                                        pa,
-                                        0,
-                                        ack::Error::IncorrectOffset,
-                                    ),
-                                )
-                                .await;
-                            }
-                            continue;
+            // Key, value and header values are slices of the NATS payload (no copies).
+            let (key, value, user_headers) = match decoded {
+                Some(m) => {
+                    if p.occ && m.offset != -1 && u64::try_from(m.offset).ok() != Some(next) {
+                        if let Some(pa) = pending {
+                            acks::send(
+                                &ctx,
+                                acks::build(
+                                    &p.stream,
+                                    &p.base_subject,
+                                    pa,
+                                    0,
+                                    ack::Error::IncorrectOffset,
+                                ),
+                            )
+                            .await;
                         }
-                        let key = (!m.key.is_empty()).then_some(m.key);
-                        let headers = m
-                            .headers
-                            .into_iter()
-                            .filter(|(k, _)| k != "subject" && k != "reply")
-                            .collect();
-                        (key, m.value, headers)
+                        continue;
                     }
-                    None => (None, msg.payload.clone(), Vec::new()),
-                };
+                    let key = (!m.key.is_empty()).then_some(m.key);
+                    (key, m.value, m.headers)
+                }
+                None => (None, msg.payload.clone(), Default::default()),
+            };
             // Encryption at rest: sealed for exactly the offset this record gets (`next`, exact
             // while proposals succeed, see the module invariants); a record that cannot be
             // sealed is not stored.
@@ -396,24 +386,32 @@ pub async fn run(
                     Err(e) => {
                         warn!(stream = %p.stream, partition = p.partition, error = %e,
                             "sealing a value failed: message dropped");
-                        send_encryption_ack(&ctx, &p, pending.as_ref()).await;
+                        send_encryption_ack(&ctx, &p, pending).await;
                         continue;
                     }
                 },
                 Cipher::Unavailable(reason) => {
                     debug!(stream = %p.stream, partition = p.partition, %reason,
                         "no usable data key: message dropped");
-                    send_encryption_ack(&ctx, &p, pending.as_ref()).await;
+                    send_encryption_ack(&ctx, &p, pending).await;
                     continue;
                 }
             };
-            headers.sort_by(|a, b| a.0.cmp(&b.0));
-            headers.push(("subject".to_owned(), Bytes::from(subject.clone())));
-            headers.push(("reply".to_owned(), Bytes::from(reply)));
-            let hdrs: Vec<(&str, &[u8])> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_ref()))
-                .collect();
+            // User headers sorted by name (minus any "subject"/"reply" of their own), then the
+            // NATS subject and reply subject.
+            let mut hdrs: Vec<(&str, &[u8])> = Vec::with_capacity(user_headers.len() + 2);
+            hdrs.extend(
+                user_headers
+                    .iter()
+                    .filter(|(k, _)| *k != "subject" && *k != "reply")
+                    .map(|(k, v)| (k.as_str(), v.as_ref())),
+            );
+            hdrs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hdrs.push(("subject", msg.subject.as_bytes()));
+            hdrs.push((
+                "reply",
+                msg.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
+            ));
             builder.push(reception_ns, key.as_deref(), &hdrs, &value);
             bytes_in += value.len() as u64;
             if first_ns == 0 {
@@ -510,8 +508,8 @@ async fn refuse_disk_full(
             reception_ns: acks::now_ns(),
         };
         acks::send_disk_full(
-            &ctx.nats,
-            &acks::build(&p.stream, &p.base_subject, &pa, 0, ack::Error::Unknown),
+            ctx,
+            acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::Unknown),
             &full.to_string(),
         )
         .await;
@@ -519,11 +517,11 @@ async fn refuse_disk_full(
 }
 
 /// Sends the ENCRYPTION error ack of a message that could not be sealed (if it has an inbox).
-async fn send_encryption_ack(ctx: &Ctx, p: &IngestParams, pending: Option<&PendingAck>) {
+async fn send_encryption_ack(ctx: &Ctx, p: &IngestParams, pending: Option<PendingAck>) {
     if let Some(pa) = pending {
         acks::send(
-            &ctx.nats,
-            &acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::Encryption),
+            ctx,
+            acks::build(&p.stream, &p.base_subject, pa, 0, ack::Error::Encryption),
         )
         .await;
     }
@@ -550,8 +548,8 @@ fn ack_duplicates(
             }
             let off = stored.map_or(-1, |o| i64::try_from(o).unwrap_or(i64::MAX));
             acks::send(
-                &ctx.nats,
-                &acks::build(&p.stream, &p.base_subject, &pa, off, ack::Error::Ok),
+                &ctx,
+                acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
             )
             .await;
         }
@@ -605,9 +603,9 @@ async fn ack_loop(
         );
         for (pa, offset) in std::mem::take(&mut job.leader_acks) {
             let off = i64::try_from(offset).unwrap_or(i64::MAX);
-            acks::send_owned(
-                &ctx.nats,
-                acks::build_owned(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
+            acks::send(
+                &ctx,
+                acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
             )
             .await;
         }
@@ -645,9 +643,9 @@ async fn commit_loop(ctx: Ctx, p: IngestParams, mut rx: mpsc::Receiver<Committin
         }
         for (pa, offset) in job.all_acks {
             let off = i64::try_from(offset).unwrap_or(i64::MAX);
-            acks::send_owned(
-                &ctx.nats,
-                acks::build_owned(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
+            acks::send(
+                &ctx,
+                acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
             )
             .await;
         }

@@ -16,6 +16,17 @@
 //! - When this node leads the target partition and its disk is below `storage.min.free.bytes`,
 //!   nothing is published: unary Publish answers ResourceExhausted, PublishAsync an `asyncError`
 //!   INTERNAL ([`crate::diskspace`]).
+//! - An UNKNOWN error ack that stands for a full disk on the partition leader (this node leads
+//!   and is full, or the ack carries [`acks::DISK_FULL_HEADER`]) is answered the same way by all
+//!   three calls: ResourceExhausted with the leader's text (Publish, PublishToSubject), an
+//!   `asyncError` INTERNAL with that text (PublishAsync).
+//! - Publish and PublishAsync admit a request through one chain ([`admit`]): stream/partition
+//!   checks, the leader's disk, the NATS connection.
+//! - The message itself always goes through NATS (every subscriber of the subject sees it; the
+//!   leader's ingest appends it once, in order with raw NATS publishes). Only the ack may skip
+//!   NATS: PublishAsync's inbox, and a unary Publish's server-generated inbox when this node
+//!   leads the partition, are registered in [`acks::LocalInboxes`], so a local leader hands
+//!   their acks over in-process (remote leaders' acks still arrive on the NATS inbox).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,11 +88,10 @@ fn new_inbox(ctx: &Node) -> String {
 }
 
 /// The NATS subject of a publish request, after the stream/partition checks of spec §5.
-fn target_subject(ctx: &Node, r: &PublishRequest) -> Result<String> {
+fn target_subject(state: &MetadataState, r: &PublishRequest) -> Result<String> {
     if r.stream.is_empty() {
         return Err(ServerError::InvalidArgument("No stream provided".into()));
     }
-    let state = ctx.raft.metadata().state().state;
     let s = state
         .streams
         .get(&r.stream)
@@ -107,17 +117,25 @@ fn target_subject(ctx: &Node, r: &PublishRequest) -> Result<String> {
 /// Whether this node leads `stream`/`partition` and its data directory is below
 /// `storage.min.free.bytes` ([`crate::diskspace`]; not counted).
 fn leader_disk_full(ctx: &Node, stream: &str, partition: i32) -> Option<DiskFull> {
-    let leads = ctx
-        .partitions
-        .get(&PartitionId::new(stream, partition))
-        .is_some_and(|l| l.replica.is_leader());
-    if !leads {
-        return None;
-    }
-    ctx.stats
+    // The cached disk reading first: the leadership lookup is only needed when it is full.
+    let full = ctx
+        .stats
         .disk
         .check(&ctx.config.data_dir, ctx.config.storage.min_free_bytes)
-        .err()
+        .err()?;
+    leads(ctx, stream, partition).then_some(full)
+}
+
+/// Why an UNKNOWN error ack means a full disk on the partition leader, if it does: this node
+/// leads the partition and its disk is full (the API check may have read the disk just before
+/// it filled), or another node's leader said so in the [`acks::DISK_FULL_HEADER`] header.
+fn ack_disk_full(ctx: &Node, a: &Ack, header: Option<String>) -> Option<String> {
+    if ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown) != ack::Error::Unknown {
+        return None;
+    }
+    leader_disk_full(ctx, &a.stream, ack_partition(a))
+        .map(|f| f.to_string())
+        .or(header)
 }
 
 /// The partition an ack is for: the Ack names only the stream's base subject and the subject
@@ -158,31 +176,48 @@ fn nats_check(ctx: &Node) -> Result<()> {
     ))
 }
 
-fn envelope_of(r: &PublishRequest, subject: &str, inbox: &str) -> bytes::Bytes {
-    envelope::encode_publish(&Message {
+/// The admission chain of Publish and PublishAsync: the stream/partition checks
+/// ([`target_subject`]), the leader's disk ([`leader_disk_check`]), the NATS connection
+/// ([`nats_check`]), in that order; returns the NATS subject to publish on.
+fn admit(ctx: &Node, state: &MetadataState, r: &PublishRequest) -> Result<String> {
+    let subject = target_subject(state, r)?;
+    leader_disk_check(ctx, r)?;
+    nats_check(ctx)?;
+    Ok(subject)
+}
+
+/// The Publish envelope of `r` for `subject`, acked to `inbox`; moves the request's fields
+/// (key and value are shared, not copied).
+fn message_of(r: PublishRequest, subject: String, inbox: String) -> Message {
+    Message {
         offset: r.expected_offset,
-        key: r.key.clone(),
-        value: r.value.clone(),
-        stream: r.stream.clone(),
+        key: r.key,
+        value: r.value,
+        stream: r.stream,
         partition: r.partition,
-        subject: subject.to_owned(),
-        headers: r.headers.clone(),
-        ack_inbox: inbox.to_owned(),
-        correlation_id: r.correlation_id.clone(),
+        subject,
+        headers: r.headers,
+        ack_inbox: inbox,
+        correlation_id: r.correlation_id,
         ack_policy: r.ack_policy,
         ..Default::default()
-    })
+    }
 }
 
 /// Publishes `body` on `subject`; with a deadline and a policy other than NONE, waits for the
 /// first ack on `inbox`; returns it with the leader's disk-full text if the ack carried one
-/// ([`acks::DISK_FULL_HEADER`]).
+/// ([`acks::DISK_FULL_HEADER`]). With `local` (a server-generated inbox and a partition this
+/// node leads) the ack is awaited in-process ([`acks::LocalInboxes`]) instead of through a NATS
+/// subscription: no SUB/UNSUB and no ack round trip through NATS. Should leadership move to
+/// another node in between, that node's ack is not seen and the call times out, as it would
+/// if the leader had failed.
 async fn publish_and_wait(
     ctx: &Node,
     subject: String,
     inbox: &str,
     body: bytes::Bytes,
     wait: Option<Duration>,
+    local: bool,
 ) -> Result<Option<(Ack, Option<String>)>> {
     let Some(wait) = wait else {
         ctx.nats
@@ -191,6 +226,20 @@ async fn publish_and_wait(
             .map_err(|e| ServerError::Nats(e.to_string()))?;
         return Ok(None);
     };
+    let deadline = tokio::time::Instant::now() + wait;
+    if local {
+        let mut local = ctx.local_inboxes.register(inbox);
+        ctx.nats
+            .publish(subject, body)
+            .await
+            .map_err(|e| ServerError::Nats(e.to_string()))?;
+        return match tokio::time::timeout_at(deadline, local.rx.recv()).await {
+            Ok(Some(l)) => Ok(Some((l.ack, l.disk_full))),
+            Err(_) | Ok(None) => Err(ServerError::DeadlineExceeded(
+                "timed out waiting for ack".into(),
+            )),
+        };
+    }
     let mut sub = ctx
         .nats
         .subscribe(inbox.to_owned())
@@ -200,7 +249,6 @@ async fn publish_and_wait(
         .publish(subject, body)
         .await
         .map_err(|e| ServerError::Nats(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + wait;
     let out = loop {
         match tokio::time::timeout_at(deadline, sub.next()).await {
             Err(_) | Ok(None) => {
@@ -218,23 +266,30 @@ async fn publish_and_wait(
     out
 }
 
+/// Whether this node leads `stream`/`partition` (its raft replica is the leader).
+fn leads(ctx: &Node, stream: &str, partition: i32) -> bool {
+    ctx.partitions
+        .get(&PartitionId::new(stream, partition))
+        .is_some_and(|l| l.replica.is_leader())
+}
+
 /// Unary Publish.
 pub async fn publish(
     ctx: &Ctx,
     r: PublishRequest,
     deadline: Option<Duration>,
 ) -> Result<PublishResponse> {
-    let subject = target_subject(ctx, &r)?;
-    leader_disk_check(ctx, &r)?;
-    nats_check(ctx)?;
+    let subject = admit(ctx, &ctx.raft.metadata().state().state, &r)?;
+    // A server-generated inbox is ours alone: its ack can come in-process when we lead.
+    let local = r.ack_inbox.is_empty() && leads(ctx, &r.stream, r.partition);
     let inbox = if r.ack_inbox.is_empty() {
         new_inbox(ctx)
     } else {
         r.ack_inbox.clone()
     };
     let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
-    let body = envelope_of(&r, &subject, &inbox);
-    let (ack, disk_full) = publish_and_wait(ctx, subject, &inbox, body, wait)
+    let body = envelope::encode_publish(&message_of(r, subject.clone(), inbox.clone()));
+    let (ack, disk_full) = publish_and_wait(ctx, subject, &inbox, body, wait, local)
         .await?
         .map_or((None, None), |(a, r)| (Some(a), r));
     if let Some(a) = &ack {
@@ -250,15 +305,9 @@ pub async fn publish(
                 return Err(ServerError::Unknown("incorrect expected offset".into()))
             }
             ack::Error::Unknown => {
-                // The leader's ingest refuses with UNKNOWN when its disk is full; when that
-                // leader is this node, say so (the API check above may have read the disk
-                // just before it filled).
-                if let Some(full) = leader_disk_full(ctx, &r.stream, r.partition) {
-                    return Err(ServerError::ResourceExhausted(full.to_string()));
-                }
-                // Another node's leader says why in a header: same answer, its text.
-                if let Some(reason) = disk_full {
-                    return Err(ServerError::ResourceExhausted(reason));
+                // The leader's ingest refuses with UNKNOWN when its disk is full: say so.
+                if let Some(full) = ack_disk_full(ctx, a, disk_full) {
+                    return Err(ServerError::ResourceExhausted(full));
                 }
                 return Err(ServerError::Unknown("unknown ack error".into()));
             }
@@ -271,7 +320,8 @@ pub async fn publish(
     })
 }
 
-/// PublishToSubject: no stream checks; ack errors are left inside the Ack.
+/// PublishToSubject: no stream checks; ack errors are left inside the Ack, except a full disk
+/// on the partition leader, answered ResourceExhausted with the leader's text as Publish does.
 pub async fn publish_to_subject(
     ctx: &Ctx,
     r: PublishToSubjectRequest,
@@ -296,9 +346,15 @@ pub async fn publish_to_subject(
         ..Default::default()
     });
     let wait = deadline.filter(|_| r.ack_policy != AckPolicy::None as i32);
-    let ack = publish_and_wait(ctx, r.subject, &inbox, body, wait)
-        .await?
-        .map(|(a, _)| a);
+    let ack = match publish_and_wait(ctx, r.subject, &inbox, body, wait, false).await? {
+        None => None,
+        Some((a, disk_full)) => {
+            if let Some(full) = ack_disk_full(ctx, &a, disk_full) {
+                return Err(ServerError::ResourceExhausted(full));
+            }
+            Some(a)
+        }
+    };
     Ok(PublishToSubjectResponse { ack })
 }
 
@@ -380,6 +436,8 @@ pub async fn publish_async(
     mut requests: Streaming<PublishRequest>,
 ) -> Result<ReceiverStream<Result<PublishResponse, Status>>> {
     let inbox = new_inbox(&ctx);
+    // Acks of partitions this node leads come in-process; others' over NATS.
+    let mut local = ctx.local_inboxes.register(&inbox);
     let mut acks = ctx
         .nats
         .subscribe(inbox.clone())
@@ -408,8 +466,21 @@ pub async fn publish_async(
             if drain_until.is_some() && flights.lock().is_empty() {
                 return;
             }
-            let m = tokio::select! {
-                m = acks.next() => m,
+            let (a, disk_full) = tokio::select! {
+                m = acks.next() => {
+                    let Some(m) = m else { return };
+                    match envelope::decode_ack(&m.payload) {
+                        Ok(a) => (a, acks::disk_full_reason(&m)),
+                        Err(e) => {
+                            debug!(error = %e, "non-ack message on a PublishAsync inbox ignored");
+                            continue;
+                        }
+                    }
+                }
+                l = local.rx.recv() => match l {
+                    Some(l) => (l.ack, l.disk_full),
+                    None => return,
+                },
                 _ = crate::context::until_true(&mut done_rx), if drain_until.is_none() => {
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
                     continue;
@@ -438,14 +509,6 @@ pub async fn publish_async(
                             return;
                         }
                     }
-                    continue;
-                }
-            };
-            let Some(m) = m else { return };
-            let a = match envelope::decode_ack(&m.payload) {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "non-ack message on a PublishAsync inbox ignored");
                     continue;
                 }
             };
@@ -480,13 +543,7 @@ pub async fn publish_async(
                 err => {
                     // An UNKNOWN ack may be a full disk (this node's ingest, or another
                     // leader's that says so in a header): say so.
-                    let full = (err == ack::Error::Unknown)
-                        .then(|| {
-                            leader_disk_full(&actx, &a.stream, ack_partition(&a))
-                                .map(|f| f.to_string())
-                                .or_else(|| acks::disk_full_reason(&m))
-                        })
-                        .flatten();
+                    let full = ack_disk_full(&actx, &a, disk_full);
                     let (code, message) = match (err, full) {
                         (_, Some(full)) => (publish_async_error::Code::Internal, full),
                         (ack::Error::IncorrectOffset, _) => (
@@ -529,10 +586,9 @@ pub async fn publish_async(
                 }
                 None => break,
             };
-            let subject = match target_subject(&ctx, &req)
-                .and_then(|s| leader_disk_check(&ctx, &req).map(|()| s))
-                .and_then(|s| nats_check(&ctx).map(|()| s))
-            {
+            // One metadata read per request: admission and the leadership it is tracked under.
+            let state = ctx.raft.metadata().state().state;
+            let subject = match admit(&ctx, &state, &req) {
                 Ok(s) => s,
                 Err(e) => {
                     let resp =
@@ -545,22 +601,23 @@ pub async fn publish_async(
             };
             let policy = AckPolicy::try_from(req.ack_policy).unwrap_or(AckPolicy::Leader);
             if policy != AckPolicy::None {
-                let state = ctx.raft.metadata().state().state;
                 let leadership =
                     recorded_leadership(&state, &req.stream, req.partition).unwrap_or((None, 0));
                 in_flight
                     .lock()
                     .track(&req.correlation_id, &req.stream, req.partition, leadership);
             }
-            let body = envelope_of(&req, &subject, &inbox);
+            drop(state);
+            let msg = message_of(req, subject.clone(), inbox.clone());
+            let body = envelope::encode_publish(&msg);
             if let Err(e) = ctx.nats.publish(subject, body).await {
                 if policy != AckPolicy::None {
                     in_flight
                         .lock()
-                        .untrack(&req.correlation_id, &req.stream, req.partition);
+                        .untrack(&msg.correlation_id, &msg.stream, msg.partition);
                 }
                 let resp = error_response(
-                    req.correlation_id.clone(),
+                    msg.correlation_id,
                     publish_async_error::Code::Internal,
                     format!("NATS publish failed: {e}"),
                 );

@@ -3,8 +3,9 @@
 //! that namespace (`nsenter -t PID -m`).
 //!
 //! - `refuses_below_the_margin_and_recovers`: below `storage.min.free.bytes` publishes are
-//!   refused with a clear error (ResourceExhausted, PublishAsync INTERNAL asyncError, an
-//!   UNKNOWN error ack for what reaches the leader's ingest via PublishToSubject), reads
+//!   refused with a clear error (ResourceExhausted, PublishAsync INTERNAL asyncError;
+//!   PublishToSubject, refused by the leader's ingest with an UNKNOWN error ack that carries the
+//!   disk-full header, answers ResourceExhausted too), reads
 //!   keep working, publishes succeed again once space is freed, and every acked message is read
 //!   back exactly once.
 //! - `enospc_in_the_append_is_survived`: with the margin at 0 the log append itself hits
@@ -22,7 +23,8 @@
 //!
 //! - `publish_through_another_node_to_a_full_leader`: a two-node cluster, node-0 on the tmpfs;
 //!   a unary Publish sent to node-1 for a partition node-0 leads answers ResourceExhausted
-//!   with the leader's text (not Unknown).
+//!   with the leader's text (not Unknown), and so does a PublishToSubject to that partition's
+//!   subject (the text travels in the ack's disk-full header).
 //!
 //! Needs root (mount). Without it the tests fail when `CI` is set and are skipped (with a note)
 //! otherwise.
@@ -276,7 +278,8 @@ async fn refuses_below_the_margin_and_recovers() -> TestResult {
     drop(resp);
 
     // PublishToSubject skips the API check: the leader's ingest refuses it with an UNKNOWN
-    // error ack (as for messages published straight to NATS).
+    // error ack (as for messages published straight to NATS), which the call turns into
+    // ResourceExhausted, as Publish does.
     attempted += 1;
     let mut r = tonic::Request::new(PublishToSubjectRequest {
         subject: "df".into(),
@@ -285,13 +288,16 @@ async fn refuses_below_the_margin_and_recovers() -> TestResult {
         ..Default::default()
     });
     r.set_timeout(Duration::from_secs(5));
-    let ack = c
+    let refusal = c
         .publish_to_subject(r)
-        .await?
-        .into_inner()
-        .ack
-        .ok_or("PublishToSubject without an ack")?;
-    assert_eq!(ack.ack_error, ack::Error::Unknown as i32, "{ack:?}");
+        .await
+        .err()
+        .ok_or("PublishToSubject was not refused")?;
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
 
     // The server keeps serving reads.
     let md = c
@@ -628,6 +634,29 @@ async fn publish_through_another_node_to_a_full_leader() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("partition leader")
+            && refusal.message().contains("storage.min.free.bytes"),
+        "{refusal:?}"
+    );
+    let subject = if partition == 0 {
+        "fwd".to_owned()
+    } else {
+        format!("fwd.{partition}")
+    };
+    let mut r = tonic::Request::new(PublishToSubjectRequest {
+        subject,
+        value: Bytes::from_static(b"to-subject-during"),
+        ack_policy: AckPolicy::Leader as i32,
+        ..Default::default()
+    });
+    r.set_timeout(Duration::from_secs(3));
+    let refusal = c1
+        .publish_to_subject(r)
+        .await
+        .err()
+        .ok_or("PublishToSubject through node-1 was not refused")?;
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     assert!(
         refusal.message().contains("partition leader")
