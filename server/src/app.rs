@@ -486,7 +486,11 @@ impl Running {
         hand_off_metadata_leadership(&self.ctx, HAND_OFF_BOUND).await;
         self.ctx.raft.shutdown().await;
         self.ctx.partitions.close_logs();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.nats.flush()).await;
+        // Flush what is buffered for NATS, unless the connection is down (nothing would go out:
+        // waiting would only delay the exit).
+        if self.ctx.nats.connection_state() == async_nats::connection::State::Connected {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.nats.flush()).await;
+        }
         if let Some(e) = self.embedded.take() {
             e.shutdown().await;
         }

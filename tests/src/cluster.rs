@@ -82,7 +82,6 @@ impl ClusterOptions {
 /// A started cluster: NATS, three servers (a stopped one is `None`), their specs (restart on
 /// the same data) and metrics ports, and a client of all. See the module docs.
 pub struct Cluster {
-    _nats: NatsServer,
     /// Each node's spec (restart on the same data), by index.
     pub specs: Vec<ServerSpec>,
     /// The running servers; a stopped one is `None`.
@@ -95,6 +94,9 @@ pub struct Cluster {
     pub links: Option<Links>,
     /// How the cluster was started.
     opts: ClusterOptions,
+    /// Declared last, so dropped last: the servers shut down (one after another, each handing
+    /// its leaderships to the ones still running) while NATS still serves them.
+    _nats: NatsServer,
 }
 
 impl std::fmt::Debug for Cluster {

@@ -194,6 +194,20 @@ pub struct DrawbridgeServer {
     process: ChildGuard,
 }
 
+impl Drop for DrawbridgeServer {
+    /// Stops the process like [`ChildGuard`] would, and when it overran the grace period
+    /// prints the end of its log (what the shutdown was waiting for).
+    fn drop(&mut self) {
+        if self.process.pid().is_some() && !self.stop(Duration::from_secs(5)) {
+            eprintln!(
+                "drawbridge-server:{}: log after SIGTERM:\n{}",
+                self.spec.id,
+                tail_of(&self.spec.log_path())
+            );
+        }
+    }
+}
+
 fn tail_of(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
