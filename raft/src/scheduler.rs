@@ -23,7 +23,11 @@
 //!    leader lease. While that lease runs a voter refuses votes and openraft refuses to even
 //!    start a pre-vote, so asking earlier would be a wasted call. Non-leaders are looked at at
 //!    least every heartbeat interval, so a node that just won an election starts heartbeating
-//!    well before any follower's timeout.
+//!    well before any follower's timeout; a follower (not a candidate) of a quiesced group
+//!    that follows its leader (its quiet lease runs, see `GroupClock::quiet_lease_runs`) at
+//!    least every minimum election timeout instead,
+//!    still well inside its followers' lease (`election_timeout_max`) should it win an election
+//!    it did not ask for (a leadership transfer), and armed for its own election deadline.
 //! 5. Learners and stopped groups: nothing.
 //! 6. A voter holding after an unclean restart (`crate::partition::unclean`): no election
 //!    until it caught up (or the hold expired); checked before rules 3 and 4.
@@ -241,6 +245,7 @@ enum Action {
 
 /// A scheduled group.
 struct Entry {
+    id: PartitionId,
     raft: PartitionRaft,
     clock: Arc<GroupClock>,
     server: WatchReceiverOf<PartitionTypes, RaftServerMetrics<PartitionTypes>>,
@@ -420,9 +425,16 @@ impl Rng {
     }
 }
 
+/// The scheduled groups. Entries are keyed by a number given at registration (never reused),
+/// so the heap and the per-deadline lookups compare and hash integers, not partition names:
+/// deadlines are rounded to the resolution, so many heap slots share a time and ties used to
+/// be broken by comparing names.
 struct State {
-    entries: HashMap<PartitionId, Entry>,
-    heap: BinaryHeap<Reverse<(Instant, PartitionId)>>,
+    entries: HashMap<u64, Entry>,
+    /// The key of each registered group.
+    keys: HashMap<PartitionId, u64>,
+    next_key: u64,
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
     rng: Rng,
 }
 
@@ -507,6 +519,8 @@ impl Scheduler {
             router,
             state: Mutex::new(State {
                 entries: HashMap::new(),
+                keys: HashMap::new(),
+                next_key: 0,
                 heap: BinaryHeap::new(),
                 rng: Rng(seed),
             }),
@@ -530,9 +544,15 @@ impl Scheduler {
             );
             let server = raft.server_metrics();
             let metrics = raft.metrics();
+            let key = st.next_key;
+            st.next_key += 1;
+            if let Some(old) = st.keys.insert(id.clone(), key) {
+                st.entries.remove(&old);
+            }
             st.entries.insert(
-                id.clone(),
+                key,
                 Entry {
+                    id,
                     raft,
                     clock,
                     server,
@@ -544,7 +564,7 @@ impl Scheduler {
                     timeout,
                 },
             );
-            st.heap.push(Reverse((now, id)));
+            st.heap.push(Reverse((now, key)));
         }
         self.shared.wake.notify_one();
     }
@@ -559,7 +579,10 @@ impl Scheduler {
 
     /// Stops scheduling a group.
     pub(crate) fn unregister(&self, id: &PartitionId) {
-        self.shared.state.lock().entries.remove(id);
+        let mut st = self.shared.state.lock();
+        if let Some(key) = st.keys.remove(id) {
+            st.entries.remove(&key);
+        }
     }
 
     /// How many groups this node leads quiesced right now.
@@ -580,6 +603,7 @@ impl Scheduler {
         }
         let mut st = self.shared.state.lock();
         st.entries.clear();
+        st.keys.clear();
         st.heap.clear();
     }
 }
@@ -636,7 +660,7 @@ impl Shared {
         {
             let mut st = self.state.lock();
             let State { entries, heap, .. } = &mut *st;
-            for (id, e) in entries.iter_mut() {
+            for (key, e) in entries.iter_mut() {
                 let Quiet::Quiesced(mark) = &e.quiet else {
                     continue;
                 };
@@ -644,14 +668,14 @@ impl Shared {
                     e.unquiesce();
                     e.next_heartbeat = Some(now);
                     e.due = now;
-                    heap.push(Reverse((now, id.clone())));
+                    heap.push(Reverse((now, *key)));
                     woke = true;
                     continue;
                 }
                 for f in &mark.followers {
                     let (groups, clocks) = beats.entry(*f).or_default();
                     groups.push(QuietGroup {
-                        id: id.clone(),
+                        id: e.id.clone(),
                         term: mark.term,
                         last_index: mark.last_index,
                     });
@@ -708,14 +732,22 @@ impl Shared {
         let mut woke = false;
         {
             let mut st = self.state.lock();
-            let State { entries, heap, .. } = &mut *st;
+            let State {
+                entries,
+                keys,
+                heap,
+                ..
+            } = &mut *st;
             for id in ids {
-                if let Some(e) = entries.get_mut(id) {
+                let Some(key) = keys.get(id) else {
+                    continue;
+                };
+                if let Some(e) = entries.get_mut(key) {
                     if e.unquiesce() {
                         debug!(node = self.me, group = %id, "follower asked to wake the group");
                         e.next_heartbeat = Some(now);
                         e.due = now;
-                        heap.push(Reverse((now, id.clone())));
+                        heap.push(Reverse((now, *key)));
                         woke = true;
                     }
                 }
@@ -731,15 +763,17 @@ impl Shared {
         let t = self.timing;
         let mut out = Vec::new();
         let mut st = self.state.lock();
-        let State { entries, heap, rng } = &mut *st;
+        let State {
+            entries, heap, rng, ..
+        } = &mut *st;
         while let Some(Reverse((due, _))) = heap.peek() {
             if *due > now {
                 break;
             }
-            let Some(Reverse((due, id))) = heap.pop() else {
+            let Some(Reverse((due, key))) = heap.pop() else {
                 break;
             };
-            let Some(e) = entries.get_mut(&id) else {
+            let Some(e) = entries.get_mut(&key) else {
                 continue;
             };
             if e.due != due {
@@ -751,7 +785,7 @@ impl Shared {
             }
             let next = round_up(next.max(now + t.resolution), origin, t.resolution);
             e.due = next;
-            heap.push(Reverse((next, id)));
+            heap.push(Reverse((next, key)));
         }
         out
     }
@@ -849,7 +883,17 @@ fn step(
                 e.timeout = rng.between(t.election_min, t.election_max);
                 return (Some(Action::Elect), now + t.heartbeat.min(e.timeout));
             }
-            (None, due.min(now + t.heartbeat))
+            // A follower (not a candidate: a campaign it won must start heartbeating soon)
+            // that follows a leader whose liveness beats keep it quiet is looked at every
+            // minimum election timeout instead of every heartbeat (rule 4): nothing but an
+            // election is due for it, and it is armed for that deadline anyway.
+            let look =
+                if v.state == ServerState::Follower && v.following && e.clock.quiet_lease_runs() {
+                    t.election_min
+                } else {
+                    t.heartbeat
+                };
+            (None, due.min(now + look))
         }
         _ => {
             e.next_heartbeat = None;
