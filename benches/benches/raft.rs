@@ -13,6 +13,11 @@
 //! (modes `default`, `no-quiesce`, `single-rpc`, `tick`) and `replicated`, e.g.
 //! `cargo bench -p drawbridge-benches --bench raft -- idle/3/default`.
 //! `DRAWBRIDGE_BENCH_DIR` picks the directory for temp data (default: the system temp dir).
+//! `DRAWBRIDGE_BENCH_GROUPS` overrides the idle group count (e.g. 10000),
+//! `DRAWBRIDGE_BENCH_WINDOW_SECS` the window length and `DRAWBRIDGE_BENCH_WINDOWS` how many
+//! windows are measured with the groups (each printed; the figures use their mean). Each group
+//! replica holds 3 open files (segment, offset and time index), so the process's open-file
+//! limit bounds the groups one run can hold (`ulimit -n` 20,000: ~6,000 group replicas).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -175,12 +180,21 @@ fn addresses(nodes: &[RaftNode]) -> BTreeMap<u64, String> {
 struct Idle {
     cpu0: f64,
     rss0: f64,
+    /// Mean of `windows`.
     cpu1: f64,
     rss1: f64,
+    /// CPU fraction of each window with the groups.
+    windows: Vec<f64>,
 }
 
 /// Idle cost of `groups` partition groups with `replicas` replicas on as many in-process nodes.
-async fn idle(groups: i32, replicas: u64, window: Duration, mode: Mode) -> BenchResult<Idle> {
+async fn idle(
+    groups: i32,
+    replicas: u64,
+    window: Duration,
+    windows: usize,
+    mode: Mode,
+) -> BenchResult<Idle> {
     let tmp = tempfile::tempdir_in(base_dir())?;
     let nodes = start_cluster(replicas, tmp.path(), mode).await?;
     let all = addresses(&nodes);
@@ -221,7 +235,11 @@ async fn idle(groups: i32, replicas: u64, window: Duration, mode: Mode) -> Bench
         }
     }
     let quiesced_before = quiesced();
-    let cpu1 = cpu_over(window).await?;
+    let mut cpus = Vec::with_capacity(windows);
+    for _ in 0..windows.max(1) {
+        cpus.push(cpu_over(window).await?);
+    }
+    let cpu1 = cpus.iter().sum::<f64>() / cpus.len() as f64;
     let rss1 = rss_kib()?;
     println!(
         "idle {}: {quiesced_before} of {groups} groups quiesced before the window, {} after",
@@ -236,6 +254,7 @@ async fn idle(groups: i32, replicas: u64, window: Duration, mode: Mode) -> Bench
         rss0,
         cpu1,
         rss1,
+        windows: cpus,
     })
 }
 
@@ -253,6 +272,14 @@ fn report_idle(what: &str, groups: i32, replicas: u64, m: &Idle) {
         m.rss0,
         m.rss1,
     );
+    if m.windows.len() > 1 {
+        let each: Vec<String> = m
+            .windows
+            .iter()
+            .map(|c| format!("{:.2}%", per_node(*c)))
+            .collect();
+        println!("idle {what}: per node, each window: {}", each.join(" "));
+    }
     println!(
         "idle {what}: per group replica {:.5}% of a core; 10,000 group replicas per node would cost ~{:.1}% of a core",
         (m.cpu1 - m.cpu0) * 100.0 / group_replicas,
@@ -361,11 +388,25 @@ fn main() -> BenchResult<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (groups, window, batches) = if smoke() {
+    let (default_groups, window, batches) = if smoke() {
         (20, Duration::from_secs(1), 200)
     } else {
         (1_000, Duration::from_secs(10), 2_000)
     };
+    let env = |name: &str| -> BenchResult<Option<u64>> {
+        match std::env::var(name) {
+            Ok(v) => Ok(Some(
+                v.parse::<u64>().map_err(|e| format!("{name}={v}: {e}"))?,
+            )),
+            Err(_) => Ok(None),
+        }
+    };
+    let groups = match env("DRAWBRIDGE_BENCH_GROUPS")? {
+        Some(g) => i32::try_from(g)?,
+        None => default_groups,
+    };
+    let window = env("DRAWBRIDGE_BENCH_WINDOW_SECS")?.map_or(window, Duration::from_secs);
+    let windows = env("DRAWBRIDGE_BENCH_WINDOWS")?.map_or(1, |w| w as usize);
     rt.block_on(async {
         for replicas in [1u64, 3] {
             let modes: &[Mode] = match (smoke(), replicas) {
@@ -379,7 +420,7 @@ fn main() -> BenchResult<()> {
                     continue;
                 }
                 let what = format!("{replicas}-replica, {}", mode.name);
-                match idle(groups, replicas, window, *mode).await {
+                match idle(groups, replicas, window, windows, *mode).await {
                     Ok(m) => report_idle(&what, groups, replicas, &m),
                     // A mode that cannot even settle is a result too; the smoke run must pass.
                     Err(e) if !smoke() => println!("idle {what}: did not settle: {e}"),

@@ -23,7 +23,11 @@
 //!    leader lease. While that lease runs a voter refuses votes and openraft refuses to even
 //!    start a pre-vote, so asking earlier would be a wasted call. Non-leaders are looked at at
 //!    least every heartbeat interval, so a node that just won an election starts heartbeating
-//!    well before any follower's timeout.
+//!    well before any follower's timeout; a follower (not a candidate) of a quiesced group
+//!    that follows its leader (its quiet lease runs, see `GroupClock::quiet_lease_runs`) at
+//!    least every minimum election timeout instead,
+//!    still well inside its followers' lease (`election_timeout_max`) should it win an election
+//!    it did not ask for (a leadership transfer), and armed for its own election deadline.
 //! 5. Learners and stopped groups: nothing.
 //! 6. A voter holding after an unclean restart (`crate::partition::unclean`): no election
 //!    until it caught up (or the hold expired); checked before rules 3 and 4.
@@ -42,7 +46,13 @@
 //!   follower whose committed vote is that term for the sender stamps the group's clock, so
 //!   rule 4 does not fire while the leader's node lives; if its log also ends and is committed
 //!   at that index it answers "follows" (an acknowledgement, for the ISR), otherwise "wake" and
-//!   the leader resumes heartbeats.
+//!   the leader resumes heartbeats. Beats are deltas: a group is carried (and answered) when it
+//!   is first listed to a peer or its term, index or quiescence changed; after that every beat
+//!   the peer gets moves one stamp per sender on the follower (which the clocks of the groups
+//!   that answered "follows" read) and one per peer on the leader (the groups' "follows"
+//!   acknowledgements), so an unchanged idle set costs a few bytes and no per-group work but
+//!   the leader's re-check below. One beat per peer is in flight at a time; a lost or refused
+//!   one makes the next one full.
 //! - A quiesced group wakes (heartbeats resume at once) when its leader sees the term, the last
 //!   log index, the membership or the leadership change (a proposal, a membership change, a
 //!   transfer or a vote), when a follower asks for it, when a member asks it for a pre-vote,
@@ -98,6 +108,7 @@ use tracing::debug;
 use crate::config::GroupTimings;
 use crate::partition::unclean::CatchUp;
 use crate::transport::liveness::LivenessBeat;
+use crate::transport::liveness::LivenessReply;
 use crate::transport::liveness::QuietAnswer;
 use crate::transport::liveness::QuietGroup;
 use crate::transport::Router;
@@ -117,6 +128,32 @@ pub(crate) const QUIESCED_RECHECK: Duration = Duration::from_secs(30);
 /// it is quiesced.
 pub(crate) const QUIESCE_AFTER: u32 = 3;
 
+/// A time shared by many groups: when a peer's last liveness beat arrived (on a follower), or
+/// when the last beat a peer acknowledged was sent (on a leader). One stamp per peer stands in
+/// for a stamp per group and beat (see `crate::transport::liveness`, delta beats).
+#[derive(Debug)]
+pub(crate) struct Stamp(Mutex<Instant>);
+
+impl Stamp {
+    /// A stamp at `at`.
+    pub(crate) fn new(at: Instant) -> Self {
+        Self(Mutex::new(at))
+    }
+
+    /// Moves the stamp to `at` (never back).
+    pub(crate) fn set(&self, at: Instant) {
+        let mut t = self.0.lock();
+        if at > *t {
+            *t = at;
+        }
+    }
+
+    /// The stamped time.
+    pub(crate) fn get(&self) -> Instant {
+        *self.0.lock()
+    }
+}
+
 /// The last time a group heard from its leader (or granted a vote). Shared between the group's
 /// transport handler, which stamps it, and the scheduler, which reads it.
 #[derive(Debug)]
@@ -124,19 +161,20 @@ pub(crate) struct GroupClock {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last contact.
     last_contact_ms: AtomicU64,
-    /// The last contact was a liveness beat of the leader's node listing the group quiesced
-    /// (cleared by any append-entries, snapshot or vote for the group).
-    quiet: AtomicBool,
+    /// Set while the group is listed quiesced by its leader's node: that node's liveness
+    /// stamp, which counts as contact (cleared by any append-entries, snapshot or vote for the
+    /// group, and when the leader's node stops listing it).
+    quiet_via: Mutex<Option<Arc<Stamp>>>,
     /// openraft's leader lease (`election_timeout_max`): how long after the last liveness beat
     /// a quiesced follower refuses pre-votes.
     lease: Duration,
     /// On the leader: the scheduler holds the group quiesced (a proposal must wake it first,
     /// see [`GroupWaker`]).
     quiesced: AtomicBool,
-    /// On the leader of a quiesced group: per follower, when the last liveness beat it
-    /// confirmed (its state matched the group's) was sent. Stands in for openraft's heartbeat
-    /// acknowledgements, which a quiesced group does not get, in the ISR rule.
-    quiet_acks: Mutex<Vec<(NodeId, Instant)>>,
+    /// On the leader of a quiesced group: per follower that confirmed the group's state, the
+    /// stamp of the last liveness beat that follower acknowledged. Stands in for openraft's
+    /// heartbeat acknowledgements, which a quiesced group does not get, in the ISR rule.
+    quiet_acks: Mutex<Vec<(NodeId, Arc<Stamp>)>>,
     /// Votes and elections held after an unclean restart under a lazy log sync policy
     /// (`crate::partition::unclean`): no election is triggered while it holds.
     pub(crate) catch_up: CatchUp,
@@ -148,7 +186,7 @@ impl GroupClock {
         Self {
             epoch: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
-            quiet: AtomicBool::new(false),
+            quiet_via: Mutex::new(None),
             lease,
             quiesced: AtomicBool::new(false),
             quiet_acks: Mutex::new(Vec::new()),
@@ -161,13 +199,20 @@ impl GroupClock {
         self.quiesced.load(Ordering::Relaxed)
     }
 
-    /// Records that `follower` confirmed a liveness beat sent at `sent` listing the group.
-    pub(crate) fn record_quiet_ack(&self, follower: NodeId, sent: Instant) {
+    /// Records that `follower` confirmed the group's state in a liveness beat; from now on
+    /// every beat it acknowledges moves `acked` (until the group wakes or `follower` stops
+    /// confirming it, [`GroupClock::forget_quiet_ack`]).
+    pub(crate) fn record_quiet_ack(&self, follower: NodeId, acked: &Arc<Stamp>) {
         let mut acks = self.quiet_acks.lock();
         match acks.iter_mut().find(|(id, _)| *id == follower) {
-            Some((_, t)) => *t = (*t).max(sent),
-            None => acks.push((follower, sent)),
+            Some((_, s)) => *s = acked.clone(),
+            None => acks.push((follower, acked.clone())),
         }
+    }
+
+    /// `follower` no longer confirms the group's state.
+    pub(crate) fn forget_quiet_ack(&self, follower: NodeId) {
+        self.quiet_acks.lock().retain(|(id, _)| *id != follower);
     }
 
     /// How long ago the last liveness beat `follower` confirmed for the group was sent.
@@ -176,36 +221,62 @@ impl GroupClock {
             .lock()
             .iter()
             .find(|(id, _)| *id == follower)
-            .map(|(_, t)| t.elapsed())
+            .map(|(_, s)| s.get().elapsed())
     }
 
-    /// Records a liveness beat of the leader's node that lists the group quiesced.
-    pub(crate) fn touch_quiet(&self) {
+    /// Records a liveness beat of the leader's node that lists the group quiesced: contact
+    /// now, and every later beat of that node (stamped on `via`) counts as contact too.
+    pub(crate) fn touch_quiet(&self, via: &Arc<Stamp>) {
         self.touch();
-        self.quiet.store(true, Ordering::Relaxed);
+        *self.quiet_via.lock() = Some(via.clone());
+    }
+
+    /// The leader's node stopped listing the group quiesced (its beat `via` said so): its last
+    /// beat was the last contact through it.
+    pub(crate) fn unquiet_from(&self, via: &Arc<Stamp>) {
+        let mut q = self.quiet_via.lock();
+        if q.as_ref().is_some_and(|s| Arc::ptr_eq(s, via)) {
+            let at = via.get();
+            *q = None;
+            drop(q);
+            self.touch_at(at);
+        }
     }
 
     /// Records that the group's leader sent it raft traffic (it is not quiesced, or woke).
     pub(crate) fn wake(&self) {
-        self.quiet.store(false, Ordering::Relaxed);
+        let via = self.quiet_via.lock().take();
+        if let Some(via) = via {
+            self.touch_at(via.get());
+        }
     }
 
     /// Whether the group is quiesced under a leader whose node's liveness beat listed it within
     /// the lease: the same window in which openraft's own lease (renewed by heartbeats, which
     /// a quiesced group does not get) makes a follower refuse votes.
     pub(crate) fn quiet_lease_runs(&self) -> bool {
-        self.quiet.load(Ordering::Relaxed) && self.last_contact().elapsed() < self.lease
+        let via = self.quiet_via.lock().as_ref().map(|s| s.get());
+        via.is_some_and(|at| self.last_contact().max(at).elapsed() < self.lease)
     }
 
     /// Records contact from the group's leader (or a granted vote) now.
     pub(crate) fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.epoch).as_millis() as u64;
         self.last_contact_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// The last contact.
+    /// The last contact: the latest of the stamped contacts and, while the group is listed
+    /// quiesced, its leader node's last liveness beat.
     pub(crate) fn last_contact(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_contact_ms.load(Ordering::Relaxed))
+        let own = self.epoch + Duration::from_millis(self.last_contact_ms.load(Ordering::Relaxed));
+        match self.quiet_via.lock().as_ref() {
+            Some(via) => own.max(via.get()),
+            None => own,
+        }
     }
 }
 
@@ -241,6 +312,7 @@ enum Action {
 
 /// A scheduled group.
 struct Entry {
+    id: PartitionId,
     raft: PartitionRaft,
     clock: Arc<GroupClock>,
     server: WatchReceiverOf<PartitionTypes, RaftServerMetrics<PartitionTypes>>,
@@ -255,7 +327,13 @@ struct Entry {
     last_attempt: Option<Instant>,
     /// The current sample of the election timeout, `[min, max)`.
     timeout: Duration,
+    /// Which quiescence of the group this is (a fresh number each time it quiesces), so a
+    /// group that woke and quiesced again at the same term and index is listed anew.
+    quiet_gen: u64,
 }
+
+/// Numbers the quiescences of groups (`Entry::quiet_gen`).
+static QUIET_GEN: AtomicU64 = AtomicU64::new(1);
 
 /// Where a led group stands towards quiescence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,9 +498,16 @@ impl Rng {
     }
 }
 
+/// The scheduled groups. Entries are keyed by a number given at registration (never reused),
+/// so the heap and the per-deadline lookups compare and hash integers, not partition names:
+/// deadlines are rounded to the resolution, so many heap slots share a time and ties used to
+/// be broken by comparing names.
 struct State {
-    entries: HashMap<PartitionId, Entry>,
-    heap: BinaryHeap<Reverse<(Instant, PartitionId)>>,
+    entries: HashMap<u64, Entry>,
+    /// The key of each registered group.
+    keys: HashMap<PartitionId, u64>,
+    next_key: u64,
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
     rng: Rng,
 }
 
@@ -436,6 +521,72 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the task when a group is registered (its first deadline may be the earliest).
     wake: Notify,
+    /// This scheduler's liveness session (random per start, see `crate::transport::liveness`).
+    session: u64,
+    /// What was sent to each peer in liveness beats. Lock order: `state` before `beats`.
+    beats: Mutex<Beats>,
+}
+
+/// The sending side of liveness beats (delta beats, see `crate::transport::liveness`).
+#[derive(Default)]
+struct Beats {
+    /// Liveness rounds so far.
+    round: u64,
+    peers: HashMap<NodeId, PeerBeats>,
+}
+
+/// What a peer holds of this node's liveness beats.
+struct PeerBeats {
+    /// The number of the last beat sent.
+    seq: u64,
+    /// The peer acknowledged beat `seq` (so it holds `listed`); otherwise the next beat is
+    /// full.
+    synced: bool,
+    /// A beat is on its way: the peer gets no other until it is answered.
+    in_flight: bool,
+    /// The groups the peer holds listed, by scheduler key.
+    listed: HashMap<u64, Listed>,
+    /// When the last beat the peer acknowledged was sent: the quiet acknowledgement of every
+    /// group it confirmed (`GroupClock::record_quiet_ack`).
+    acked: Arc<Stamp>,
+}
+
+/// A group listed to a peer.
+struct Listed {
+    id: PartitionId,
+    term: u64,
+    last_index: Option<u64>,
+    gen: u64,
+    /// The last round that found it still quiesced.
+    round: u64,
+}
+
+/// A group added (or changed) in a beat.
+struct Added {
+    key: u64,
+    gen: u64,
+    group: QuietGroup,
+    clock: Arc<GroupClock>,
+}
+
+impl PeerBeats {
+    fn new(now: Instant) -> Self {
+        Self {
+            seq: 0,
+            synced: false,
+            in_flight: false,
+            listed: HashMap::new(),
+            acked: Arc::new(Stamp::new(now)),
+        }
+    }
+}
+
+/// One beat to build for a peer.
+#[derive(Default)]
+struct Plan {
+    /// Groups listed this round (added or unchanged).
+    listed: usize,
+    added: Vec<Added>,
 }
 
 /// Wakes one group from quiescence (see the module docs): the scheduler resumes its heartbeats
@@ -507,10 +658,14 @@ impl Scheduler {
             router,
             state: Mutex::new(State {
                 entries: HashMap::new(),
+                keys: HashMap::new(),
+                next_key: 0,
                 heap: BinaryHeap::new(),
                 rng: Rng(seed),
             }),
             wake: Notify::new(),
+            session: Rng(seed ^ 0x5bd1_e995).next(),
+            beats: Mutex::new(Beats::default()),
         });
         let task = tokio::spawn(run(shared.clone()));
         Self {
@@ -530,9 +685,15 @@ impl Scheduler {
             );
             let server = raft.server_metrics();
             let metrics = raft.metrics();
+            let key = st.next_key;
+            st.next_key += 1;
+            if let Some(old) = st.keys.insert(id.clone(), key) {
+                st.entries.remove(&old);
+            }
             st.entries.insert(
-                id.clone(),
+                key,
                 Entry {
+                    id,
                     raft,
                     clock,
                     server,
@@ -542,9 +703,10 @@ impl Scheduler {
                     next_heartbeat: None,
                     last_attempt: None,
                     timeout,
+                    quiet_gen: 0,
                 },
             );
-            st.heap.push(Reverse((now, id)));
+            st.heap.push(Reverse((now, key)));
         }
         self.shared.wake.notify_one();
     }
@@ -559,7 +721,10 @@ impl Scheduler {
 
     /// Stops scheduling a group.
     pub(crate) fn unregister(&self, id: &PartitionId) {
-        self.shared.state.lock().entries.remove(id);
+        let mut st = self.shared.state.lock();
+        if let Some(key) = st.keys.remove(id) {
+            st.entries.remove(&key);
+        }
     }
 
     /// How many groups this node leads quiesced right now.
@@ -580,6 +745,7 @@ impl Scheduler {
         }
         let mut st = self.shared.state.lock();
         st.entries.clear();
+        st.keys.clear();
         st.heap.clear();
     }
 }
@@ -627,16 +793,20 @@ async fn run(shared: Arc<Shared>) {
 }
 
 impl Shared {
-    /// Builds and sends this round's liveness beats: to each peer, the groups this node leads
-    /// quiesced that it is a member of. A group found changed is woken instead of listed.
+    /// Builds and sends this round's liveness beats: to each peer, the changes to the groups
+    /// this node leads quiesced that it is a member of (see `crate::transport::liveness`). A
+    /// group found changed is woken instead of listed.
     fn send_liveness(self: &Arc<Self>, now: Instant) {
-        type Listed = (Vec<QuietGroup>, Vec<Arc<GroupClock>>);
-        let mut beats: HashMap<NodeId, Listed> = HashMap::new();
+        let mut plans: HashMap<NodeId, Plan> = HashMap::new();
         let mut woke = false;
+        let round;
         {
             let mut st = self.state.lock();
+            let mut beats = self.beats.lock();
+            beats.round += 1;
+            round = beats.round;
             let State { entries, heap, .. } = &mut *st;
-            for (id, e) in entries.iter_mut() {
+            for (key, e) in entries.iter_mut() {
                 let Quiet::Quiesced(mark) = &e.quiet else {
                     continue;
                 };
@@ -644,61 +814,167 @@ impl Shared {
                     e.unquiesce();
                     e.next_heartbeat = Some(now);
                     e.due = now;
-                    heap.push(Reverse((now, id.clone())));
+                    heap.push(Reverse((now, *key)));
                     woke = true;
                     continue;
                 }
                 for f in &mark.followers {
-                    let (groups, clocks) = beats.entry(*f).or_default();
-                    groups.push(QuietGroup {
-                        id: id.clone(),
-                        term: mark.term,
-                        last_index: mark.last_index,
+                    let p = beats.peers.entry(*f).or_insert_with(|| PeerBeats::new(now));
+                    if p.in_flight {
+                        continue;
+                    }
+                    let plan = plans.entry(*f).or_default();
+                    plan.listed += 1;
+                    if p.synced {
+                        if let Some(l) = p.listed.get_mut(key) {
+                            if l.term == mark.term
+                                && l.last_index == mark.last_index
+                                && l.gen == e.quiet_gen
+                            {
+                                l.round = round;
+                                continue;
+                            }
+                        }
+                    }
+                    plan.added.push(Added {
+                        key: *key,
+                        gen: e.quiet_gen,
+                        group: QuietGroup {
+                            id: e.id.clone(),
+                            term: mark.term,
+                            last_index: mark.last_index,
+                        },
+                        clock: e.clock.clone(),
                     });
-                    clocks.push(e.clock.clone());
+                }
+            }
+            // Peers that list nothing this round but may hold groups: they hear that too.
+            for (peer, p) in beats.peers.iter() {
+                if !p.in_flight && (!p.listed.is_empty() || (!p.synced && p.seq > 0)) {
+                    plans.entry(*peer).or_default();
                 }
             }
         }
         if woke {
             self.wake.notify_one();
         }
-        for (peer, (groups, clocks)) in beats {
-            let shared = self.clone();
-            let beat = LivenessBeat {
-                from: self.me,
-                groups,
-            };
-            // Answers that arrive late still count (beats overlap, each in its own task).
-            let ttl = self.timing.election_min;
-            tokio::spawn(async move {
-                let answers = match shared.router.liveness(peer, &beat, ttl).await {
-                    Ok(a) if a.len() == beat.groups.len() => a,
-                    Ok(a) => {
-                        let (got, sent) = (a.len(), beat.groups.len());
-                        debug!(
-                            node = shared.me,
-                            peer, got, sent, "malformed liveness reply"
-                        );
-                        return;
-                    }
-                    // The peer is down or cut off: its groups' elections are its business.
-                    Err(e) => {
-                        debug!(node = shared.me, peer, error = %e, "liveness beat failed");
-                        return;
-                    }
+        for (peer, plan) in plans {
+            let beat = {
+                let mut beats = self.beats.lock();
+                let Some(p) = beats.peers.get_mut(&peer) else {
+                    continue;
                 };
-                let mut wake = Vec::new();
-                for ((q, clock), a) in beat.groups.into_iter().zip(clocks).zip(answers) {
-                    match a {
-                        QuietAnswer::Follows => clock.record_quiet_ack(peer, now),
-                        QuietAnswer::Wake => wake.push(q.id),
-                        QuietAnswer::NotHosted => {}
-                    }
+                let full = !p.synced;
+                let removed: Vec<(u64, PartitionId)> = if full {
+                    Vec::new()
+                } else {
+                    p.listed
+                        .iter()
+                        .filter(|(_, l)| l.round != round)
+                        .map(|(k, l)| (*k, l.id.clone()))
+                        .collect()
+                };
+                if plan.listed == 0 && removed.is_empty() && !(full && p.seq > 0) {
+                    continue;
                 }
-                if !wake.is_empty() {
-                    shared.wake_groups(&wake);
-                }
+                p.seq += 1;
+                p.in_flight = true;
+                (p.seq, full, removed)
+            };
+            let (seq, full, removed) = beat;
+            let shared = self.clone();
+            tokio::spawn(async move {
+                shared
+                    .beat(peer, now, round, seq, full, plan.added, removed)
+                    .await;
             });
+        }
+    }
+
+    /// Sends one liveness beat to `peer` and records its answers (see `send_liveness`).
+    #[allow(clippy::too_many_arguments)]
+    async fn beat(
+        self: &Arc<Self>,
+        peer: NodeId,
+        sent: Instant,
+        round: u64,
+        seq: u64,
+        full: bool,
+        added: Vec<Added>,
+        removed: Vec<(u64, PartitionId)>,
+    ) {
+        let beat = LivenessBeat {
+            from: self.me,
+            session: self.session,
+            seq,
+            full,
+            groups: added.iter().map(|a| a.group.clone()).collect(),
+            removed: removed.iter().map(|(_, id)| id.clone()).collect(),
+        };
+        let reply = self
+            .router
+            .liveness(peer, &beat, self.timing.election_min)
+            .await;
+        let answers = match reply {
+            Ok(LivenessReply::Applied(a)) if a.len() == added.len() => Some(a),
+            Ok(LivenessReply::Applied(a)) => {
+                let (got, sent) = (a.len(), added.len());
+                debug!(node = self.me, peer, got, sent, "malformed liveness reply");
+                None
+            }
+            Ok(LivenessReply::Resync) => {
+                debug!(node = self.me, peer, "peer asks for a full liveness beat");
+                None
+            }
+            // The peer is down or cut off: its groups' elections are its business.
+            Err(e) => {
+                debug!(node = self.me, peer, error = %e, "liveness beat failed");
+                None
+            }
+        };
+        let mut wake = Vec::new();
+        {
+            let mut beats = self.beats.lock();
+            let Some(p) = beats.peers.get_mut(&peer) else {
+                return;
+            };
+            p.in_flight = false;
+            let Some(answers) = answers else {
+                // Whether the peer applied it is unknown: the next beat is full.
+                p.synced = false;
+                return;
+            };
+            p.synced = true;
+            if full {
+                p.listed.clear();
+            }
+            for (key, _) in &removed {
+                p.listed.remove(key);
+            }
+            for (a, answer) in added.into_iter().zip(answers) {
+                match answer {
+                    QuietAnswer::Follows => a.clock.record_quiet_ack(peer, &p.acked),
+                    QuietAnswer::Wake => {
+                        a.clock.forget_quiet_ack(peer);
+                        wake.push(a.group.id.clone());
+                    }
+                    QuietAnswer::NotHosted => a.clock.forget_quiet_ack(peer),
+                }
+                p.listed.insert(
+                    a.key,
+                    Listed {
+                        id: a.group.id,
+                        term: a.group.term,
+                        last_index: a.group.last_index,
+                        gen: a.gen,
+                        round,
+                    },
+                );
+            }
+            p.acked.set(sent);
+        }
+        if !wake.is_empty() {
+            self.wake_groups(&wake);
         }
     }
 
@@ -708,14 +984,22 @@ impl Shared {
         let mut woke = false;
         {
             let mut st = self.state.lock();
-            let State { entries, heap, .. } = &mut *st;
+            let State {
+                entries,
+                keys,
+                heap,
+                ..
+            } = &mut *st;
             for id in ids {
-                if let Some(e) = entries.get_mut(id) {
+                let Some(key) = keys.get(id) else {
+                    continue;
+                };
+                if let Some(e) = entries.get_mut(key) {
                     if e.unquiesce() {
                         debug!(node = self.me, group = %id, "follower asked to wake the group");
                         e.next_heartbeat = Some(now);
                         e.due = now;
-                        heap.push(Reverse((now, id.clone())));
+                        heap.push(Reverse((now, *key)));
                         woke = true;
                     }
                 }
@@ -731,15 +1015,17 @@ impl Shared {
         let t = self.timing;
         let mut out = Vec::new();
         let mut st = self.state.lock();
-        let State { entries, heap, rng } = &mut *st;
+        let State {
+            entries, heap, rng, ..
+        } = &mut *st;
         while let Some(Reverse((due, _))) = heap.peek() {
             if *due > now {
                 break;
             }
-            let Some(Reverse((due, id))) = heap.pop() else {
+            let Some(Reverse((due, key))) = heap.pop() else {
                 break;
             };
-            let Some(e) = entries.get_mut(&id) else {
+            let Some(e) = entries.get_mut(&key) else {
                 continue;
             };
             if e.due != due {
@@ -751,7 +1037,7 @@ impl Shared {
             }
             let next = round_up(next.max(now + t.resolution), origin, t.resolution);
             e.due = next;
-            heap.push(Reverse((next, id)));
+            heap.push(Reverse((next, key)));
         }
         out
     }
@@ -800,6 +1086,7 @@ fn step(
                     if idle >= QUIESCE_AFTER {
                         debug!(node = me, term = mark.term, "group quiesced");
                         e.quiet = Quiet::Quiesced(mark);
+                        e.quiet_gen = QUIET_GEN.fetch_add(1, Ordering::Relaxed);
                         e.clock.quiesced.store(true, Ordering::Relaxed);
                         e.next_heartbeat = None;
                         return (None, now + t.heartbeat);
@@ -849,7 +1136,17 @@ fn step(
                 e.timeout = rng.between(t.election_min, t.election_max);
                 return (Some(Action::Elect), now + t.heartbeat.min(e.timeout));
             }
-            (None, due.min(now + t.heartbeat))
+            // A follower (not a candidate: a campaign it won must start heartbeating soon)
+            // that follows a leader whose liveness beats keep it quiet is looked at every
+            // minimum election timeout instead of every heartbeat (rule 4): nothing but an
+            // election is due for it, and it is armed for that deadline anyway.
+            let look =
+                if v.state == ServerState::Follower && v.following && e.clock.quiet_lease_runs() {
+                    t.election_min
+                } else {
+                    t.heartbeat
+                };
+            (None, due.min(now + look))
         }
         _ => {
             e.next_heartbeat = None;
@@ -892,9 +1189,27 @@ mod tests {
         let first = c.last_contact();
         c.touch();
         assert!(c.last_contact() >= first);
-        c.touch_quiet();
+        let via = Arc::new(Stamp::new(Instant::now()));
+        c.touch_quiet(&via);
         assert!(c.quiet_lease_runs());
+        let later = Instant::now() + Duration::from_millis(50);
+        via.set(later);
+        assert_eq!(
+            c.last_contact(),
+            later,
+            "the leader node's beats count as contact"
+        );
         c.wake();
+        assert!(!c.quiet_lease_runs());
+        // Own contacts are kept in whole milliseconds.
+        assert!(
+            c.last_contact() + Duration::from_millis(1) > later,
+            "the last beat stays counted after a wake"
+        );
+        c.touch_quiet(&via);
+        c.unquiet_from(&Arc::new(Stamp::new(Instant::now())));
+        assert!(c.quiet_lease_runs(), "another node's stamp leaves it alone");
+        c.unquiet_from(&via);
         assert!(!c.quiet_lease_runs());
     }
 

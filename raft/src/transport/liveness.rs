@@ -1,12 +1,27 @@
 //! Node liveness beats: how a node keeps the followers of the partition groups it leads
 //! *quiesced* from electing, without a heartbeat per group (see `crate::scheduler`, "Quiescence").
 //!
-//! Wire: the `Liveness` RPC carries a [`LivenessBeat`] (postcard): the sender's node id and the
-//! groups it leads quiesced that the receiver is a member of, each with its term and last log
-//! index. The reply payload is one [`QuietAnswer`] per listed group, in order (postcard
-//! `Vec<QuietAnswer>`). Both ends run the same crate version (see `crate::codec`).
+//! Wire: the `Liveness` RPC carries a [`LivenessBeat`] (postcard): the sender's node id, its
+//! session (random per scheduler start) and the beat's number in it, and the groups it leads
+//! quiesced that the receiver is a member of, each with its term and last log index. Beats are
+//! *deltas*: a full beat lists every such group; a delta beat lists only the groups added or
+//! changed since the previous beat of the same session and names the ones no longer listed, so
+//! a beat of an unchanged set carries no group at all and costs the receiver one stamp, not
+//! one lookup per group. The reply payload is a [`LivenessReply`]: one [`QuietAnswer`] per
+//! group the beat carried, in order, or [`LivenessReply::Resync`] for a delta that does not
+//! follow the receiver's state of the sender (the receiver restarted, a beat was lost, the
+//! sender restarted): the sender's next beat is full. Both ends run the same crate version
+//! (see `crate::codec`).
 //!
 //! Invariants:
+//! - The receiver keeps, per sender, the groups the sender lists (the set a full beat lists,
+//!   changed by each delta applied in sequence). A listed group whose answer was
+//!   [`QuietAnswer::Follows`] counts every later beat of that sender as contact (its clock
+//!   holds the sender's [`Stamp`], `GroupClock::touch_quiet`) until the sender stops listing
+//!   it, or any append-entries, snapshot or vote for it arrives (`GroupClock::wake`).
+//! - A delta is applied only on top of the beat before it (same session, number + 1); the
+//!   sender sends at most one beat per peer at a time, and after a failed or refused one its
+//!   next beat is full.
 //! - A receiver stamps a group's clock only if it follows (or learns from) the sender under a
 //!   committed vote of that term: so a beat never keeps a follower from electing unless the
 //!   sender really won that term, as a heartbeat of that leader would.
@@ -19,10 +34,18 @@
 //! - A [`QuietAnswer::Follows`] is the leader's acknowledgement from that follower for the group
 //!   (as a heartbeat reply would be), so a quiesced follower stays in sync for the ISR.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::time::Instant;
 
+use super::registry::GroupRegistry;
 use crate::partition::PartitionGroup;
+use crate::scheduler::GroupClock;
+use crate::scheduler::Stamp;
 use crate::types::NodeId;
 use crate::types::PartitionId;
 
@@ -51,7 +74,106 @@ pub(crate) enum QuietAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LivenessBeat {
     pub(crate) from: NodeId,
+    /// The sender's scheduler session (random per start).
+    pub(crate) session: u64,
+    /// The beat's number in the session (a delta applies on top of number - 1).
+    pub(crate) seq: u64,
+    /// `groups` is the complete list; otherwise the groups added or changed since beat
+    /// `seq - 1`.
+    pub(crate) full: bool,
     pub(crate) groups: Vec<QuietGroup>,
+    /// Delta beats: groups no longer listed.
+    pub(crate) removed: Vec<PartitionId>,
+}
+
+/// The reply to a [`LivenessBeat`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum LivenessReply {
+    /// Applied: one answer per group the beat carried, in order.
+    Applied(Vec<QuietAnswer>),
+    /// A delta that does not follow the receiver's state of the sender: send a full beat.
+    Resync,
+}
+
+/// What a receiver keeps of one sender's beats.
+#[derive(Debug)]
+struct Sender {
+    session: u64,
+    seq: u64,
+    /// When the sender's last beat arrived; the clocks of the groups it lists hold it.
+    stamp: Arc<Stamp>,
+    /// The groups it lists that answered [`QuietAnswer::Follows`].
+    groups: HashMap<PartitionId, Arc<GroupClock>>,
+}
+
+/// The receiving side of liveness beats, one per node (see the module invariants).
+#[derive(Debug, Default)]
+pub(crate) struct Receiver {
+    senders: Mutex<HashMap<NodeId, Sender>>,
+}
+
+impl Receiver {
+    /// Applies `beat` to the listed groups hosted in `registry`.
+    pub(crate) fn apply(&self, registry: &GroupRegistry, beat: &LivenessBeat) -> LivenessReply {
+        let now = Instant::now();
+        let mut senders = self.senders.lock();
+        if !beat.full && !senders.contains_key(&beat.from) {
+            // A delta on top of nothing this node holds (it restarted).
+            return LivenessReply::Resync;
+        }
+        let s = senders.entry(beat.from).or_insert_with(|| Sender {
+            session: beat.session,
+            seq: 0,
+            stamp: Arc::new(Stamp::new(now)),
+            groups: HashMap::new(),
+        });
+        if !beat.full && (s.session != beat.session || s.seq.checked_add(1) != Some(beat.seq)) {
+            return LivenessReply::Resync;
+        }
+        s.stamp.set(now);
+        let mut before = if beat.full {
+            std::mem::take(&mut s.groups)
+        } else {
+            HashMap::new()
+        };
+        for id in &beat.removed {
+            if let Some(clock) = s.groups.remove(id) {
+                clock.unquiet_from(&s.stamp);
+            }
+        }
+        let mut answers = Vec::with_capacity(beat.groups.len());
+        for q in &beat.groups {
+            let old = before.remove(&q.id).or_else(|| s.groups.remove(&q.id));
+            let answer = match registry.partition(&q.id) {
+                None => QuietAnswer::NotHosted,
+                Some(g) => match standing(&g, beat.from, q) {
+                    Standing::Matches => {
+                        g.clock.touch_quiet(&s.stamp);
+                        s.groups.insert(q.id.clone(), g.clock.clone());
+                        QuietAnswer::Follows
+                    }
+                    Standing::Lags => {
+                        g.clock.touch();
+                        QuietAnswer::Wake
+                    }
+                    Standing::Differs => QuietAnswer::Wake,
+                },
+            };
+            if answer != QuietAnswer::Follows {
+                if let Some(clock) = old {
+                    clock.unquiet_from(&s.stamp);
+                }
+            }
+            answers.push(answer);
+        }
+        // A full beat leaves out the groups it no longer lists.
+        for (_, clock) in before {
+            clock.unquiet_from(&s.stamp);
+        }
+        s.session = beat.session;
+        s.seq = beat.seq;
+        LivenessReply::Applied(answers)
+    }
 }
 
 /// How the local replica of a group stands towards a quiesced group `q` led by `from` (see the
@@ -99,23 +221,89 @@ mod tests {
     fn beats_round_trip() -> Result<(), crate::RaftError> {
         let beat = LivenessBeat {
             from: 3,
+            session: 99,
+            seq: 4,
+            full: false,
             groups: vec![QuietGroup {
                 id: PartitionId::new("s", 1),
                 term: 7,
                 last_index: Some(12),
             }],
+            removed: vec![PartitionId::new("s", 2)],
         };
         let bytes = codec::encode(&beat)?;
         assert_eq!(codec::decode::<LivenessBeat>("t", &bytes)?, beat);
-        let answers = vec![
+        let unchanged = LivenessBeat {
+            groups: Vec::new(),
+            removed: Vec::new(),
+            ..beat
+        };
+        assert!(
+            codec::encode(&unchanged)?.len() <= 8,
+            "a beat of an unchanged set is a few bytes"
+        );
+        let answers = LivenessReply::Applied(vec![
             QuietAnswer::Follows,
             QuietAnswer::Wake,
             QuietAnswer::NotHosted,
-        ];
+        ]);
         let bytes = codec::encode(&answers)?;
-        assert_eq!(bytes.len(), 4, "one byte per answer plus the length");
-        assert_eq!(codec::decode::<Vec<QuietAnswer>>("t", &bytes)?, answers);
+        assert_eq!(
+            bytes.len(),
+            5,
+            "one byte per answer plus the variant and length"
+        );
+        assert_eq!(codec::decode::<LivenessReply>("t", &bytes)?, answers);
         assert!(codec::decode::<LivenessBeat>("t", &[0xff]).is_err());
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn deltas_apply_only_in_sequence() {
+        let registry = GroupRegistry::default();
+        let rx = Receiver::default();
+        let q = QuietGroup {
+            id: PartitionId::new("s", 1),
+            term: 2,
+            last_index: Some(5),
+        };
+        let beat = |session, seq, full, groups: Vec<QuietGroup>| LivenessBeat {
+            from: 2,
+            session,
+            seq,
+            full,
+            groups,
+            removed: Vec::new(),
+        };
+        // A delta before any full beat does not follow anything.
+        assert_eq!(
+            rx.apply(&registry, &beat(7, 1, false, vec![])),
+            LivenessReply::Resync
+        );
+        assert_eq!(
+            rx.apply(&registry, &beat(7, 2, true, vec![q.clone()])),
+            LivenessReply::Applied(vec![QuietAnswer::NotHosted])
+        );
+        assert_eq!(
+            rx.apply(&registry, &beat(7, 3, false, vec![])),
+            LivenessReply::Applied(vec![])
+        );
+        // A lost beat (4), a beat of another session (the sender restarted): resync.
+        assert_eq!(
+            rx.apply(&registry, &beat(7, 5, false, vec![])),
+            LivenessReply::Resync
+        );
+        assert_eq!(
+            rx.apply(&registry, &beat(8, 4, false, vec![])),
+            LivenessReply::Resync
+        );
+        assert_eq!(
+            rx.apply(&registry, &beat(8, 1, true, vec![])),
+            LivenessReply::Applied(vec![])
+        );
+        assert_eq!(
+            rx.apply(&registry, &beat(8, 2, false, vec![q])),
+            LivenessReply::Applied(vec![QuietAnswer::NotHosted])
+        );
     }
 }

@@ -48,7 +48,7 @@ use super::coalesce::Beat;
 use super::faults::NetworkFaults;
 use super::group_kind::GroupKind;
 use super::liveness::LivenessBeat;
-use super::liveness::QuietAnswer;
+use super::liveness::LivenessReply;
 use super::wire;
 use crate::codec;
 use crate::types::GroupId;
@@ -266,13 +266,13 @@ impl Router {
             .ok_or_else(|| SendError::Unreachable(format!("no address for node {id}")))
     }
 
-    /// Sends a liveness beat (`super::liveness`) to `target`; returns its answer per group.
+    /// Sends a liveness beat (`super::liveness`) to `target`; returns its reply.
     pub(crate) async fn liveness(
         &self,
         target: NodeId,
         beat: &LivenessBeat,
         ttl: Duration,
-    ) -> Result<Vec<QuietAnswer>, SendError> {
+    ) -> Result<LivenessReply, SendError> {
         self.fault_gate(target).await?;
         let payload = codec::encode(beat).map_err(|e| SendError::Network(e.to_string()))?;
         let mut client = self.client(target)?;

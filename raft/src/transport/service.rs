@@ -11,8 +11,9 @@
 //!   voted for: when an append-entries or snapshot arrives under a committed vote not older
 //!   than the local one, when the group accepted one (the reply carries no higher vote), and
 //!   when it granted a vote.
-//! - A liveness beat (`super::liveness`) stamps the clock of each listed group that follows
-//!   the sender in that term, and marks it quiet if its log matches too; any append-entries,
+//! - A liveness beat (`super::liveness`) stamps the clock of each group it adds that follows
+//!   the sender in that term, and marks it quiet if its log matches too (then every later beat
+//!   of the sender counts as contact for it, until a beat removes it); any append-entries,
 //!   snapshot or vote for a group clears the mark. While a group is quiet and the beat is
 //!   younger than openraft's lease, pre-votes for it are refused (a quiesced follower's
 //!   openraft lease has run out; this stands in for it). A pre-vote for a group this node leads
@@ -51,8 +52,6 @@ use super::coalesce::BeatReply;
 use super::group_kind::GroupKind;
 use super::liveness;
 use super::liveness::LivenessBeat;
-use super::liveness::QuietAnswer;
-use super::liveness::Standing;
 use super::registry::GroupRegistry;
 use super::wire;
 use crate::codec;
@@ -73,12 +72,17 @@ enum Rpc {
 #[derive(Debug, Clone)]
 pub(crate) struct TransportService {
     registry: Arc<GroupRegistry>,
+    /// What this node keeps of its peers' liveness beats.
+    liveness: Arc<liveness::Receiver>,
 }
 
 impl TransportService {
     /// A service answering for the groups in `registry`.
     pub(crate) fn new(registry: Arc<GroupRegistry>) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            liveness: Arc::default(),
+        }
     }
 
     /// Handles one request in its own task, so that a request the peer stops waiting for
@@ -185,31 +189,14 @@ impl TransportService {
 }
 
 impl TransportService {
-    /// Handles a liveness beat (see `super::liveness`): one answer per listed group.
+    /// Handles a liveness beat (see `super::liveness`).
     fn liveness_beat(&self, payload: &[u8]) -> pb::RaftReply {
         let beat = match codec::decode::<LivenessBeat>("liveness beat", payload) {
             Ok(b) => b,
             Err(e) => return wire::failure(Code::BadRequest, e.to_string()),
         };
-        let answers: Vec<QuietAnswer> = beat
-            .groups
-            .iter()
-            .map(|q| match self.registry.partition(&q.id) {
-                None => QuietAnswer::NotHosted,
-                Some(g) => match liveness::standing(&g, beat.from, q) {
-                    Standing::Matches => {
-                        g.clock.touch_quiet();
-                        QuietAnswer::Follows
-                    }
-                    Standing::Lags => {
-                        g.clock.touch();
-                        QuietAnswer::Wake
-                    }
-                    Standing::Differs => QuietAnswer::Wake,
-                },
-            })
-            .collect();
-        match codec::encode(&answers) {
+        let reply = self.liveness.apply(&self.registry, &beat);
+        match codec::encode(&reply) {
             Ok(bytes) => wire::success(bytes),
             Err(e) => wire::failure(Code::Unknown, e.to_string()),
         }
