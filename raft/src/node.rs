@@ -523,7 +523,7 @@ impl RaftNode {
     ///    acknowledging first.
     /// 2. Each candidate is asked (`MayLead`, at most a second each) in that order; the first
     ///    that answers yes is the target. A transfer stops this node's heartbeats and
-    ///    proposals for the group ([`PartitionReplica::transfer_to`], rule 1), so it is only
+    ///    proposals for the group (`PartitionReplica::transfer_to`, rule 1), so it is only
     ///    started towards a node that said yes: when every node is full nobody moves (no
     ///    ping-pong) and this node keeps leading.
     /// 3. Waits up to `timeout` until another node leads; a timeout is an error (the group
@@ -575,7 +575,7 @@ impl RaftNode {
     /// acknowledged recently and says it would take it (graceful shutdown). Returns the new
     /// leader, or `None` when this node does not lead or no voter qualified.
     ///
-    /// Rules: candidates as [`MetadataHandle::handoff_candidates`] orders them; each is asked
+    /// Rules: candidates as `MetadataHandle::handoff_candidates` orders them; each is asked
     /// (`MayLead`, at most a second each) before the transfer starts, so a peer that died a
     /// moment ago, or is shutting down itself, costs one failed probe instead of the whole
     /// `timeout` (a transfer stops this node's heartbeats until another node leads).

@@ -446,7 +446,7 @@ fn metadata_disk_check(ctx: &Node, op: &Propagated) -> Result<()> {
 /// Executes an admin operation on this server, which must lead the metadata group; returns the
 /// consumer-group epoch for group operations. Refuses client operations with
 /// `ResourceExhausted` when this node's disk is below `storage.min.free.bytes`
-/// ([`metadata_disk_check`]): every path to the metadata leader (local or forwarded) ends here.
+/// (`metadata_disk_check`): every path to the metadata leader (local or forwarded) ends here.
 pub async fn execute(ctx: &Node, op: Propagated) -> Result<Option<u64>> {
     metadata_disk_check(ctx, &op)?;
     let cmd = match op {

@@ -16,7 +16,7 @@
 //!      with optimistic concurrency control (INCORRECT_OFFSET ack), add the `subject` and
 //!      `reply` headers, stamp the leader's time (ns); on an encrypted stream seal the value for
 //!      the record's offset ([`crate::encryption`]; ENCRYPTION ack and not stored on failure);
-//!   0. (before step 1) take an in-flight slot (at most [`MAX_IN_FLIGHT`] proposals), so a
+//!   0. (before step 1) take an in-flight slot (at most `MAX_IN_FLIGHT` proposals), so a
 //!      batch is collected only once it can be proposed: what arrives while every slot is
 //!      taken goes into one batch;
 //!   4. submit the batch with

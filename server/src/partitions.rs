@@ -4,7 +4,7 @@
 //! Invariants:
 //! - This node hosts a raft group for exactly the partitions whose replica list names it
 //!   (created when they appear in the metadata, removed with their data when their stream is
-//!   deleted); [`reconcile`] converges to that after every metadata change and retries every
+//!   deleted); `reconcile` converges to that after every metadata change and retries every
 //!   second what could not be done yet (e.g. a peer's address is not known).
 //! - Ingest runs for a partition only while this node leads its raft group; it is stopped (and
 //!   its NATS subscription dropped) as soon as the group's leadership watch reports the loss.
@@ -13,10 +13,10 @@
 //!   and — only while it waits for something the metadata must show — on the metadata watch.
 //! - A leader records itself in the metadata (`SetPartitionLeader` with its raft term), so every
 //!   node can answer FetchMetadata; stale records (older terms) are ignored by the state machine.
-//!   A failed record is retried after [`RECORD_RETRY`].
+//!   A failed record is retried after `RECORD_RETRY`.
 //! - A group openraft stopped on a fatal error (a storage write failed, e.g. ENOSPC) is
 //!   removed, keeping its data, and reopened from disk by the reconciler once the disk has
-//!   space again, with a bounded backoff ([`supervise`]); nothing acknowledged is lost, as
+//!   space again, with a bounded backoff (`supervise`); nothing acknowledged is lost, as
 //!   the reopened log holds what was durably written and raft re-replicates the rest.
 
 use std::collections::{BTreeMap, HashMap};

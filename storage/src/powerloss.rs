@@ -13,10 +13,10 @@
 //! - whether its **directory entry** is durable: a file created since the last `fsync` of its
 //!   directory would vanish in a power cut.
 //!
-//! A test then *cuts the power* of a directory tree ([`cut`]): from that moment every sync
+//! A test then *cuts the power* of a directory tree (`cut`): from that moment every sync
 //! under it fails with an I/O error (nothing more becomes durable, so the node cannot
 //! acknowledge anything it would lose), and the durable lengths freeze. After the node has
-//! stopped, [`restore`] rewrites the tree to what a disk could hold after the cut: files whose
+//! stopped, `restore` rewrites the tree to what a disk could hold after the cut: files whose
 //! entry never became durable are deleted; every other tracked file keeps its durable prefix,
 //! and what follows is, chosen per file by a seeded generator, cut off, zeroed, partly kept (a
 //! prefix of whole 4 KiB pages of the unsynced bytes, the last page possibly torn mid-batch),
@@ -40,7 +40,7 @@ use std::path::Path;
 /// `fdatasync` (`data_only`) or `fsync` of `file`, recording its durable length.
 ///
 /// With the feature, fails with an I/O error once the power of a directory holding `path`
-/// has been [`cut`].
+/// has been `cut`.
 #[inline]
 pub fn sync_file(file: &File, path: &Path, data_only: bool) -> io::Result<()> {
     #[cfg(feature = "power-loss-sim")]

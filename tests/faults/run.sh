@@ -37,6 +37,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 OUT="${OUT:-$(mktemp -d -t drawbridge-faults-XXXXXX)}"
+mkdir -p "$OUT" || { echo "cannot create $OUT" >&2; exit 2; }
 echo "fault loop: $minutes minute(s), logs in $OUT"
 
 cargo build -p drawbridge-server --bin drawbridge-server --locked >/dev/null 2>&1 || {

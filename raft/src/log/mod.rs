@@ -1,5 +1,5 @@
 //! Raft log storage: one generic [`LogStore`] that implements openraft's `RaftLogStorage` over a
-//! [`LogBackend`], plus the pieces it is built from.
+//! `LogBackend` (see `backend`), plus the pieces it is built from.
 //!
 //! - [`backend`]: the contract a log backend fulfils (append readable-on-return, explicit sync,
 //!   truncate after an index, purge through an index, range reads).

@@ -209,7 +209,7 @@ mod inject {
     }
 }
 
-/// `file.write_all(buf)`; under `cfg(test)` a write to a path given to [`inject_full`] writes
+/// `file.write_all(buf)`; under `cfg(test)` a write to a path given to `inject_full` writes
 /// half of `buf` and fails with ENOSPC instead.
 pub(crate) fn write_all(file: &mut std::fs::File, path: &Path, buf: &[u8]) -> io::Result<()> {
     use std::io::Write;

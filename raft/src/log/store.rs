@@ -24,7 +24,7 @@
 //! - When the backend [`retries_when_full`](LogBackend::retries_when_full) (the metadata
 //!   group's file log), an `append` or `purge` that finds the disk full waits (async sleep,
 //!   backing off) and retries until it succeeds instead of failing the group
-//!   ([`nospace`](super::nospace) says why that is raft-safe); the entries are written once.
+//!   ([`nospace`] says why that is raft-safe); the entries are written once.
 //!   Other errors, and any error of a backend that does not retry, are returned to openraft.
 //! - `read_committed` never reports a commit point past the log's end (or its purge point): a
 //!   machine crash may leave the journal's committed record ahead of log entries that were not

@@ -4,8 +4,8 @@
 //! - [`activity`]: the operations reported on the `__activity` stream, recorded by `apply`.
 //! - [`command`]: the typed commands proposed to the group and their typed outcomes.
 //! - [`state`]: the replicated state and its deterministic `apply` (pure; unit-tested).
-//! - [`state_machine`]: openraft's `RaftStateMachine` over [`state`], with persisted snapshots.
-//! - [`handle`]: [`MetadataHandle`], what the server uses (propose, read, watch, leader).
+//! - `state_machine`: openraft's `RaftStateMachine` over [`state`], with persisted snapshots.
+//! - `handle`: [`MetadataHandle`], what the server uses (propose, read, watch, leader).
 
 pub mod activity;
 pub mod command;

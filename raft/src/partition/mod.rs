@@ -2,11 +2,11 @@
 //!
 //! - [`types`]: what is proposed (a record-set body) and what an apply returns (offsets), and the
 //!   metadata-only snapshot.
-//! - [`state_machine`]: applied log id, membership, offset assignment and the high watermark.
-//! - [`group`]: a running group (raft + state machine + LEADER-ack plumbing).
+//! - `state_machine`: applied log id, membership, offset assignment and the high watermark.
+//! - `group`: a running group (raft + state machine + LEADER-ack plumbing).
 //! - [`replica`]: [`PartitionReplica`], the handle the server uses.
 //! - [`isr`]: in-sync replicas derived from raft replication progress on the leader.
-//! - [`unclean`]: the clean-shutdown marker and the vote hold after an unclean restart under a
+//! - `unclean`: the clean-shutdown marker and the vote hold after an unclean restart under a
 //!   lazy log sync policy.
 
 pub(crate) mod group;

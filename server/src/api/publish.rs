@@ -20,7 +20,7 @@
 //!   and is full, or the ack carries [`acks::DISK_FULL_HEADER`]) is answered the same way by all
 //!   three calls: ResourceExhausted with the leader's text (Publish, PublishToSubject), an
 //!   `asyncError` INTERNAL with that text (PublishAsync).
-//! - Publish and PublishAsync admit a request through one chain ([`admit`]): stream/partition
+//! - Publish and PublishAsync admit a request through one chain (`admit`): stream/partition
 //!   checks, the leader's disk, the NATS connection.
 //! - The message itself always goes through NATS (every subscriber of the subject sees it; the
 //!   leader's ingest appends it once, in order with raw NATS publishes). Only the ack may skip
@@ -389,7 +389,7 @@ fn error_response(
     }
 }
 
-/// The answer to an in-flight message given up on (see [`inflight`]).
+/// The answer to an in-flight message given up on (see `inflight`).
 fn failed_response(f: Failed) -> PublishResponse {
     let e = if f.partition_gone {
         ServerError::NotFound(format!("No such partition {}", f.partition))
@@ -430,7 +430,7 @@ fn leadership_of(
 }
 
 /// PublishAsync: a spawned reader of requests, a spawned reader of acks (which also fails the
-/// in-flight messages whose partition leader changed, see [`inflight`]), one bounded output.
+/// in-flight messages whose partition leader changed, see `inflight`), one bounded output.
 pub async fn publish_async(
     ctx: Ctx,
     mut requests: Streaming<PublishRequest>,
