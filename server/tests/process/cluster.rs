@@ -503,8 +503,17 @@ async fn partitions_without_a_leader_are_counted_unavailable() -> TestResult {
             .find_map(|l| l.strip_prefix("drawbridge_partitions_unavailable "))
             .map(str::to_owned)
     };
-    let (_, body) = crate::single::get(ports[survivor], "/metrics").await?;
-    assert_eq!(unavailable(&body).as_deref(), Some("0"), "{body}");
+    // The leader is recorded in metadata once a majority took its first entry; the survivor
+    // may hear from it a moment later, so wait (bounded) until it counts nothing unavailable.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = crate::single::get(ports[survivor], "/metrics").await?;
+        if unavailable(&body).as_deref() == Some("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "before the kill: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     servers[idx].kill();
     servers[(idx + 2) % 3].kill();
     let deadline = Instant::now() + Duration::from_secs(20);
