@@ -548,6 +548,29 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
     Ok(())
 }
 
+/// Asks for `group`'s coordinator and epoch until an answer satisfies `ok` (≤ 10 s), returning
+/// it, or the last answer in the error. Brokers answer from their own, possibly lagging, copy
+/// of the metadata, so one answer alone may predate the change a test waits for.
+async fn group_metadata_when(
+    client: &Client,
+    group: &str,
+    ok: impl Fn(&(String, u64)) -> bool,
+) -> TestResult<(String, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = client.fetch_group_metadata(group).await;
+        if let Ok(Some(found)) = &last {
+            if ok(found) {
+                return Ok(found.clone());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("group {group}: last answer {last:?} after 10 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_consumer_survives_coordinator_kill() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
@@ -574,11 +597,11 @@ async fn group_consumer_survives_coordinator_kill() -> TestResult {
             },
         )
         .await?;
-    let (coordinator, epoch) = cl
-        .client
-        .fetch_group_metadata(group)
-        .await?
-        .ok_or("the group has no coordinator after the join")?;
+    // Any broker answers FetchMetadata from its own copy of the metadata, which may not yet
+    // hold the join the metadata leader applied: ask until one does.
+    let (coordinator, epoch) = group_metadata_when(&cl.client, group, |_| true)
+        .await
+        .map_err(|e| format!("after the join: {e}"))?;
 
     // Publishes `PER_PHASE` values with ack ALL (bounded retries) and returns the acked ones.
     async fn publish_phase(c: &Client, stream: &str, tag: &str) -> TestResult<HashSet<String>> {
@@ -648,11 +671,10 @@ async fn group_consumer_survives_coordinator_kill() -> TestResult {
         .map_err(|e| format!("{e}\nlogs:\n{}", cl.logs()))?;
 
     // The group moved to a live coordinator in a later epoch.
-    let (new_coordinator, new_epoch) = cl
-        .client
-        .fetch_group_metadata(group)
-        .await?
-        .ok_or("the group vanished")?;
+    let (new_coordinator, new_epoch) =
+        group_metadata_when(&cl.client, group, |(c, e)| *c != coordinator && *e > epoch)
+            .await
+            .map_err(|e| format!("after the kill: {e}"))?;
     assert_ne!(new_coordinator, coordinator, "the coordinator did not move");
     assert!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
 
