@@ -241,10 +241,12 @@ async fn idle(
     }
     let cpu1 = cpus.iter().sum::<f64>() / cpus.len() as f64;
     let rss1 = rss_kib()?;
+    let parked: usize = nodes.iter().map(RaftNode::parked_partition_groups).sum();
     println!(
-        "idle {}: {quiesced_before} of {groups} groups quiesced before the window, {} after",
+        "idle {}: {quiesced_before} of {groups} groups quiesced before the window, {} after; {parked} of {} followers parked",
         mode.key,
-        quiesced()
+        quiesced(),
+        groups as u64 * (replicas - 1),
     );
     for n in &nodes {
         n.shutdown().await;

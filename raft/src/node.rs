@@ -308,6 +308,13 @@ impl RaftNode {
         self.inner.scheduler.quiesced()
     }
 
+    /// How many partition groups this node follows *parked*: quiesced under a leader whose
+    /// node's liveness beats keep them quiet, off the scheduler's heap until something changes
+    /// (`crate::scheduler`, rule 5). A gauge for metrics and tests.
+    pub fn parked_partition_groups(&self) -> usize {
+        self.inner.scheduler.parked()
+    }
+
     /// The metadata group.
     pub fn metadata(&self) -> &MetadataHandle {
         &self.inner.metadata

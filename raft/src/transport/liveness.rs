@@ -33,6 +33,15 @@
 //!   heartbeats could not reach it either.
 //! - A [`QuietAnswer::Follows`] is the leader's acknowledgement from that follower for the group
 //!   (as a heartbeat reply would be), so a quiesced follower stays in sync for the ISR.
+//! - A group that answered [`QuietAnswer::Follows`] may be *parked* by the receiver's scheduler
+//!   on the sender's [`Stamp`] (off its timer heap, `crate::scheduler`, rule 5). Every change
+//!   this module makes to its quiet mark (a delta removing it, a full beat leaving it out, an
+//!   answer other than [`QuietAnswer::Follows`], another sender listing it) hands it back to
+//!   the scheduler (`GroupClock` fires its poke); a stamp that stops moving (the sender died
+//!   or was cut off) hands back all groups parked on it at once.
+//! - The sender keeps, per peer, the set it should list and the set the peer holds, and builds
+//!   each beat from the quiescence changes since the previous one (`crate::scheduler` module
+//!   `beats`): an unchanged idle set costs neither side any per-group work.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,6 +18,9 @@
 //!   younger than openraft's lease, pre-votes for it are refused (a quiesced follower's
 //!   openraft lease has run out; this stands in for it). A pre-vote for a group this node leads
 //!   quiesced is refused too, and wakes the group: a member lost contact, heartbeats resume.
+//! - A transfer-leader request, once openraft handled it, hands the group back to the scheduler
+//!   if it was parked on its leader node's liveness stamp (`crate::scheduler`, rule 5): the
+//!   group may be campaigning and, should it win, must start heartbeating.
 //! - While a partition group holds its votes after an unclean restart
 //!   (`crate::partition::unclean`), votes and pre-votes for it are answered with a rejecting
 //!   `VoteResponse` and never reach openraft; the hold ends when an accepted append-entries
@@ -174,6 +177,11 @@ impl TransportService {
                     let (reply, contact) = handle(g.raft(), rpc, payload, touch).await;
                     if contact {
                         g.clock.touch();
+                    }
+                    if matches!(rpc, Rpc::TransferLeader) {
+                        // It may campaign now: a follower parked by the scheduler must be
+                        // looked at again (`crate::scheduler`, rule 5).
+                        g.clock.unpark();
                     }
                     if let Some(target) = catch_up {
                         if target.reached_by(&reply) {

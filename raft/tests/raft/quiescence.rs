@@ -1,7 +1,8 @@
 //! Quiescence of idle partition groups (`drawbridge_raft` scheduler docs, "Quiescence"): idle
 //! replicated groups stop heartbeating and stay led through their leader node's liveness beats;
-//! a write wakes its group and commits; killing the node that leads quiesced groups fails them
-//! over as before. (A network partition that cuts off a quiesced leader: `network_partitions`.)
+//! a write wakes its group and commits; their followers park on the leader nodes' liveness
+//! stamps, and still take a transferred leadership and fail over when the node that leads them
+//! dies. (A network partition that cuts off a quiesced leader: `network_partitions`.)
 
 use std::time::Duration;
 use std::time::Instant;
@@ -34,6 +35,11 @@ fn batch(i: u32, n: u32) -> Bytes {
 /// Groups the running nodes lead quiesced.
 fn quiesced(c: &Cluster) -> usize {
     c.running().map(|n| n.quiesced_partition_groups()).sum()
+}
+
+/// Followers the running nodes hold parked (scheduler rule 5).
+fn parked(c: &Cluster) -> usize {
+    c.running().map(|n| n.parked_partition_groups()).sum()
 }
 
 /// Creates `n` groups on every node of `c`, each with one committed batch of 2 records, and
@@ -136,6 +142,11 @@ async fn killing_the_node_that_leads_quiesced_groups_fails_them_over() {
         quiesced(&c) == GROUPS as usize
     })
     .await;
+    // Their followers are parked: only the leader node's stamp going stale brings them back.
+    eventually("every follower parked", T, || {
+        parked(&c) == 2 * GROUPS as usize
+    })
+    .await;
     // The node leading the most groups (all quiesced) goes down.
     let leads = |id: u64| {
         all.iter()
@@ -180,5 +191,76 @@ async fn killing_the_node_that_leads_quiesced_groups_fails_them_over() {
             .expect("append on the new leader");
         assert_eq!(o.base_offset, 2);
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_follower_takes_a_transferred_leadership_and_keeps_it() {
+    const GROUPS: i32 = 2;
+    let c = Cluster::start(3, fast_timings()).await;
+    let all = groups_with_data(&c, "quiet-transfer", GROUPS).await;
+    eventually("every group quiesced", T, || {
+        quiesced(&c) == GROUPS as usize
+    })
+    .await;
+    eventually("every follower parked", T, || {
+        parked(&c) == 2 * GROUPS as usize
+    })
+    .await;
+
+    // The leadership of a quiesced group moves to a parked follower.
+    let g = &all[0];
+    let old = partition_leader(g, T).await;
+    let old_term = old.term();
+    let target = old
+        .transfer_leadership(T)
+        .await
+        .expect("transfer")
+        .expect("a follower to transfer to");
+    assert_ne!(target, old.group_node());
+    let new = g
+        .iter()
+        .find(|r| r.group_node() == target)
+        .expect("target replica");
+    eventually("the target leads", T, || new.is_leader()).await;
+    let term = new.term();
+    assert!(term > old_term);
+
+    // The new leader heartbeats (it was handed back to its scheduler): for several election
+    // timeouts nobody elects again, and every replica sees it as a live leader.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    for r in g {
+        assert_eq!(
+            r.term(),
+            term,
+            "n{} moved on from the transfer's term",
+            r.group_node()
+        );
+        assert_eq!(
+            r.leader(),
+            Some(target),
+            "n{} lost the new leader",
+            r.group_node()
+        );
+        assert!(
+            r.leader_is_live(),
+            "n{} sees no live leader",
+            r.group_node()
+        );
+    }
+    // It takes writes, goes idle, quiesces again and its followers park again.
+    let o = new
+        .append(batch(1, 1), 1, T)
+        .await
+        .expect("append on the new leader");
+    assert_eq!(o.base_offset, 2);
+    eventually("every group quiesced again", T, || {
+        quiesced(&c) == GROUPS as usize
+    })
+    .await;
+    eventually("every follower parked again", T, || {
+        parked(&c) == 2 * GROUPS as usize
+    })
+    .await;
     c.shutdown().await;
 }

@@ -8,6 +8,10 @@
 //! openraft for a heartbeat (`trigger().heartbeat()`) or an election (`trigger().elect(true)`,
 //! with pre-vote) when one is due. The metadata group keeps openraft's own tick.
 //!
+//! - [`clock`]: a group's last-contact clock, the per-peer [`Stamp`]s it may read, and the
+//!   [`Poke`](clock::Poke) that hands a parked group back to the scheduler.
+//! - [`beats`]: the sending side of liveness beats (what each peer holds listed).
+//!
 //! Rules, evaluated for a group when its deadline comes (deadlines are rounded up to
 //! [`Timing::resolution`], so one wakeup serves every group due in that slot):
 //! 1. Leader with other members: a heartbeat every `heartbeat_interval`. openraft still skips
@@ -23,14 +27,29 @@
 //!    leader lease. While that lease runs a voter refuses votes and openraft refuses to even
 //!    start a pre-vote, so asking earlier would be a wasted call. Non-leaders are looked at at
 //!    least every heartbeat interval, so a node that just won an election starts heartbeating
-//!    well before any follower's timeout; a follower (not a candidate) of a quiesced group
-//!    that follows its leader (its quiet lease runs, see `GroupClock::quiet_lease_runs`) at
-//!    least every minimum election timeout instead,
-//!    still well inside its followers' lease (`election_timeout_max`) should it win an election
-//!    it did not ask for (a leadership transfer), and armed for its own election deadline.
-//! 5. Learners and stopped groups: nothing.
-//! 6. A voter holding after an unclean restart (`crate::partition::unclean`): no election
-//!    until it caught up (or the hold expired); checked before rules 3 and 4.
+//!    well before any follower's timeout; except a follower (not a candidate) of a quiesced
+//!    group that follows its leader: it is *parked* (next rule), or, while it may not park
+//!    (its leader node's stamp is stale, or it was just handed back), looked at every minimum
+//!    election timeout, still well inside its followers' lease should it win an election it
+//!    did not ask for (a leadership transfer).
+//! 5. Parking. A follower (or learner) that follows its leader and is quiet through that
+//!    leader node's liveness [`Stamp`] (`GroupClock::park`), with the stamp younger than the
+//!    minimum election timeout ([`Timing::stale_after`]), leaves the heap: nothing but an
+//!    election can be due for it, and its election deadline (rule 4) lies at least one
+//!    `election_timeout_max` after that stamp. It is handed back (armed at once, then not
+//!    parked again for an `election_timeout_max`) when anything could change that:
+//!    - its quiet mark ends or moves: an append-entries, snapshot or vote for it, the leader
+//!      node unlisting it, or another node listing it (`GroupClock` fires the poke);
+//!    - a transfer-leader request arrives for it (the transport calls `GroupClock::unpark`
+//!      once openraft has handled it: the group may be about to campaign);
+//!    - the stamp it is parked on goes stale: ONE check per peer stamp (not per group), made
+//!      at every wakeup of the task, which also sleeps no later than the earliest stamp's
+//!      staleness; all groups parked on it go back on the heap, where rule 4 arms them for
+//!      their election deadline (still ahead: staleness comes at the minimum election
+//!      timeout, the deadline no earlier than the lease after the same stamp).
+//! 6. Learners and stopped groups: nothing (a learner may park, rule 5).
+//! 7. A voter holding after an unclean restart (`crate::partition::unclean`): no election
+//!    until it caught up (or the hold expired); checked before rules 3, 4 and 5.
 //!
 //! Quiescence (CockroachDB-style, issue 3). Heartbeats of idle groups were most of the idle cost
 //! of replicated groups, so a leader stops heartbeating a group that is idle and relies on ONE
@@ -50,18 +69,23 @@
 //!   is first listed to a peer or its term, index or quiescence changed; after that every beat
 //!   the peer gets moves one stamp per sender on the follower (which the clocks of the groups
 //!   that answered "follows" read) and one per peer on the leader (the groups' "follows"
-//!   acknowledgements), so an unchanged idle set costs a few bytes and no per-group work but
-//!   the leader's re-check below. One beat per peer is in flight at a time; a lost or refused
-//!   one makes the next one full.
+//!   acknowledgements). The sender builds a beat from the quiescence changes since the last
+//!   one ([`beats`]), so an unchanged idle set costs a few bytes and no per-group work on
+//!   either side. One beat per peer is in flight at a time; a lost or refused one makes the
+//!   next one full.
 //! - A quiesced group wakes (heartbeats resume at once) when its leader sees the term, the last
 //!   log index, the membership or the leadership change (a proposal, a membership change, a
 //!   transfer or a vote), when a follower asks for it, when a member asks it for a pre-vote,
-//!   and when its raft stops. Every quiesced group is re-checked just before every liveness
-//!   beat, so a beat never lists a group this node no longer leads. A proposal first wakes its
-//!   group and waits for a heartbeat quorum (`PartitionGroup::ensure_awake`): openraft refuses
-//!   writes on a leader whose lease ran out, as a quiesced leader's does.
-//! - When a leader's node dies or is cut off, its liveness beats stop, its followers' clocks go
-//!   stale, and rule 4 elects as before: fail-over keeps its bounds.
+//!   and when its raft stops. The leader learns of such a change from the group's metrics
+//!   watch: a quiesced group has one small task waiting on it (openraft publishes metrics
+//!   only when its core handled something, which a quiesced group's core does not), which
+//!   pokes the scheduler when the metrics leave the quiesced mark; the poke is handled before
+//!   the next beat is built, and [`QUIESCED_RECHECK`] re-reads the metrics besides. A proposal
+//!   first wakes its group and waits for a heartbeat quorum (`PartitionGroup::ensure_awake`):
+//!   openraft refuses writes on a leader whose lease ran out, as a quiesced leader's does.
+//! - When a leader's node dies or is cut off, its liveness beats stop, the stamp its
+//!   followers are parked on goes stale, they go back on the heap, and rule 4 elects as
+//!   before: fail-over keeps its bounds.
 //!
 //! A quiesced follower's openraft lease runs out (no heartbeats renew it), so openraft alone
 //! would grant a pre-vote to any candidate; the transport refuses pre-votes for a group whose
@@ -79,15 +103,21 @@
 //! - The scheduler never waits on a group: triggers are sent by a separate task, each bounded by
 //!   a heartbeat interval; a group whose API channel is full misses that beat and is asked
 //!   again at its next deadline.
-//! - A group is scheduled from [`Scheduler::register`] until [`Scheduler::unregister`]; a
-//!   stale heap slot (the group was re-armed or removed) is skipped, never acted on.
-//! - A group is quiesced only on its leader; a liveness beat lists only groups the sender leads
-//!   quiesced, checked against the group's metrics just before the beat is built.
+//! - A group is scheduled from [`Scheduler::register`] until [`Scheduler::unregister`]; at any
+//!   time it is either armed (one live heap slot, `Entry::due`) or parked on one stamp (rule
+//!   5), never both; a stale heap slot (the group was re-armed, parked or removed) is skipped,
+//!   never acted on, and so is a poke for a group no longer registered.
+//! - A group is quiesced only on its leader; a liveness beat lists only groups the sender
+//!   leads quiesced as of the last metrics it saw of them (a change pokes the scheduler, which
+//!   unlists the group in the next beat built after the poke).
+
+mod beats;
+mod clock;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -101,16 +131,16 @@ use openraft::Instant as _;
 use openraft::ServerState;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::debug;
 
+use self::beats::Beats;
+pub(crate) use self::clock::GroupClock;
+use self::clock::Poke;
+pub(crate) use self::clock::Stamp;
 use crate::config::GroupTimings;
-use crate::partition::unclean::CatchUp;
-use crate::transport::liveness::LivenessBeat;
-use crate::transport::liveness::LivenessReply;
-use crate::transport::liveness::QuietAnswer;
-use crate::transport::liveness::QuietGroup;
 use crate::transport::Router;
 use crate::types::NodeId;
 use crate::types::PartitionId;
@@ -120,165 +150,13 @@ use crate::types::PartitionTypes;
 /// How long a single-voter leader is left alone before it is looked at again.
 pub(crate) const ALONE_RECHECK: Duration = Duration::from_secs(30);
 
-/// How often a quiesced led group is looked at besides the liveness round (which re-checks
-/// every quiesced group every heartbeat interval anyway).
+/// How often a quiesced led group's metrics are re-read besides the watch that pokes the
+/// scheduler when they change.
 pub(crate) const QUIESCED_RECHECK: Duration = Duration::from_secs(30);
 
 /// Consecutive heartbeat deadlines at which a led group must look idle (and unchanged) before
 /// it is quiesced.
 pub(crate) const QUIESCE_AFTER: u32 = 3;
-
-/// A time shared by many groups: when a peer's last liveness beat arrived (on a follower), or
-/// when the last beat a peer acknowledged was sent (on a leader). One stamp per peer stands in
-/// for a stamp per group and beat (see `crate::transport::liveness`, delta beats).
-#[derive(Debug)]
-pub(crate) struct Stamp(Mutex<Instant>);
-
-impl Stamp {
-    /// A stamp at `at`.
-    pub(crate) fn new(at: Instant) -> Self {
-        Self(Mutex::new(at))
-    }
-
-    /// Moves the stamp to `at` (never back).
-    pub(crate) fn set(&self, at: Instant) {
-        let mut t = self.0.lock();
-        if at > *t {
-            *t = at;
-        }
-    }
-
-    /// The stamped time.
-    pub(crate) fn get(&self) -> Instant {
-        *self.0.lock()
-    }
-}
-
-/// The last time a group heard from its leader (or granted a vote). Shared between the group's
-/// transport handler, which stamps it, and the scheduler, which reads it.
-#[derive(Debug)]
-pub(crate) struct GroupClock {
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last contact.
-    last_contact_ms: AtomicU64,
-    /// Set while the group is listed quiesced by its leader's node: that node's liveness
-    /// stamp, which counts as contact (cleared by any append-entries, snapshot or vote for the
-    /// group, and when the leader's node stops listing it).
-    quiet_via: Mutex<Option<Arc<Stamp>>>,
-    /// openraft's leader lease (`election_timeout_max`): how long after the last liveness beat
-    /// a quiesced follower refuses pre-votes.
-    lease: Duration,
-    /// On the leader: the scheduler holds the group quiesced (a proposal must wake it first,
-    /// see [`GroupWaker`]).
-    quiesced: AtomicBool,
-    /// On the leader of a quiesced group: per follower that confirmed the group's state, the
-    /// stamp of the last liveness beat that follower acknowledged. Stands in for openraft's
-    /// heartbeat acknowledgements, which a quiesced group does not get, in the ISR rule.
-    quiet_acks: Mutex<Vec<(NodeId, Arc<Stamp>)>>,
-    /// Votes and elections held after an unclean restart under a lazy log sync policy
-    /// (`crate::partition::unclean`): no election is triggered while it holds.
-    pub(crate) catch_up: CatchUp,
-}
-
-impl GroupClock {
-    /// A clock whose last contact is now; `lease` as in [`GroupClock::quiet_lease_runs`].
-    pub(crate) fn new(lease: Duration) -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_contact_ms: AtomicU64::new(0),
-            quiet_via: Mutex::new(None),
-            lease,
-            quiesced: AtomicBool::new(false),
-            quiet_acks: Mutex::new(Vec::new()),
-            catch_up: CatchUp::default(),
-        }
-    }
-
-    /// Whether this node's scheduler holds the group quiesced (it leads it).
-    pub(crate) fn is_quiesced(&self) -> bool {
-        self.quiesced.load(Ordering::Relaxed)
-    }
-
-    /// Records that `follower` confirmed the group's state in a liveness beat; from now on
-    /// every beat it acknowledges moves `acked` (until the group wakes or `follower` stops
-    /// confirming it, [`GroupClock::forget_quiet_ack`]).
-    pub(crate) fn record_quiet_ack(&self, follower: NodeId, acked: &Arc<Stamp>) {
-        let mut acks = self.quiet_acks.lock();
-        match acks.iter_mut().find(|(id, _)| *id == follower) {
-            Some((_, s)) => *s = acked.clone(),
-            None => acks.push((follower, acked.clone())),
-        }
-    }
-
-    /// `follower` no longer confirms the group's state.
-    pub(crate) fn forget_quiet_ack(&self, follower: NodeId) {
-        self.quiet_acks.lock().retain(|(id, _)| *id != follower);
-    }
-
-    /// How long ago the last liveness beat `follower` confirmed for the group was sent.
-    pub(crate) fn quiet_ack_age(&self, follower: NodeId) -> Option<Duration> {
-        self.quiet_acks
-            .lock()
-            .iter()
-            .find(|(id, _)| *id == follower)
-            .map(|(_, s)| s.get().elapsed())
-    }
-
-    /// Records a liveness beat of the leader's node that lists the group quiesced: contact
-    /// now, and every later beat of that node (stamped on `via`) counts as contact too.
-    pub(crate) fn touch_quiet(&self, via: &Arc<Stamp>) {
-        self.touch();
-        *self.quiet_via.lock() = Some(via.clone());
-    }
-
-    /// The leader's node stopped listing the group quiesced (its beat `via` said so): its last
-    /// beat was the last contact through it.
-    pub(crate) fn unquiet_from(&self, via: &Arc<Stamp>) {
-        let mut q = self.quiet_via.lock();
-        if q.as_ref().is_some_and(|s| Arc::ptr_eq(s, via)) {
-            let at = via.get();
-            *q = None;
-            drop(q);
-            self.touch_at(at);
-        }
-    }
-
-    /// Records that the group's leader sent it raft traffic (it is not quiesced, or woke).
-    pub(crate) fn wake(&self) {
-        let via = self.quiet_via.lock().take();
-        if let Some(via) = via {
-            self.touch_at(via.get());
-        }
-    }
-
-    /// Whether the group is quiesced under a leader whose node's liveness beat listed it within
-    /// the lease: the same window in which openraft's own lease (renewed by heartbeats, which
-    /// a quiesced group does not get) makes a follower refuse votes.
-    pub(crate) fn quiet_lease_runs(&self) -> bool {
-        let via = self.quiet_via.lock().as_ref().map(|s| s.get());
-        via.is_some_and(|at| self.last_contact().max(at).elapsed() < self.lease)
-    }
-
-    /// Records contact from the group's leader (or a granted vote) now.
-    pub(crate) fn touch(&self) {
-        self.touch_at(Instant::now());
-    }
-
-    fn touch_at(&self, at: Instant) {
-        let ms = at.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.last_contact_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    /// The last contact: the latest of the stamped contacts and, while the group is listed
-    /// quiesced, its leader node's last liveness beat.
-    pub(crate) fn last_contact(&self) -> Instant {
-        let own = self.epoch + Duration::from_millis(self.last_contact_ms.load(Ordering::Relaxed));
-        match self.quiet_via.lock().as_ref() {
-            Some(via) => own.max(via.get()),
-            None => own,
-        }
-    }
-}
 
 /// The timers of partition groups, from [`GroupTimings`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +179,14 @@ impl Timing {
             resolution: Duration::from_millis((t.heartbeat_interval_ms / 20).clamp(5, 50)),
         }
     }
+
+    /// How old a leader node's liveness stamp may be for followers to stay parked on it (rule
+    /// 5): the minimum election timeout (never more than the maximum), so that a follower is
+    /// back on the heap before its election deadline, which lies no earlier than
+    /// `election_max` after the stamp.
+    pub(crate) fn stale_after(&self) -> Duration {
+        self.election_min.min(self.election_max)
+    }
 }
 
 /// What to ask a group for.
@@ -319,8 +205,13 @@ struct Entry {
     metrics: WatchReceiverOf<PartitionTypes, RaftMetrics<PartitionTypes>>,
     /// Whether (and how long) the group has been idle, while this node leads it.
     quiet: Quiet,
-    /// The deadline this entry is armed for (a heap slot with another time is stale).
-    due: Instant,
+    /// The deadline this entry is armed for (a heap slot with another time is stale); `None`
+    /// while it is parked (rule 5).
+    due: Option<Instant>,
+    /// While parked: the stamp it is parked on (`State::parked` key).
+    parked: Option<usize>,
+    /// Not parked before this time (it was just handed back, see rule 5).
+    park_after: Option<Instant>,
     /// Next heartbeat, while leader.
     next_heartbeat: Option<Instant>,
     /// Last election this scheduler triggered (or loss of leadership), whichever is later.
@@ -330,6 +221,18 @@ struct Entry {
     /// Which quiescence of the group this is (a fresh number each time it quiesces), so a
     /// group that woke and quiesced again at the same term and index is listed anew.
     quiet_gen: u64,
+    /// While quiesced: the task watching its metrics (see [`watch_quiesced`]); dropping it
+    /// stops the task.
+    watch: Option<WatchTask>,
+}
+
+/// A task that stops when dropped.
+struct WatchTask(AbortHandle);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Numbers the quiescences of groups (`Entry::quiet_gen`).
@@ -452,7 +355,14 @@ impl Entry {
             self.clock.quiet_acks.lock().clear();
         }
         self.quiet = Quiet::ACTIVE;
+        self.watch = None;
         was
+    }
+
+    /// The quiescence generation while quiesced (a change of it is a change of the group's
+    /// liveness listing, `State::changed`).
+    fn quiesced_gen(&self) -> Option<u64> {
+        matches!(self.quiet, Quiet::Quiesced(_)).then_some(self.quiet_gen)
     }
 }
 
@@ -508,7 +418,65 @@ struct State {
     keys: HashMap<PartitionId, u64>,
     next_key: u64,
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Parked followers (rule 5), by the stamp they are parked on (its address).
+    parked: HashMap<usize, Parked>,
+    /// Groups whose quiescence changed since the last liveness round (see [`beats`]).
+    changed: HashSet<u64>,
     rng: Rng,
+}
+
+/// The followers parked on one leader node's liveness stamp.
+struct Parked {
+    stamp: Arc<Stamp>,
+    keys: HashSet<u64>,
+}
+
+/// The identity of a stamp (the `State::parked` key).
+fn stamp_key(s: &Arc<Stamp>) -> usize {
+    Arc::as_ptr(s) as usize
+}
+
+impl State {
+    /// Arms entry `key` for `at`.
+    fn arm(&mut self, key: u64, at: Instant) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.due = Some(at);
+            self.heap.push(Reverse((at, key)));
+        }
+    }
+
+    /// Forgets entry `key` (its liveness listing goes with it, see [`beats`]).
+    fn remove(&mut self, key: u64) {
+        self.unpark(key);
+        if self.entries.remove(&key).is_some() {
+            self.changed.insert(key);
+        }
+    }
+
+    /// When the earliest stamp followers are parked on goes stale.
+    fn next_stale(&self, stale_after: Duration) -> Option<Instant> {
+        self.parked
+            .values()
+            .map(|p| p.stamp.get() + stale_after)
+            .min()
+    }
+
+    /// Takes a parked entry off its stamp's list (it is then neither armed nor parked; the
+    /// caller arms it).
+    fn unpark(&mut self, key: u64) {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let Some(sk) = e.parked.take() else {
+            return;
+        };
+        if let Some(p) = self.parked.get_mut(&sk) {
+            p.keys.remove(&key);
+            if p.keys.is_empty() {
+                self.parked.remove(&sk);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -519,74 +487,17 @@ struct Shared {
     /// Sends liveness beats to peers.
     router: Router,
     state: Mutex<State>,
-    /// Wakes the task when a group is registered (its first deadline may be the earliest).
+    /// Wakes the task when a group is registered (its first deadline may be the earliest) or
+    /// poked.
     wake: Notify,
+    /// Groups to look at now (`clock::Poke`): parked followers whose quiet mark changed,
+    /// quiesced leaders whose metrics moved. A leaf lock (taken with nothing else held, or
+    /// under `state`).
+    pokes: Mutex<Vec<u64>>,
     /// This scheduler's liveness session (random per start, see `crate::transport::liveness`).
     session: u64,
     /// What was sent to each peer in liveness beats. Lock order: `state` before `beats`.
     beats: Mutex<Beats>,
-}
-
-/// The sending side of liveness beats (delta beats, see `crate::transport::liveness`).
-#[derive(Default)]
-struct Beats {
-    /// Liveness rounds so far.
-    round: u64,
-    peers: HashMap<NodeId, PeerBeats>,
-}
-
-/// What a peer holds of this node's liveness beats.
-struct PeerBeats {
-    /// The number of the last beat sent.
-    seq: u64,
-    /// The peer acknowledged beat `seq` (so it holds `listed`); otherwise the next beat is
-    /// full.
-    synced: bool,
-    /// A beat is on its way: the peer gets no other until it is answered.
-    in_flight: bool,
-    /// The groups the peer holds listed, by scheduler key.
-    listed: HashMap<u64, Listed>,
-    /// When the last beat the peer acknowledged was sent: the quiet acknowledgement of every
-    /// group it confirmed (`GroupClock::record_quiet_ack`).
-    acked: Arc<Stamp>,
-}
-
-/// A group listed to a peer.
-struct Listed {
-    id: PartitionId,
-    term: u64,
-    last_index: Option<u64>,
-    gen: u64,
-    /// The last round that found it still quiesced.
-    round: u64,
-}
-
-/// A group added (or changed) in a beat.
-struct Added {
-    key: u64,
-    gen: u64,
-    group: QuietGroup,
-    clock: Arc<GroupClock>,
-}
-
-impl PeerBeats {
-    fn new(now: Instant) -> Self {
-        Self {
-            seq: 0,
-            synced: false,
-            in_flight: false,
-            listed: HashMap::new(),
-            acked: Arc::new(Stamp::new(now)),
-        }
-    }
-}
-
-/// One beat to build for a peer.
-#[derive(Default)]
-struct Plan {
-    /// Groups listed this round (added or unchanged).
-    listed: usize,
-    added: Vec<Added>,
 }
 
 /// Wakes one group from quiescence (see the module docs): the scheduler resumes its heartbeats
@@ -661,9 +572,12 @@ impl Scheduler {
                 keys: HashMap::new(),
                 next_key: 0,
                 heap: BinaryHeap::new(),
+                parked: HashMap::new(),
+                changed: HashSet::new(),
                 rng: Rng(seed),
             }),
             wake: Notify::new(),
+            pokes: Mutex::new(Vec::new()),
             session: Rng(seed ^ 0x5bd1_e995).next(),
             beats: Mutex::new(Beats::default()),
         });
@@ -688,7 +602,7 @@ impl Scheduler {
             let key = st.next_key;
             st.next_key += 1;
             if let Some(old) = st.keys.insert(id.clone(), key) {
-                st.entries.remove(&old);
+                st.remove(old);
             }
             st.entries.insert(
                 key,
@@ -699,11 +613,14 @@ impl Scheduler {
                     server,
                     metrics,
                     quiet: Quiet::ACTIVE,
-                    due: now,
+                    due: Some(now),
+                    parked: None,
+                    park_after: None,
                     next_heartbeat: None,
                     last_attempt: None,
                     timeout,
                     quiet_gen: 0,
+                    watch: None,
                 },
             );
             st.heap.push(Reverse((now, key)));
@@ -723,7 +640,7 @@ impl Scheduler {
     pub(crate) fn unregister(&self, id: &PartitionId) {
         let mut st = self.shared.state.lock();
         if let Some(key) = st.keys.remove(id) {
-            st.entries.remove(&key);
+            st.remove(key);
         }
     }
 
@@ -738,6 +655,12 @@ impl Scheduler {
             .count()
     }
 
+    /// How many groups are parked on their leader node's liveness stamp right now (rule 5).
+    pub(crate) fn parked(&self) -> usize {
+        let st = self.shared.state.lock();
+        st.parked.values().map(|p| p.keys.len()).sum()
+    }
+
     /// Stops the task and forgets every group.
     pub(crate) fn stop(&self) {
         if let Some(task) = self.task.lock().take() {
@@ -747,6 +670,8 @@ impl Scheduler {
         st.entries.clear();
         st.keys.clear();
         st.heap.clear();
+        st.parked.clear();
+        st.changed.clear();
     }
 }
 
@@ -754,18 +679,27 @@ async fn run(shared: Arc<Shared>) {
     let origin = Instant::now();
     let mut next_liveness = origin + shared.timing.heartbeat;
     loop {
-        let next = shared.state.lock().heap.peek().map(|Reverse((t, _))| *t);
-        let next = next.map_or(next_liveness, |t| t.min(next_liveness));
+        let next = {
+            let st = shared.state.lock();
+            let heap = st.heap.peek().map(|Reverse((t, _))| *t);
+            let stale = st.next_stale(shared.timing.stale_after());
+            [heap, stale]
+                .into_iter()
+                .flatten()
+                .fold(next_liveness, Instant::min)
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = shared.wake.notified() => {}
         }
         let now = Instant::now();
+        shared.take_pokes(now);
+        let actions = shared.poll(now, origin);
+        // After the poll: groups whose metrics moved were woken by it, and are not listed.
         if now >= next_liveness {
             next_liveness = now + shared.timing.heartbeat;
             shared.send_liveness(now);
         }
-        let actions = shared.poll(now, origin);
         if actions.is_empty() {
             continue;
         }
@@ -792,216 +726,53 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Watches the metrics of a group this node leads quiesced at `mark` and pokes the scheduler
+/// once they leave it (or the raft stops): openraft publishes metrics whenever its core
+/// handled anything, so a vote, a proposal, a membership change or a transfer all show here.
+fn watch_quiesced(
+    shared: &Arc<Shared>,
+    key: u64,
+    mut rx: WatchReceiverOf<PartitionTypes, RaftMetrics<PartitionTypes>>,
+    mark: Mark,
+) -> WatchTask {
+    let poke = Poke {
+        shared: Arc::downgrade(shared),
+        key,
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            if !mark.holds(&rx.borrow_and_update()) {
+                break;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        poke.fire();
+    });
+    WatchTask(task.abort_handle())
+}
+
 impl Shared {
-    /// Builds and sends this round's liveness beats: to each peer, the changes to the groups
-    /// this node leads quiesced that it is a member of (see `crate::transport::liveness`). A
-    /// group found changed is woken instead of listed.
-    fn send_liveness(self: &Arc<Self>, now: Instant) {
-        let mut plans: HashMap<NodeId, Plan> = HashMap::new();
-        let mut woke = false;
-        let round;
-        {
-            let mut st = self.state.lock();
-            let mut beats = self.beats.lock();
-            beats.round += 1;
-            round = beats.round;
-            let State { entries, heap, .. } = &mut *st;
-            for (key, e) in entries.iter_mut() {
-                let Quiet::Quiesced(mark) = &e.quiet else {
-                    continue;
-                };
-                if !e.still_quiet(mark) {
-                    e.unquiesce();
-                    e.next_heartbeat = Some(now);
-                    e.due = now;
-                    heap.push(Reverse((now, *key)));
-                    woke = true;
-                    continue;
-                }
-                for f in &mark.followers {
-                    let p = beats.peers.entry(*f).or_insert_with(|| PeerBeats::new(now));
-                    if p.in_flight {
-                        continue;
-                    }
-                    let plan = plans.entry(*f).or_default();
-                    plan.listed += 1;
-                    if p.synced {
-                        if let Some(l) = p.listed.get_mut(key) {
-                            if l.term == mark.term
-                                && l.last_index == mark.last_index
-                                && l.gen == e.quiet_gen
-                            {
-                                l.round = round;
-                                continue;
-                            }
-                        }
-                    }
-                    plan.added.push(Added {
-                        key: *key,
-                        gen: e.quiet_gen,
-                        group: QuietGroup {
-                            id: e.id.clone(),
-                            term: mark.term,
-                            last_index: mark.last_index,
-                        },
-                        clock: e.clock.clone(),
-                    });
-                }
-            }
-            // Peers that list nothing this round but may hold groups: they hear that too.
-            for (peer, p) in beats.peers.iter() {
-                if !p.in_flight && (!p.listed.is_empty() || (!p.synced && p.seq > 0)) {
-                    plans.entry(*peer).or_default();
-                }
-            }
-        }
-        if woke {
-            self.wake.notify_one();
-        }
-        for (peer, plan) in plans {
-            let beat = {
-                let mut beats = self.beats.lock();
-                let Some(p) = beats.peers.get_mut(&peer) else {
-                    continue;
-                };
-                let full = !p.synced;
-                let removed: Vec<(u64, PartitionId)> = if full {
-                    Vec::new()
-                } else {
-                    p.listed
-                        .iter()
-                        .filter(|(_, l)| l.round != round)
-                        .map(|(k, l)| (*k, l.id.clone()))
-                        .collect()
-                };
-                if plan.listed == 0 && removed.is_empty() && !(full && p.seq > 0) {
-                    continue;
-                }
-                p.seq += 1;
-                p.in_flight = true;
-                (p.seq, full, removed)
-            };
-            let (seq, full, removed) = beat;
-            let shared = self.clone();
-            tokio::spawn(async move {
-                shared
-                    .beat(peer, now, round, seq, full, plan.added, removed)
-                    .await;
-            });
-        }
-    }
-
-    /// Sends one liveness beat to `peer` and records its answers (see `send_liveness`).
-    #[allow(clippy::too_many_arguments)]
-    async fn beat(
-        self: &Arc<Self>,
-        peer: NodeId,
-        sent: Instant,
-        round: u64,
-        seq: u64,
-        full: bool,
-        added: Vec<Added>,
-        removed: Vec<(u64, PartitionId)>,
-    ) {
-        let beat = LivenessBeat {
-            from: self.me,
-            session: self.session,
-            seq,
-            full,
-            groups: added.iter().map(|a| a.group.clone()).collect(),
-            removed: removed.iter().map(|(_, id)| id.clone()).collect(),
-        };
-        let reply = self
-            .router
-            .liveness(peer, &beat, self.timing.election_min)
-            .await;
-        let answers = match reply {
-            Ok(LivenessReply::Applied(a)) if a.len() == added.len() => Some(a),
-            Ok(LivenessReply::Applied(a)) => {
-                let (got, sent) = (a.len(), added.len());
-                debug!(node = self.me, peer, got, sent, "malformed liveness reply");
-                None
-            }
-            Ok(LivenessReply::Resync) => {
-                debug!(node = self.me, peer, "peer asks for a full liveness beat");
-                None
-            }
-            // The peer is down or cut off: its groups' elections are its business.
-            Err(e) => {
-                debug!(node = self.me, peer, error = %e, "liveness beat failed");
-                None
-            }
-        };
-        let mut wake = Vec::new();
-        {
-            let mut beats = self.beats.lock();
-            let Some(p) = beats.peers.get_mut(&peer) else {
-                return;
-            };
-            p.in_flight = false;
-            let Some(answers) = answers else {
-                // Whether the peer applied it is unknown: the next beat is full.
-                p.synced = false;
-                return;
-            };
-            p.synced = true;
-            if full {
-                p.listed.clear();
-            }
-            for (key, _) in &removed {
-                p.listed.remove(key);
-            }
-            for (a, answer) in added.into_iter().zip(answers) {
-                match answer {
-                    QuietAnswer::Follows => a.clock.record_quiet_ack(peer, &p.acked),
-                    QuietAnswer::Wake => {
-                        a.clock.forget_quiet_ack(peer);
-                        wake.push(a.group.id.clone());
-                    }
-                    QuietAnswer::NotHosted => a.clock.forget_quiet_ack(peer),
-                }
-                p.listed.insert(
-                    a.key,
-                    Listed {
-                        id: a.group.id,
-                        term: a.group.term,
-                        last_index: a.group.last_index,
-                        gen: a.gen,
-                        round,
-                    },
-                );
-            }
-            p.acked.set(sent);
-        }
-        if !wake.is_empty() {
-            self.wake_groups(&wake);
-        }
-    }
-
     /// Wakes quiesced groups a follower asked for: they heartbeat at once.
     fn wake_groups(&self, ids: &[PartitionId]) {
         let now = Instant::now();
         let mut woke = false;
         {
             let mut st = self.state.lock();
-            let State {
-                entries,
-                keys,
-                heap,
-                ..
-            } = &mut *st;
             for id in ids {
-                let Some(key) = keys.get(id) else {
+                let Some(key) = st.keys.get(id).copied() else {
                     continue;
                 };
-                if let Some(e) = entries.get_mut(key) {
-                    if e.unquiesce() {
-                        debug!(node = self.me, group = %id, "follower asked to wake the group");
-                        e.next_heartbeat = Some(now);
-                        e.due = now;
-                        heap.push(Reverse((now, *key)));
-                        woke = true;
-                    }
+                let Some(e) = st.entries.get_mut(&key) else {
+                    continue;
+                };
+                if e.unquiesce() {
+                    debug!(node = self.me, group = %id, "follower asked to wake the group");
+                    e.next_heartbeat = Some(now);
+                    st.changed.insert(key);
+                    st.arm(key, now);
+                    woke = true;
                 }
             }
         }
@@ -1010,13 +781,62 @@ impl Shared {
         }
     }
 
-    /// Evaluates every group due by `now`, re-arms it, and returns what to trigger.
-    fn poll(&self, now: Instant, origin: Instant) -> Vec<(PartitionRaft, Action)> {
+    /// Arms the poked groups for `now` (a parked one is handed back, and not parked again
+    /// for an `election_max`), and the groups parked on a stamp gone stale.
+    fn take_pokes(&self, now: Instant) {
+        let pokes = std::mem::take(&mut *self.pokes.lock());
+        let stale_after = self.timing.stale_after();
+        let mut st = self.state.lock();
+        for key in pokes {
+            let Some(e) = st.entries.get_mut(&key) else {
+                continue;
+            };
+            if e.parked.is_some() {
+                e.park_after = Some(now + self.timing.election_max);
+                st.unpark(key);
+            }
+            st.arm(key, now);
+        }
+        if st.next_stale(stale_after).is_none_or(|t| t > now) {
+            return;
+        }
+        let stale: Vec<usize> = st
+            .parked
+            .iter()
+            .filter(|(_, p)| p.stamp.get() + stale_after <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for sk in stale {
+            let Some(p) = st.parked.remove(&sk) else {
+                continue;
+            };
+            debug!(
+                node = self.me,
+                groups = p.keys.len(),
+                "a leader node's liveness stamp went stale: its followers are looked at again"
+            );
+            for key in p.keys {
+                if let Some(e) = st.entries.get_mut(&key) {
+                    e.parked = None;
+                    e.clock.forget_park();
+                }
+                st.arm(key, now);
+            }
+        }
+    }
+
+    /// Evaluates every group due by `now`, re-arms or parks it, and returns what to trigger.
+    fn poll(self: &Arc<Self>, now: Instant, origin: Instant) -> Vec<(PartitionRaft, Action)> {
         let t = self.timing;
         let mut out = Vec::new();
         let mut st = self.state.lock();
         let State {
-            entries, heap, rng, ..
+            entries,
+            heap,
+            rng,
+            parked,
+            changed,
+            ..
         } = &mut *st;
         while let Some(Reverse((due, _))) = heap.peek() {
             if *due > now {
@@ -1028,22 +848,51 @@ impl Shared {
             let Some(e) = entries.get_mut(&key) else {
                 continue;
             };
-            if e.due != due {
+            if e.due != Some(due) {
                 continue;
             }
-            let (action, next) = step(e, self.me, self.quiesce, now, &t, rng);
+            let before = e.quiesced_gen();
+            let (action, next, may_park) = step(e, self.me, self.quiesce, now, &t, rng);
             if let Some(a) = action {
                 out.push((e.raft.clone(), a));
             }
+            if e.quiesced_gen() != before {
+                changed.insert(key);
+                if let Quiet::Quiesced(mark) = &e.quiet {
+                    e.watch = Some(watch_quiesced(self, key, e.metrics.clone(), mark.clone()));
+                }
+            }
+            if may_park && e.park_after.is_none_or(|a| now >= a) {
+                e.park_after = None;
+                let poke = Poke {
+                    shared: Arc::downgrade(self),
+                    key,
+                };
+                if let Some(stamp) = e.clock.park(poke, t.stale_after()) {
+                    let sk = stamp_key(&stamp);
+                    parked
+                        .entry(sk)
+                        .or_insert_with(|| Parked {
+                            stamp,
+                            keys: HashSet::new(),
+                        })
+                        .keys
+                        .insert(key);
+                    e.parked = Some(sk);
+                    e.due = None;
+                    continue;
+                }
+            }
             let next = round_up(next.max(now + t.resolution), origin, t.resolution);
-            e.due = next;
+            e.due = Some(next);
             heap.push(Reverse((next, key)));
         }
         out
     }
 }
 
-/// One group's rule (see the module docs): what to trigger now and when to look again.
+/// One group's rule (see the module docs): what to trigger now, when to look again, and
+/// whether it may park instead (rule 5; the caller checks its quiet mark).
 fn step(
     e: &mut Entry,
     me: NodeId,
@@ -1051,7 +900,7 @@ fn step(
     now: Instant,
     t: &Timing,
     rng: &mut Rng,
-) -> (Option<Action>, Instant) {
+) -> (Option<Action>, Instant, bool) {
     let v = e.view(me);
     if v.state != ServerState::Leader {
         e.unquiesce();
@@ -1061,12 +910,12 @@ fn step(
             if !v.others {
                 e.next_heartbeat = None;
                 e.unquiesce();
-                return (None, now + ALONE_RECHECK);
+                return (None, now + ALONE_RECHECK, false);
             }
             if let Quiet::Quiesced(mark) = &e.quiet {
                 if e.still_quiet(mark) {
-                    // Every liveness round re-checks it (and wakes it if it changed).
-                    return (None, now + QUIESCED_RECHECK);
+                    // Its metrics watch pokes it when they change.
+                    return (None, now + QUIESCED_RECHECK, false);
                 }
                 // Woken (a proposal, a new term or membership): beat at once.
                 e.unquiesce();
@@ -1089,7 +938,7 @@ fn step(
                         e.quiet_gen = QUIET_GEN.fetch_add(1, Ordering::Relaxed);
                         e.clock.quiesced.store(true, Ordering::Relaxed);
                         e.next_heartbeat = None;
-                        return (None, now + t.heartbeat);
+                        return (None, now + t.heartbeat, false);
                     }
                     e.quiet = Quiet::Active {
                         idle,
@@ -1100,9 +949,9 @@ fn step(
                 }
                 let next = now + t.heartbeat;
                 e.next_heartbeat = Some(next);
-                return (Some(Action::Heartbeat), next);
+                return (Some(Action::Heartbeat), next, false);
             }
-            (None, at)
+            (None, at, false)
         }
         ServerState::Follower | ServerState::Candidate if v.voter => {
             if e.next_heartbeat.take().is_some() {
@@ -1112,7 +961,7 @@ fn step(
             if e.clock.catch_up.holds() {
                 // Restarted unclean under a lazy policy: not an up-to-date candidate until a
                 // leader caught it up (`crate::partition::unclean`).
-                return (None, now + t.heartbeat);
+                return (None, now + t.heartbeat, false);
             }
             if v.alone {
                 // A lone voter's pre-vote grants itself: elect at once, and leave a running
@@ -1120,10 +969,10 @@ fn step(
                 let busy = v.state == ServerState::Candidate
                     && e.last_attempt.is_some_and(|a| now < a + t.election_max);
                 if busy {
-                    return (None, now + t.heartbeat);
+                    return (None, now + t.heartbeat, false);
                 }
                 e.last_attempt = Some(now);
-                return (Some(Action::Elect), now + t.heartbeat);
+                return (Some(Action::Elect), now + t.heartbeat, false);
             }
             let contact = e.clock.last_contact();
             let due = match e.last_attempt {
@@ -1134,23 +983,26 @@ fn step(
             if now >= due {
                 e.last_attempt = Some(now);
                 e.timeout = rng.between(t.election_min, t.election_max);
-                return (Some(Action::Elect), now + t.heartbeat.min(e.timeout));
+                return (Some(Action::Elect), now + t.heartbeat.min(e.timeout), false);
             }
             // A follower (not a candidate: a campaign it won must start heartbeating soon)
-            // that follows a leader whose liveness beats keep it quiet is looked at every
-            // minimum election timeout instead of every heartbeat (rule 4): nothing but an
-            // election is due for it, and it is armed for that deadline anyway.
-            let look =
-                if v.state == ServerState::Follower && v.following && e.clock.quiet_lease_runs() {
-                    t.election_min
-                } else {
-                    t.heartbeat
-                };
-            (None, due.min(now + look))
+            // that follows its leader may park on that leader node's liveness stamp (rule 5):
+            // its deadline `due` lies at least `stale_after` after that stamp, and it is back
+            // on the heap when the stamp goes stale. If it may not park, while its leader's
+            // beats keep it quiet it is looked at every minimum election timeout instead of
+            // every heartbeat (rule 4), and armed for its deadline anyway.
+            let follows = v.state == ServerState::Follower && v.following;
+            let look = if follows && e.clock.quiet_lease_runs() {
+                t.election_min
+            } else {
+                t.heartbeat
+            };
+            (None, due.min(now + look), follows)
         }
         _ => {
             e.next_heartbeat = None;
-            (None, now + t.heartbeat)
+            let learns = v.state == ServerState::Learner && v.following;
+            (None, now + t.heartbeat, learns)
         }
     }
 }
@@ -1180,37 +1032,6 @@ mod tests {
             base + res
         );
         assert_eq!(round_up(base + res, base, res), base + res);
-    }
-
-    #[test]
-    fn clock_keeps_the_latest_contact() {
-        let c = GroupClock::new(Duration::from_secs(3));
-        assert!(!c.quiet_lease_runs());
-        let first = c.last_contact();
-        c.touch();
-        assert!(c.last_contact() >= first);
-        let via = Arc::new(Stamp::new(Instant::now()));
-        c.touch_quiet(&via);
-        assert!(c.quiet_lease_runs());
-        let later = Instant::now() + Duration::from_millis(50);
-        via.set(later);
-        assert_eq!(
-            c.last_contact(),
-            later,
-            "the leader node's beats count as contact"
-        );
-        c.wake();
-        assert!(!c.quiet_lease_runs());
-        // Own contacts are kept in whole milliseconds.
-        assert!(
-            c.last_contact() + Duration::from_millis(1) > later,
-            "the last beat stays counted after a wake"
-        );
-        c.touch_quiet(&via);
-        c.unquiet_from(&Arc::new(Stamp::new(Instant::now())));
-        assert!(c.quiet_lease_runs(), "another node's stamp leaves it alone");
-        c.unquiet_from(&via);
-        assert!(!c.quiet_lease_runs());
     }
 
     #[test]
