@@ -144,6 +144,9 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         (None, config.nats.servers.clone())
     };
     let embedded_only = embedded.is_some();
+    // The server's NATS connection goes to its embedded broker: message paths may use the
+    // broker in-process instead (`Node::local_nats`).
+    let local_nats = embedded.as_ref().map(EmbeddedNats::local);
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError::Internal(format!("creating {}: {e}", config.data_dir.display()))
@@ -234,6 +237,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         compaction_slots,
         keyring: extra.keyring.clone(),
         local_inboxes: Default::default(),
+        local_nats,
     });
     if let Some(listen) = &ctx.config.metrics.listen {
         let host = if listen.host.is_empty() {
