@@ -175,8 +175,8 @@ pub fn disk_full_reason(msg: &async_nats::Message) -> Option<String> {
 }
 
 /// Sends an ack to its inbox: in-process to a local session ([`LocalInboxes`]), else as an
-/// envelope published on NATS (the inbox becomes the subject without a copy); failures are
-/// logged (the publisher times out).
+/// envelope published on NATS ([`Node::publish_message`]; the inbox becomes the subject
+/// without a copy); failures are logged (the publisher times out).
 pub async fn send(ctx: &Node, ack: Ack) {
     if ack.ack_inbox.is_empty() {
         return;
@@ -185,7 +185,7 @@ pub async fn send(ctx: &Node, ack: Ack) {
         return;
     };
     let body = envelope::encode_ack(&ack);
-    if let Err(e) = ctx.nats.publish(ack.ack_inbox, body).await {
+    if let Err(e) = ctx.publish_message(ack.ack_inbox, body).await {
         tracing::debug!(error = %e, "sending an ack failed");
     }
 }

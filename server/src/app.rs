@@ -144,6 +144,12 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         (None, config.nats.servers.clone())
     };
     let embedded_only = embedded.is_some();
+    // The server's NATS connection goes to its embedded broker: message paths may use the
+    // broker in-process instead (`Node::local_nats`).
+    let local_nats = embedded
+        .as_ref()
+        .filter(|_| local_nats_enabled())
+        .map(EmbeddedNats::local);
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError::Internal(format!("creating {}: {e}", config.data_dir.display()))
@@ -234,6 +240,7 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         compaction_slots,
         keyring: extra.keyring.clone(),
         local_inboxes: Default::default(),
+        local_nats,
     });
     if let Some(listen) = &ctx.config.metrics.listen {
         let host = if listen.host.is_empty() {
@@ -496,6 +503,18 @@ impl Running {
         }
         info!("stopped");
     }
+}
+
+/// Hidden switch for A/B runs: `DRAWBRIDGE_LOCAL_NATS=0` keeps message publishes and ingest
+/// subscriptions on the NATS connection even on the embedded broker (the path before
+/// [`crate::embedded_nats::local`]). Anything but `0`/`false`/`off` leaves them in-process.
+fn local_nats_enabled() -> bool {
+    !matches!(
+        std::env::var("DRAWBRIDGE_LOCAL_NATS")
+            .as_deref()
+            .map(str::trim),
+        Ok("0" | "false" | "off")
+    )
 }
 
 /// Hidden switch for A/B runs: `DRAWBRIDGE_QUIESCE=1` (or `0`) turns quiescence of idle

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::cluster::Directory;
 use crate::config::{Config, HostPort};
+use crate::error::{Result, ServerError};
 use crate::partitions::Partitions;
 use crate::stats::NodeStats;
 
@@ -54,12 +55,34 @@ pub struct Node {
     pub keyring: Arc<crate::encryption::Keyring>,
     /// Ack inboxes of this process's publish sessions, served in-process ([`crate::acks`]).
     pub local_inboxes: crate::acks::LocalInboxes,
+    /// When `nats` is connected to this process's embedded broker: the same broker in-process,
+    /// for the message paths that skip the loopback connection ([`Node::publish_message`],
+    /// the ingest's subscription).
+    pub local_nats: Option<crate::embedded_nats::local::LocalNats>,
 }
 
 impl Node {
     /// `<namespace>.<suffix>`.
     pub fn subject(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.config.clustering.namespace)
+    }
+
+    /// Publishes `payload` on `subject` like `nats.publish`: routed in-process when NATS is
+    /// the embedded broker ([`crate::embedded_nats::local`]; delivered to every subscriber when
+    /// this returns), else handed to the NATS connection. Either way it reaches every
+    /// subscriber of the subject, in order with this node's earlier `publish_message` calls.
+    pub async fn publish_message(&self, subject: String, payload: bytes::Bytes) -> Result<()> {
+        match &self.local_nats {
+            Some(local) => local
+                .publish(subject, payload)
+                .map(drop)
+                .map_err(|e| ServerError::Nats(e.to_string())),
+            None => self
+                .nats
+                .publish(subject, payload)
+                .await
+                .map_err(|e| ServerError::Nats(e.to_string())),
+        }
     }
 
     /// Whether shutdown has begun.

@@ -43,7 +43,8 @@
 //!   more LEADER acks and waits (bounded) until every later proposal has been appended or has
 //!   failed, so a restarted ingest never races a stale proposal for offsets.
 //! - The loop ends when told to stop (leadership lost, stream deleted, shutdown) or when a
-//!   proposal fails; the NATS subscription is dropped (unsubscribed) when it ends; [`run`]
+//!   proposal fails; the NATS subscription (in-process on the embedded broker, see
+//!   [`crate::embedded_nats::local`]) is dropped (unsubscribed) when it ends; [`run`]
 //!   returns after acker and committer have finished.
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ use bytes::Bytes;
 use drawbridge_proto::api::{ack, AckPolicy};
 use drawbridge_raft::{PartitionReplica, Proposal};
 use drawbridge_storage::RecordBatchBuilder;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -183,19 +185,7 @@ pub async fn run(
             "partition leadership changed during catch-up".into(),
         ));
     }
-    let mut sub = if p.group.is_empty() {
-        ctx.nats.subscribe(p.subject.clone()).await
-    } else {
-        ctx.nats
-            .queue_subscribe(p.subject.clone(), p.group.clone())
-            .await
-    }
-    .map_err(|e| ServerError::Nats(e.to_string()))?;
-    // Make sure NATS has the subscription before telling anyone that the partition records.
-    ctx.nats
-        .flush()
-        .await
-        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    let mut sub = subscribe(&ctx, &p).await?;
     on_ready();
     info!(stream = %p.stream, subject = %p.subject, next, term, "partition leader: ingest started");
 
@@ -481,6 +471,29 @@ pub async fn run(
     }
     info!(stream = %p.stream, subject = %p.subject, "ingest stopped");
     result
+}
+
+/// Subscribes to the partition's subject and returns once the broker has the subscription:
+/// in-process on the embedded broker ([`crate::embedded_nats::local`]), else on the NATS
+/// connection, flushed.
+async fn subscribe(ctx: &Ctx, p: &IngestParams) -> Result<BoxStream<'static, async_nats::Message>> {
+    let queue = (!p.group.is_empty()).then(|| p.group.clone());
+    if let Some(local) = &ctx.local_nats {
+        return local
+            .subscribe(p.subject.clone(), queue)
+            .map(|s| s.boxed())
+            .map_err(|e| ServerError::Nats(e.to_string()));
+    }
+    let sub = match queue {
+        None => ctx.nats.subscribe(p.subject.clone()).await,
+        Some(q) => ctx.nats.queue_subscribe(p.subject.clone(), q).await,
+    }
+    .map_err(|e| ServerError::Nats(e.to_string()))?;
+    ctx.nats
+        .flush()
+        .await
+        .map_err(|e| ServerError::Nats(e.to_string()))?;
+    Ok(sub.boxed())
 }
 
 /// Drops a batch refused because the disk is below `storage.min.free.bytes` ([`crate::diskspace`]):

@@ -3,9 +3,11 @@
 //!
 //! Invariants: one client per server process carries everything (ingest subscriptions, acks,
 //! re-published gRPC publishes, cluster discovery and forwarding), so messages the server
-//! publishes reach its own subscriptions in publish order; the client reconnects forever after
-//! the first successful connect; the first connect is bounded (it fails start-up instead of
-//! hanging).
+//! publishes reach its own subscriptions in publish order (on the embedded broker, message
+//! publishes, acks and ingest subscriptions skip this client and use the broker in-process,
+//! [`crate::embedded_nats::local`], which routes in call order too); the client reconnects
+//! forever after the first successful connect; the first connect is bounded (it fails start-up
+//! instead of hanging).
 
 use std::time::Duration;
 

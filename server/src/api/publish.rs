@@ -23,7 +23,8 @@
 //! - Publish and PublishAsync admit a request through one chain (`admit`): stream/partition
 //!   checks, the leader's disk, the NATS connection.
 //! - The message itself always goes through NATS (every subscriber of the subject sees it; the
-//!   leader's ingest appends it once, in order with raw NATS publishes). Only the ack may skip
+//!   leader's ingest appends it once, in order with raw NATS publishes); on the embedded
+//!   broker it is routed in-process ([`crate::embedded_nats::local`]), with the same effect. Only the ack may skip
 //!   NATS: PublishAsync's inbox, and a unary Publish's server-generated inbox when this node
 //!   leads the partition, are registered in [`acks::LocalInboxes`], so a local leader hands
 //!   their acks over in-process (remote leaders' acks still arrive on the NATS inbox).
@@ -204,7 +205,9 @@ fn message_of(r: PublishRequest, subject: String, inbox: String) -> Message {
     }
 }
 
-/// Publishes `body` on `subject`; with a deadline and a policy other than NONE, waits for the
+/// Publishes `body` on `subject` ([`Node::publish_message`], except with a NATS inbox
+/// subscription: that publish follows its SUB on the NATS connection, so the broker has the
+/// subscription first); with a deadline and a policy other than NONE, waits for the
 /// first ack on `inbox`; returns it with the leader's disk-full text if the ack carried one
 /// ([`acks::DISK_FULL_HEADER`]). With `local` (a server-generated inbox and a partition this
 /// node leads) the ack is awaited in-process ([`acks::LocalInboxes`]) instead of through a NATS
@@ -220,19 +223,13 @@ async fn publish_and_wait(
     local: bool,
 ) -> Result<Option<(Ack, Option<String>)>> {
     let Some(wait) = wait else {
-        ctx.nats
-            .publish(subject, body)
-            .await
-            .map_err(|e| ServerError::Nats(e.to_string()))?;
+        ctx.publish_message(subject, body).await?;
         return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + wait;
     if local {
         let mut local = ctx.local_inboxes.register(inbox);
-        ctx.nats
-            .publish(subject, body)
-            .await
-            .map_err(|e| ServerError::Nats(e.to_string()))?;
+        ctx.publish_message(subject, body).await?;
         return match tokio::time::timeout_at(deadline, local.rx.recv()).await {
             Ok(Some(l)) => Ok(Some((l.ack, l.disk_full))),
             Err(_) | Ok(None) => Err(ServerError::DeadlineExceeded(
@@ -610,7 +607,7 @@ pub async fn publish_async(
             drop(state);
             let msg = message_of(req, subject.clone(), inbox.clone());
             let body = envelope::encode_publish(&msg);
-            if let Err(e) = ctx.nats.publish(subject, body).await {
+            if let Err(e) = ctx.publish_message(subject, body).await {
                 if policy != AckPolicy::None {
                     in_flight
                         .lock()
@@ -619,7 +616,7 @@ pub async fn publish_async(
                 let resp = error_response(
                     msg.correlation_id,
                     publish_async_error::Code::Internal,
-                    format!("NATS publish failed: {e}"),
+                    format!("publish failed: {e}"),
                 );
                 if tx.send(Ok(resp)).await.is_err() {
                     break;

@@ -14,6 +14,11 @@
 //! 3. Each queue group of a matching result delivers a message to at most one member.
 //! 4. A client with `echo: false` never receives its own messages.
 //! 5. Lock order: a client's `subs` map and the sublist are never held at the same time.
+//! 6. An in-process client ([`Client::local`], see [`super::local`]) gets each delivery as one
+//!    message on its channel instead of a frame in its outbound queue, in the same routing
+//!    order; it is a client without header support (headers are not passed on). A full channel
+//!    drops that delivery (logged), as an async-nats subscription whose buffer is full does;
+//!    a closed one (subscriber gone) refuses it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use rand::Rng;
+use tokio::sync::mpsc;
 
 use super::outbound::{Outbound, Refused};
 use super::protocol::Publish;
@@ -42,6 +48,8 @@ pub struct Client {
     pub no_responders: AtomicBool,
     /// Live subscriptions by sid. Owned by this client's reader, also edited by auto-unsubscribe.
     pub subs: Mutex<HashMap<String, Arc<Subscription>>>,
+    /// In-process clients only: where deliveries go instead of `outbound` (invariant 6).
+    pub local: Option<mpsc::Sender<async_nats::Message>>,
 }
 
 impl Client {
@@ -54,6 +62,7 @@ impl Client {
             headers: AtomicBool::new(false),
             no_responders: AtomicBool::new(false),
             subs: Mutex::new(HashMap::new()),
+            local: None,
         }
     }
 }
@@ -115,6 +124,8 @@ pub struct Broker {
     sublist: Sublist<Subscription>,
     next_client_id: AtomicU64,
     connections: AtomicUsize,
+    /// Deliveries dropped because an in-process subscriber's channel was full.
+    local_dropped: AtomicU64,
 }
 
 /// Header block of a "no responders" status message.
@@ -135,6 +146,25 @@ impl Broker {
 
     /// Removes all of `client`'s subscriptions and uncounts the connection.
     pub fn disconnect(&self, client: &Client) {
+        self.remove_all(client);
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An in-process client (not counted as a connection): with `sink`, its deliveries go to
+    /// that channel (invariant 6); without, it only publishes.
+    pub fn local_client(&self, sink: Option<mpsc::Sender<async_nats::Message>>) -> Arc<Client> {
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut client = Client::new(id, 0);
+        client.local = sink;
+        Arc::new(client)
+    }
+
+    /// Removes all subscriptions of an in-process client.
+    pub fn release_local(&self, client: &Client) {
+        self.remove_all(client);
+    }
+
+    fn remove_all(&self, client: &Client) {
         let subs: Vec<Arc<Subscription>> = client.subs.lock().drain().map(|(_, s)| s).collect();
         for sub in subs {
             if !sub.removed.swap(true, Ordering::AcqRel) {
@@ -142,7 +172,6 @@ impl Broker {
                     .remove(&sub.subject, sub.queue.as_deref(), &sub);
             }
         }
-        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Number of connected clients.
@@ -256,6 +285,13 @@ impl Broker {
         let Some(last) = sub.claim() else {
             return false;
         };
+        if let Some(sink) = &sub.client.local {
+            let delivered = self.deliver_local(sink, sub, msg);
+            if last {
+                self.remove_subscription(sub);
+            }
+            return delivered;
+        }
         let headers = msg
             .headers
             .as_ref()
@@ -282,6 +318,43 @@ impl Broker {
                 false
             }
             Err(Refused::Closing) => false,
+        }
+    }
+
+    /// Hands `msg` to an in-process subscriber (invariant 6).
+    fn deliver_local(
+        &self,
+        sink: &mpsc::Sender<async_nats::Message>,
+        sub: &Subscription,
+        msg: &Publish,
+    ) -> bool {
+        let m = async_nats::Message {
+            subject: async_nats::Subject::from(msg.subject.as_str()),
+            reply: msg.reply.as_deref().map(async_nats::Subject::from),
+            payload: msg.payload.clone(),
+            headers: None,
+            status: None,
+            description: None,
+            length: msg.subject.len()
+                + msg.reply.as_ref().map_or(0, String::len)
+                + msg.payload.len(),
+        };
+        match sink.try_send(m) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Logged 1st, 2nd, 4th, 8th... time.
+                let n = self.local_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        client_id = sub.client.id,
+                        subject = %msg.subject,
+                        dropped = n,
+                        "embedded NATS: in-process subscriber is full, message dropped"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

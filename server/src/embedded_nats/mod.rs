@@ -13,6 +13,7 @@
 //! - [`broker`]: shared routing state; publishes fan out synchronously into subscribers' queues.
 //! - [`outbound`]: each connection's bounded outbound queue (coalesced writes, slow consumers).
 //! - `conn`: per-connection reader and writer tasks.
+//! - [`local`]: in-process clients, so the hosting server skips its own loopback connection.
 //! - [`config`] and [`conf`]: settings and the nats-server config-file format.
 //!
 //! Invariants:
@@ -28,6 +29,7 @@ pub mod broker;
 pub mod conf;
 pub mod config;
 mod conn;
+pub mod local;
 pub mod outbound;
 pub mod protocol;
 pub mod subject;
@@ -58,8 +60,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct EmbeddedNats {
     /// The address actually bound (the real port when the config asked for port 0).
     addr: SocketAddr,
-    /// Routing state, kept for introspection.
+    /// Routing state, kept for introspection and in-process clients.
     broker: Arc<Broker>,
+    /// The configured `max_payload` (what in-process publishes are held to).
+    max_payload: usize,
     /// Set to `true` to stop the accept loop and every connection.
     shutdown_tx: watch::Sender<bool>,
     /// The accept loop; it owns the connection tasks and waits for them on shutdown.
@@ -97,12 +101,14 @@ impl EmbeddedNats {
             addr,
         });
         let broker = Arc::clone(&shared.broker);
+        let max_payload = shared.limits.max_payload;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let accept_task = tokio::spawn(accept_loop(listener, shared, shutdown_rx));
         tracing::info!(%addr, "embedded NATS listening");
         Ok(Self {
             addr,
             broker,
+            max_payload,
             shutdown_tx,
             accept_task: Some(accept_task),
         })
@@ -125,6 +131,11 @@ impl EmbeddedNats {
             });
         }
         format!("nats://{addr}")
+    }
+
+    /// An in-process handle for the hosting server ([`local`]).
+    pub fn local(&self) -> local::LocalNats {
+        local::LocalNats::new(Arc::clone(&self.broker), self.max_payload)
     }
 
     /// Number of currently connected clients.
