@@ -19,6 +19,8 @@
 #   RESULTS_NAME       output base name in benches/results (default: latest; quick for QUICK=1)
 #   KEEP=1             keep the temporary directory (logs, data) for inspection
 #   SKIP_BUILD=1       use the release binaries already in $CARGO_TARGET_DIR
+#   LOADGEN_EXTRA      more `loadgen bench` arguments for every system, e.g.
+#                      "--consume-client raw" (read with the plain tonic stub, not the client)
 #
 # What it starts (loopback only, free ports, one temp dir) and stops by PID on exit:
 #   (a) drawbridge-server --embedded-nats, sync before ack; then the same with lazy sync
@@ -201,7 +203,9 @@ loadgen_run() { # SYSTEM loadgen-args...
   local system=$1; shift
   # Other work on the machine skews every figure: record how busy it was.
   note "load average before \`$system\`: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
-  if ! "$LOADGEN" bench --system "$system" "${LOADGEN_ARGS[@]}" --out "$RUN" "$@" >/dev/null; then
+  local extra=()
+  read -r -a extra <<<"${LOADGEN_EXTRA:-}"
+  if ! "$LOADGEN" bench --system "$system" "${LOADGEN_ARGS[@]}" --out "$RUN" "$@" "${extra[@]}" >/dev/null; then
     FAILED+=("$system")
     echo "!! $system: some workloads failed (see the report)" >&2
   fi
@@ -223,7 +227,7 @@ run_single() { # SYSTEM NATS-MODE(embedded|nats) SYNC DESCRIPTION DURABILITY
   local procs=("drawbridge-server=$pid") sampled=("$pid")
   if [[ "$mode" == nats ]]; then procs+=("nats-server=$NATS_PID"); sampled+=("$NATS_PID"); fi
   start_sampler "${sampled[@]}"
-  loadgen_run "$system" --target liftbridge --addr "127.0.0.1:$port"
+  loadgen_run "$system" --target liftbridge --addr "127.0.0.1:$port" --server-pids "$pid"
   stop_sampler "$system" "${procs[@]}"
   stop_pid "$pid"
 }
@@ -253,7 +257,7 @@ run_cluster() {
   done
   start_sampler "${pids[@]}" "$NATS_PID"
   loadgen_run "$system" --target liftbridge --ack-policy all --replication-factor 3 \
-    --addr "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+    --server-pids "$(IFS=,; echo "${pids[*]}")" --addr "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
   stop_sampler "$system" "drawbridge-server(node-0)=${pids[0]}" "drawbridge-server(node-1)=${pids[1]}" \
     "drawbridge-server(node-2)=${pids[2]}" "nats-server=$NATS_PID"
   for p in "${pids[@]}"; do stop_pid "$p"; done
@@ -285,7 +289,7 @@ if want jetstream; then
   json kind system system jetstream description "NATS JetStream (nats-server -js), file storage, 1 replica" \
     durability "no fsync before ack (JetStream 2.9 default)"
   start_sampler "$NATS_PID"
-  loadgen_run jetstream --target jetstream --addr "$NATS_URL"
+  loadgen_run jetstream --target jetstream --addr "$NATS_URL" --server-pids "$NATS_PID"
   stop_sampler jetstream "nats-server=$NATS_PID"
 fi
 

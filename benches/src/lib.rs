@@ -16,10 +16,12 @@
 //!   fdatasync rate, loopback TCP bandwidth).
 //! - [`report`]: turns the JSON lines of one run into `latest.md` (tables, ratios vs JetStream,
 //!   the goals) and `latest.svg` (a hand-rolled chart, no plotting dependency).
+//! - [`cpu`]: CPU time of the servers and of the load generator per message, from `/proc`.
 //! - [`error`]: the error type, [`error::BenchError`].
 //!
 //! The binary is `src/bin/loadgen.rs` (`loadgen bench | hw | report`).
 
+pub mod cpu;
 pub mod error;
 pub mod hw;
 pub mod record;

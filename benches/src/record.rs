@@ -124,6 +124,13 @@ pub struct Measurement {
     pub p999_us: u64,
     /// Largest, µs.
     pub max_us: u64,
+    /// CPU time of the system's server processes per message, µs (consume, when the script
+    /// named their PIDs; [`crate::cpu`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us: Option<f64>,
+    /// CPU time of the load generator per message, µs (consume, alongside `server_cpu_us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loadgen_cpu_us: Option<f64>,
 }
 
 impl Measurement {
@@ -164,6 +171,8 @@ impl Measurement {
             p99_us: q(0.99),
             p999_us: q(0.999),
             max_us: if h.is_empty() { 0 } else { h.max() },
+            server_cpu_us: None,
+            loadgen_cpu_us: None,
         }
     }
 }

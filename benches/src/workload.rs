@@ -26,6 +26,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::cpu::CpuReading;
 use crate::error::{BenchError, Result};
 use crate::record::{new_histogram, record_latency, Measurement};
 use crate::target::{From, Target};
@@ -232,7 +233,9 @@ async fn load(
     Ok((total, start.elapsed()))
 }
 
-/// P publishers × W in flight for `duration`.
+/// P publishers × W in flight for `duration`; also the CPU time per acked message of the
+/// `server_pids` and of this process ([`crate::cpu`]), when they can be read.
+#[allow(clippy::too_many_arguments)]
 pub async fn pipelined(
     target: &Target,
     system: &str,
@@ -240,6 +243,7 @@ pub async fn pipelined(
     publishers: usize,
     window: usize,
     duration: Duration,
+    server_pids: &[u32],
 ) -> Result<Measurement> {
     on_fresh_stream(target, "pipelined", size, |name| async move {
         let end = Arc::new(std::sync::OnceLock::new());
@@ -247,7 +251,14 @@ pub async fn pipelined(
             end: Arc::clone(&end),
             duration,
         };
+        let cpu0 = CpuReading::now(server_pids);
         let (out, took) = load(target, &name, payload(size), publishers, window, stop).await?;
+        let cpu = match (cpu0, CpuReading::now(server_pids)) {
+            (Some(a), Some(b)) if !server_pids.is_empty() => {
+                Some(b.per_message_since(&a, out.acked))
+            }
+            _ => None,
+        };
         let mut m = Measurement::new(
             system,
             "pipelined",
@@ -259,6 +270,8 @@ pub async fn pipelined(
         m.publishers = publishers;
         m.window = window;
         m.errors = out.errors;
+        m.server_cpu_us = cpu.map(|c| c.0);
+        m.loadgen_cpu_us = cpu.map(|c| c.1);
         Ok(m)
     })
     .await
@@ -266,13 +279,16 @@ pub async fn pipelined(
 
 /// Preloads `messages` and reads them back from the earliest offset, `rounds` times (each a
 /// fresh subscription; at least once). The result is the round with the median throughput,
-/// so one disturbed round on a shared machine does not decide the figure.
+/// so one disturbed round on a shared machine does not decide the figure. Each round also
+/// records the CPU time per message of the `server_pids` and of this process
+/// ([`crate::cpu`]), when they can be read.
 pub async fn consume(
     target: &Target,
     system: &str,
     size: usize,
     messages: u64,
     rounds: u32,
+    server_pids: &[u32],
 ) -> Result<Measurement> {
     on_fresh_stream(target, "consume", size, |name| async move {
         let budget = Arc::new(AtomicU64::new(messages));
@@ -301,6 +317,7 @@ pub async fn consume(
         );
         let mut results = Vec::new();
         for round in 0..rounds.max(1) {
+            let cpu0 = CpuReading::now(server_pids);
             let start = Instant::now();
             let mut sub = target.subscribe(&name, From::Earliest).await?;
             let mut got = 0u64;
@@ -316,21 +333,21 @@ pub async fn consume(
                 }
             }
             let secs = start.elapsed().as_secs_f64();
+            let cpu = match (cpu0, CpuReading::now(server_pids)) {
+                (Some(a), Some(b)) if !server_pids.is_empty() => Some(b.per_message_since(&a, got)),
+                _ => None,
+            };
             drop(sub);
             if rounds > 1 {
                 eprintln!(
-                    "  round {round}: {:.0} msgs/s",
+                    "  round {round}: {:.0} msgs/s, CPU µs/msg (server, loadgen) {cpu:.2?}",
                     got as f64 / secs.max(f64::EPSILON)
                 );
             }
-            results.push(Measurement::new(
-                system,
-                "consume",
-                size,
-                got,
-                secs,
-                &new_histogram(),
-            ));
+            let mut m = Measurement::new(system, "consume", size, got, secs, &new_histogram());
+            m.server_cpu_us = cpu.map(|c| c.0);
+            m.loadgen_cpu_us = cpu.map(|c| c.1);
+            results.push(m);
         }
         results.sort_by(|a, b| a.msgs_per_sec.total_cmp(&b.msgs_per_sec));
         let median = results.len() / 2;

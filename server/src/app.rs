@@ -298,12 +298,12 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<Api>().await;
     let limits = Arc::new(crate::limits::Limits::new(ctx.clone()));
-    let api = ApiServer::new(Guarded::new(
-        ApiService::new(ctx.clone()),
-        authz.clone(),
-        Some(limits),
-    ))
-    .max_decoding_message_size(64 << 20);
+    let guarded = Guarded::new(ApiService::new(ctx.clone()), authz.clone(), Some(limits));
+    // Subscribe is served from pre-encoded frames; every other method by the generated server.
+    let api = crate::api::frames::SubscribeRoute::new(
+        ApiServer::new(guarded.clone()).max_decoding_message_size(64 << 20),
+        guarded,
+    );
     let admin = AdminServer::new(AdminService::new(ctx.clone(), authz.clone()));
     let incoming =
         crate::limits::incoming(listener, ctx.config.limits.max_connections, ctx.clone());

@@ -38,6 +38,9 @@ use crate::tls::client_identity;
 type Res<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Subscribe's encoded frames ([`crate::api::frames`]), holding the subscription's slot.
+pub type FrameStream = BoxStream<Bytes>;
+
 /// The API service `S`, with every call authorized first when `authz` is set, and limited
 /// by `limits` when set.
 #[derive(Debug, Clone)]
@@ -87,6 +90,27 @@ fn grpc_frame(m: &PublishRequest) -> Bytes {
     buf.freeze()
 }
 
+impl Guarded<crate::api::ApiService> {
+    /// Subscribe with encoded frames ([`crate::api::frames::SubscribeRoute`]): authorized and
+    /// limited exactly as [`Api::subscribe`].
+    pub async fn subscribe_frames(&self, r: Request<SubscribeRequest>) -> Res<FrameStream> {
+        self.check(&r, &r.get_ref().stream, "Subscribe")?;
+        let slot = match &self.limits {
+            Some(l) => Some(l.subscription()?),
+            None => None,
+        };
+        let out = self.inner.subscribe_frames(r).await?.into_inner();
+        // The slot lives as long as the response stream: the client's subscription.
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            out,
+            move |f| {
+                let _ = &slot;
+                f
+            },
+        ))))
+    }
+}
+
 macro_rules! guarded {
     ($self:ident, $r:ident, $method:ident, $act:literal, |$m:ident| $obj:expr) => {{
         let $m = $r.get_ref();
@@ -129,6 +153,9 @@ impl<S: Api> Api for Guarded<S> {
     }
 
     type SubscribeStream = BoxStream<Message>;
+
+    // The server's own route is `Guarded::subscribe_frames` (same checks); this serves callers
+    // of the trait.
 
     async fn subscribe(&self, r: Request<SubscribeRequest>) -> Res<Self::SubscribeStream> {
         guarded!(self, r, "Subscribe", |m| m.stream.clone());

@@ -157,6 +157,20 @@ fn take(region: &Bytes, p: &mut usize, end: usize, len: u64) -> Result<Bytes, De
     Ok(region.slice(start..*p))
 }
 
+/// The next `len` bytes of `buf` from `*p` (borrowed), advancing `*p`.
+fn take_slice<'a>(buf: &'a [u8], p: &mut usize, len: u64) -> Result<&'a [u8], DecodeError> {
+    let avail = (buf.len() - *p) as u64;
+    if len > avail {
+        return Err(DecodeError::Truncated {
+            needed: len,
+            available: avail,
+        });
+    }
+    let start = *p;
+    *p += len as usize;
+    Ok(&buf[start..*p])
+}
+
 /// Decodes the record of `frame` in `region` into a view with absolute offset
 /// `base_offset + offset_delta`.
 pub(crate) fn decode_record(
@@ -184,8 +198,10 @@ pub(crate) fn decode_record(
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
         let name_len = get_uvarint(buf, &mut p)?;
-        let name = take(region, &mut p, frame.end, name_len)?;
-        let name = std::str::from_utf8(&name)
+        // The name is copied into a `String` anyway: read it from the slice rather than take
+        // a `Bytes` view of it (two reference-count updates on the shared map per header).
+        let name = take_slice(buf, &mut p, name_len)?;
+        let name = std::str::from_utf8(name)
             .map_err(|_| DecodeError::InvalidUtf8)?
             .to_owned();
         let val_len = get_uvarint(buf, &mut p)?;

@@ -65,6 +65,12 @@ enum Ack {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ConsumeClient {
+    Client,
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     Sync,
     Pipelined,
@@ -140,6 +146,15 @@ struct BenchArgs {
     /// Times the preloaded partition is read from the earliest offset; the median is reported.
     #[arg(long, default_value_t = 1)]
     consume_rounds: u32,
+    /// PIDs of the system's server processes, whose CPU time per message the pipelined and
+    /// consume workloads record (comma-separated; none = not recorded).
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// How a Liftbridge-API target is read by the consume workload: through drawbridge-client
+    /// (`client`, what users run) or a plain generated tonic stub (`raw`, to tell the client's
+    /// own cost apart).
+    #[arg(long, value_enum, default_value = "client")]
+    consume_client: ConsumeClient,
     /// Steady publish rate of the end-to-end workload, msgs/s.
     #[arg(long, default_value_t = 5000)]
     e2e_rate: u64,
@@ -211,7 +226,9 @@ async fn bench(args: BenchArgs) -> Result<bool> {
                 Ack::All => AckPolicy::All,
             };
             Target::Liftbridge(
-                LiftbridgeTarget::connect(&addrs, ack, args.replication_factor, &prefix).await?,
+                LiftbridgeTarget::connect(&addrs, ack, args.replication_factor, &prefix)
+                    .await?
+                    .raw_subscribe(args.consume_client == ConsumeClient::Raw),
             )
         }
         Kind::Jetstream => Target::JetStream(Box::new(
@@ -240,8 +257,16 @@ async fn bench(args: BenchArgs) -> Result<bool> {
                         }
                         (Workload::Pipelined, Some(s)) => {
                             let d = secs(args.pipelined_secs)?;
-                            workload::pipelined(&target, system, size, s.publishers, s.window, d)
-                                .await
+                            workload::pipelined(
+                                &target,
+                                system,
+                                size,
+                                s.publishers,
+                                s.window,
+                                d,
+                                &args.server_pids,
+                            )
+                            .await
                         }
                         (Workload::Pipelined, None) => unreachable!("pipelined runs carry a shape"),
                         (Workload::Consume, _) => {
@@ -251,6 +276,7 @@ async fn bench(args: BenchArgs) -> Result<bool> {
                                 size,
                                 args.consume_messages,
                                 args.consume_rounds,
+                                &args.server_pids,
                             )
                             .await
                         }

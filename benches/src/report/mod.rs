@@ -245,7 +245,7 @@ pub fn markdown(records: &[Record], roles: &Roles, title: &str) -> String {
     // Pipelined.
     let _ = writeln!(
         out,
-        "## Pipelined publish (P publishers × W in flight)\n\nAck latency in ms. \"× JS\" is msgs/s ÷ `{base}`'s for the same size and P × W.\n"
+        "## Pipelined publish (P publishers × W in flight)\n\nAck latency in ms. \"× JS\" is msgs/s ÷ `{base}`'s for the same size and P × W. Server CPU: user + system time per acked message of drawbridge-server (all three nodes of a cluster; not the nats-server it uses) or, for JetStream, nats-server.\n"
     );
     let rows: Vec<Vec<String>> = run
         .of("pipelined")
@@ -263,13 +263,24 @@ pub fn markdown(records: &[Record], roles: &Roles, title: &str) -> String {
                 ms(m.p999_us),
                 m.errors.to_string(),
                 fmt_ratio(ratio(m.msgs_per_sec, b.map(|b| b.msgs_per_sec))),
+                m.server_cpu_us.map_or("–".into(), |c| format!("{c:.1}")),
             ]
         })
         .collect();
     table(
         &mut out,
         &[
-            "system", "size B", "P×W", "msgs/s", "MB/s", "p50", "p99", "p99.9", "errors", "× JS",
+            "system",
+            "size B",
+            "P×W",
+            "msgs/s",
+            "MB/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "errors",
+            "× JS",
+            "server CPU µs/msg",
         ],
         &rows,
     );
@@ -288,12 +299,28 @@ pub fn markdown(records: &[Record], roles: &Roles, title: &str) -> String {
                 format!("{:.0}", m.msgs_per_sec),
                 format!("{:.1}", m.mb_per_sec),
                 fmt_ratio(ratio(m.msgs_per_sec, b.map(|b| b.msgs_per_sec))),
+                m.server_cpu_us.map_or("–".into(), |c| format!("{c:.2}")),
+                m.loadgen_cpu_us.map_or("–".into(), |c| format!("{c:.2}")),
             ]
         })
         .collect();
+    let _ = writeln!(
+        out,
+        "CPU µs/msg: user + system time per message read, of the server process(es) and of the \
+         load generator, over the reported round.\n"
+    );
     table(
         &mut out,
-        &["system", "size B", "messages", "msgs/s", "MB/s", "× JS"],
+        &[
+            "system",
+            "size B",
+            "messages",
+            "msgs/s",
+            "MB/s",
+            "× JS",
+            "server CPU µs/msg",
+            "loadgen CPU µs/msg",
+        ],
         &rows,
     );
 

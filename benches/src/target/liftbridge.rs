@@ -7,8 +7,10 @@ use drawbridge_client::{
     AckPolicy, Client, Error as ClientError, PublishMessage, Publisher, PublisherOptions, StartAt,
     StreamOptions, SubscribeOptions,
 };
+use drawbridge_proto::api::{self, api_client::ApiClient};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::time::Instant;
+use tonic::transport::Endpoint;
 
 use super::{AckFuture, From, PayloadStream};
 use crate::error::{BenchError, Result};
@@ -26,6 +28,10 @@ pub struct LiftbridgeTarget {
     replication_factor: i32,
     /// Subject prefix, unique per run, so runs against a shared NATS never collide.
     prefix: String,
+    /// The servers, for [`LiftbridgeTarget::raw_subscribe`].
+    addrs: Vec<String>,
+    /// Subscribe through a plain generated tonic stub instead of drawbridge-client.
+    raw: bool,
 }
 
 impl LiftbridgeTarget {
@@ -50,7 +56,17 @@ impl LiftbridgeTarget {
             ack_policy,
             replication_factor,
             prefix: prefix.to_owned(),
+            addrs: addrs.to_vec(),
+            raw: false,
         })
+    }
+
+    /// With `raw`, subscriptions use the generated tonic stub over a connection of their own
+    /// (no resubscription, no duplicate filter, no hand-over task): the floor of what reading
+    /// costs a client, to tell the client library's cost apart from the server's.
+    pub fn raw_subscribe(mut self, raw: bool) -> Self {
+        self.raw = raw;
+        self
     }
 
     pub(super) async fn create_stream(&self, name: &str) -> Result<()> {
@@ -114,6 +130,9 @@ impl LiftbridgeTarget {
     }
 
     pub(super) async fn subscribe(&self, name: &str, from: From) -> Result<PayloadStream> {
+        if self.raw {
+            return self.subscribe_raw(name, from).await;
+        }
         let opts = SubscribeOptions {
             partition: 0,
             start: match from {
@@ -126,6 +145,64 @@ impl LiftbridgeTarget {
         Ok(sub.map_ok(|m| m.value).map_err(BenchError::from).boxed())
     }
 }
+
+impl LiftbridgeTarget {
+    /// A subscription through the generated stub: each server in turn until one serves the
+    /// partition (a non-leader refuses with FailedPrecondition before any frame).
+    async fn subscribe_raw(&self, name: &str, from: From) -> Result<PayloadStream> {
+        let req = api::SubscribeRequest {
+            stream: name.to_owned(),
+            partition: 0,
+            start_position: match from {
+                From::Earliest => api::StartPosition::Earliest,
+                From::NewOnly => api::StartPosition::NewOnly,
+            } as i32,
+            ..Default::default()
+        };
+        let mut last = String::from("no server address");
+        for addr in &self.addrs {
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| BenchError::Other(format!("{addr}: {e}")))?
+                .tcp_nodelay(true)
+                .initial_stream_window_size(RAW_STREAM_WINDOW)
+                .initial_connection_window_size(RAW_CONNECTION_WINDOW);
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let mut api = ApiClient::new(channel).max_decoding_message_size(64 << 20);
+            let mut frames = match api.subscribe(req.clone()).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    last = format!("{addr}: {s}");
+                    continue;
+                }
+            };
+            // The server confirms with an empty frame (spec §9) or fails before any.
+            match frames.message().await {
+                Ok(Some(first)) => {
+                    let first = (first != api::Message::default()).then_some(Ok(first.value));
+                    let rest = frames.map_ok(|m| m.value).map_err(|s| {
+                        BenchError::Other(format!("subscription (raw stub) failed: {s}"))
+                    });
+                    return Ok(futures::stream::iter(first).chain(rest).boxed());
+                }
+                Ok(None) => last = format!("{addr}: the call ended before its first frame"),
+                Err(s) => last = format!("{addr}: {s}"),
+            }
+        }
+        Err(BenchError::Other(format!(
+            "raw subscribe to {name}: {last}"
+        )))
+    }
+}
+
+/// HTTP/2 windows of a raw subscription's connection: those drawbridge-client uses.
+const RAW_STREAM_WINDOW: u32 = 2 << 20;
+const RAW_CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// A `Publisher` bound to one stream, partition 0.
 #[derive(Debug)]

@@ -6,7 +6,9 @@
 //! - [`metadata`]: FetchMetadata, FetchPartitionMetadata;
 //! - [`publish`]: Publish, PublishAsync, PublishToSubject (all re-publish onto NATS);
 //! - [`inflight`]: a PublishAsync session's unacknowledged messages, failed on leader change;
-//! - [`subscribe`]: the Subscribe RPC.
+//! - [`subscribe`]: the Subscribe RPC;
+//! - [`frames`]: Subscribe's frames encoded straight from the records, and the route that
+//!   serves `/proto.API/Subscribe` with them.
 //!
 //! Invariants: handlers validate before acting and answer with the spec's status codes (§5),
 //! produced only by [`crate::status`]; server streams are a spawned producer feeding a bounded
@@ -15,6 +17,7 @@
 
 pub mod admin;
 pub mod cursors;
+pub mod frames;
 pub mod groups;
 pub mod inflight;
 pub mod metadata;
@@ -26,6 +29,7 @@ use drawbridge_proto::api::api_server::Api;
 use drawbridge_proto::api::*;
 use std::time::Instant;
 
+use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -57,6 +61,23 @@ impl ApiService {
 
 type Res<T> = Result<Response<T>, Status>;
 
+/// Subscribe's responses as `Message`s (see [`Api::subscribe`] on [`ApiService`]).
+pub type MessageStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Message, Status>> + Send + 'static>>;
+
+impl ApiService {
+    /// Subscribe, answered with encoded frames ([`subscribe`], [`frames`]); the request is
+    /// counted in the request metrics like every other.
+    pub async fn subscribe_frames(
+        &self,
+        r: Request<SubscribeRequest>,
+    ) -> Res<subscribe::FrameStream> {
+        let t = Instant::now();
+        let out = subscribe::subscribe(&self.ctx, r.into_inner()).await;
+        timed(&self.ctx, Method::Subscribe, t, out)
+    }
+}
+
 #[tonic::async_trait]
 impl Api for ApiService {
     async fn create_stream(&self, r: Request<CreateStreamRequest>) -> Res<CreateStreamResponse> {
@@ -86,12 +107,20 @@ impl Api for ApiService {
         ))
     }
 
-    type SubscribeStream = subscribe::FrameStream;
+    type SubscribeStream = MessageStream;
 
+    /// The frames of [`ApiService::subscribe_frames`], decoded. The server's own route
+    /// ([`frames::SubscribeRoute`]) sends the frames as they are instead.
     async fn subscribe(&self, r: Request<SubscribeRequest>) -> Res<Self::SubscribeStream> {
-        let t = Instant::now();
-        let out = subscribe::subscribe(&self.ctx, r.into_inner()).await;
-        timed(&self.ctx, Method::Subscribe, t, out)
+        let frames = self.subscribe_frames(r).await?.into_inner();
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            frames,
+            |f| {
+                f.and_then(|b| {
+                    Message::decode(b).map_err(|e| Status::internal(format!("frame: {e}")))
+                })
+            },
+        ))))
     }
 
     async fn fetch_metadata(&self, r: Request<FetchMetadataRequest>) -> Res<FetchMetadataResponse> {

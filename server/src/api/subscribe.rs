@@ -38,8 +38,10 @@
 //!   authenticate ends the call with Internal. Ciphertext is never sent as a value.
 //! - While a subscription is open it is counted in the partition's `subscribers` gauge (read by
 //!   auto-pause when `auto.pause.disable.if.subscribers`).
+//! - Frames are `Message` encodings written straight from the records
+//!   ([`super::frames::encode_record`]); [`super::frames::SubscribeRoute`] sends them as they
+//!   are, and `Api::subscribe` decodes them back into `Message`s.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -51,6 +53,7 @@ use bytes::Bytes;
 use drawbridge_proto::api::{Message, StartPosition, StopPosition, SubscribeRequest};
 use drawbridge_raft::PartitionId;
 use drawbridge_storage::{Log, ReadLimits, RecordView, StorageError};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
@@ -61,6 +64,8 @@ use crate::encryption::PartitionCipher;
 use crate::error::{Result, ServerError};
 use crate::partitions::Local;
 
+use super::frames::FrameBuf;
+
 /// Batches of frames buffered per subscription.
 const CHANNEL: usize = 16;
 /// Most frames the producer hands to gRPC in one batch: it meets the response encoder once per
@@ -69,8 +74,8 @@ const BATCH: usize = 64;
 /// How often a tailing subscription re-checks leadership and stream existence.
 const RECHECK: Duration = Duration::from_millis(500);
 
-/// The frames of one subscription, in batches.
-type Batch = Vec<Result<Message, Status>>;
+/// The frames of one subscription (encoded `Message`s), in batches.
+type Batch = Vec<Result<Bytes, Status>>;
 
 /// The producer's end of a subscription's frames: sends batches, or one frame at a time.
 #[derive(Clone, Debug)]
@@ -79,6 +84,7 @@ pub struct FrameTx(mpsc::Sender<Batch>);
 impl FrameTx {
     /// Sends one frame; `Err` once the subscriber has left.
     pub async fn send(&self, frame: Result<Message, Status>) -> std::result::Result<(), ()> {
+        let frame = frame.map(|m| Bytes::from(m.encode_to_vec()));
         self.0.send(vec![frame]).await.map_err(|_| ())
     }
 
@@ -97,7 +103,7 @@ impl FrameTx {
 #[derive(Debug)]
 pub struct FrameStream {
     rx: mpsc::Receiver<Batch>,
-    batch: std::vec::IntoIter<Result<Message, Status>>,
+    batch: std::vec::IntoIter<Result<Bytes, Status>>,
 }
 
 impl FrameStream {
@@ -114,7 +120,7 @@ impl FrameStream {
 }
 
 impl Stream for FrameStream {
-    type Item = Result<Message, Status>;
+    type Item = Result<Bytes, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
@@ -130,41 +136,13 @@ impl Stream for FrameStream {
     }
 }
 
-/// The frame of a stored record; the value is opened first on an encrypted partition (an error
-/// then ends the call: a value that does not authenticate is never sent).
-fn to_message(
-    stream: &str,
-    partition: i32,
-    cipher: Option<&PartitionCipher>,
-    r: RecordView,
-) -> Result<Message> {
-    let value = match cipher {
-        None => r.value,
-        Some(c) => Bytes::from(c.open(r.offset, &r.value)?),
-    };
-    let mut headers: HashMap<String, Bytes> = HashMap::with_capacity(r.headers.len());
-    let mut subject = String::new();
-    let mut reply = String::new();
-    for (k, v) in r.headers {
-        if k == "subject" {
-            subject = String::from_utf8_lossy(&v).into_owned();
-        } else if k == "reply" {
-            reply = String::from_utf8_lossy(&v).into_owned();
-        }
-        headers.insert(k, v);
+/// The value to send for a stored record: opened for its offset on an encrypted partition (an
+/// error then ends the call: a value that does not authenticate is never sent).
+fn plain_value(cipher: Option<&PartitionCipher>, r: &RecordView) -> Result<Bytes> {
+    match cipher {
+        None => Ok(r.value.clone()),
+        Some(c) => Ok(Bytes::from(c.open(r.offset, &r.value)?)),
     }
-    Ok(Message {
-        offset: i64::try_from(r.offset).unwrap_or(i64::MAX),
-        key: r.key.unwrap_or_default(),
-        value,
-        timestamp: r.timestamp,
-        stream: stream.to_owned(),
-        partition,
-        subject,
-        reply_subject: reply,
-        headers,
-        ..Default::default()
-    })
 }
 
 /// Start offset and optional inclusive stop offset of a request against `log`.
@@ -437,6 +415,8 @@ struct Emitter<'a> {
     batch: Batch,
     /// Value bytes of the frames in `batch`.
     batch_bytes: u64,
+    /// Where frames are encoded.
+    frames: FrameBuf,
 }
 
 impl<'a> Emitter<'a> {
@@ -457,6 +437,7 @@ impl<'a> Emitter<'a> {
             tx,
             batch: Vec::with_capacity(BATCH),
             batch_bytes: 0,
+            frames: FrameBuf::default(),
         }
     }
 
@@ -473,8 +454,13 @@ impl<'a> Emitter<'a> {
             return self.end(stop_reached()).await;
         }
         let value_len = rec.value.len() as u64;
-        match to_message(&self.id.stream, self.id.partition, self.cipher, rec) {
-            Ok(m) => self.batch.push(Ok(m)),
+        match plain_value(self.cipher, &rec) {
+            Ok(value) => {
+                let frame = self
+                    .frames
+                    .frame(&self.id.stream, self.id.partition, &rec, &value);
+                self.batch.push(Ok(frame));
+            }
             Err(e) => {
                 tracing::warn!(partition = %self.id, offset, error = %e, "decrypting a record failed");
                 return self.end(e.into()).await;
