@@ -4,6 +4,8 @@
 //!   diverged? (issue 7)
 //! - [`bins`]: the `drawbridge-server` binary for tests of other packages (built on demand).
 //! - [`ports`]: free loopback ports for the processes a test starts.
+//! - [`probe`]: whether the machine gives a test what it needs (root, namespaces, tools), and
+//!   the suite's policy when it does not (an error under `CI`, a note and a skip elsewhere).
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
 //! - [`nats`]: a real `nats-server` (the Debian package) on a free loopback port.
 //! - [`server`]: `drawbridge-server` processes (single servers and clusters) for process tests.
@@ -35,6 +37,7 @@ pub mod nats;
 pub mod netns;
 pub mod nft;
 pub mod ports;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod reads;
