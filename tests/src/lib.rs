@@ -14,6 +14,7 @@
 //! - [`metrics`]: a server's `/metrics` (the metadata leader, gauges).
 //! - [`rewrite`]: a stopped replica's log changed consistently but wrongly (silent divergence,
 //!   for `drawbridge cluster verify`).
+//! - [`clients`]: the client settings of the tests against a cluster (timeouts, retries).
 //! - [`cluster`]: the fault suite's three-node cluster (NATS, servers, metrics, a client) and
 //!   its helpers (leaders, kill/restart, ISR waits, `cluster verify`, logs on failure).
 //! - [`links`]: the links of a partitionable cluster, cut and healed (network partitions), over
@@ -30,6 +31,7 @@
 
 pub mod bins;
 pub mod checker;
+pub mod clients;
 pub mod cluster;
 pub mod links;
 pub mod metrics;
