@@ -69,6 +69,9 @@ use crate::types::NodeId;
 use crate::types::PartitionId;
 use crate::types::PartitionRaft;
 
+/// The pause between two rounds of [`RaftNode::hand_off_leadership`] (its rule 4).
+const HAND_OFF_ROUND_GAP: Duration = Duration::from_millis(100);
+
 struct Server {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -535,7 +538,30 @@ impl RaftNode {
     ///    ping-pong) and this node keeps leading.
     /// 3. Waits up to `timeout` until another node leads; a timeout is an error (the group
     ///    then elects after its election timeout, as after a crash).
+    /// 4. A round that found no candidate that says yes is tried again 100 ms later
+    ///    (`HAND_OFF_ROUND_GAP`), up to `rounds` rounds in all (at least one): a follower
+    ///    may still be taking the leader's last entries when the hand-off starts. Errors are
+    ///    not retried.
     pub async fn hand_off_leadership(
+        &self,
+        replica: &PartitionReplica,
+        max_ack_age: Duration,
+        timeout: Duration,
+        rounds: u32,
+    ) -> Result<Option<NodeId>, RaftError> {
+        for round in 0..rounds.max(1) {
+            if round > 0 {
+                tokio::time::sleep(HAND_OFF_ROUND_GAP).await;
+            }
+            if let Some(to) = self.hand_off_round(replica, max_ack_age, timeout).await? {
+                return Ok(Some(to));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One round of [`Self::hand_off_leadership`] (rules 1 to 3).
+    async fn hand_off_round(
         &self,
         replica: &PartitionReplica,
         max_ack_age: Duration,

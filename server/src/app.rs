@@ -353,9 +353,18 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
 /// How long shutdown waits for partition leaderships to move to other replicas.
 const HAND_OFF_BOUND: Duration = Duration::from_secs(3);
 
-/// Hands every partition leadership this node holds to another voter, all groups at once,
-/// bounded by `bound` (groups not handed off by then elect after their election timeout, as
-/// after a crash).
+/// Shutdown hands a partition leadership only to a voter that acknowledged in the last half
+/// minute (a quiesced group's followers acknowledge rarely; the `MayLead` probe answers for
+/// liveness).
+const HAND_OFF_MAX_ACK_AGE: Duration = Duration::from_secs(30);
+/// Rounds of a shutdown hand-off: a follower may still be taking the last batch when shutdown
+/// starts, so a round that found no candidate is tried twice more.
+const HAND_OFF_ROUNDS: u32 = 3;
+
+/// Hands every partition leadership this node holds to a fully caught-up voter that says it
+/// would take it (`RaftNode::hand_off_leadership`: a peer that is down or shutting down itself
+/// costs one failed probe, not the whole bound), all groups at once, bounded by `bound`
+/// (groups not handed off by then elect after their election timeout, as after a crash).
 async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
     let leading: Vec<_> = ctx
         .partitions
@@ -367,11 +376,10 @@ async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
         return;
     }
     let started = std::time::Instant::now();
-    let results = futures::future::join_all(
-        leading
-            .iter()
-            .map(|(_, l)| hand_off_one(ctx, &l.replica, bound)),
-    )
+    let results = futures::future::join_all(leading.iter().map(|(_, l)| {
+        ctx.raft
+            .hand_off_leadership(&l.replica, HAND_OFF_MAX_ACK_AGE, bound, HAND_OFF_ROUNDS)
+    }))
     .await;
     let moved = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
     for ((id, _), r) in leading.iter().zip(&results) {
@@ -385,33 +393,6 @@ async fn hand_off_leaderships(ctx: &Ctx, bound: Duration) {
         took = ?started.elapsed(),
         "partition leaderships handed off"
     );
-}
-
-/// Hands one partition's leadership to a fully caught-up voter that says it would take it
-/// (`RaftNode::hand_off_leadership`: a peer that is down or shutting down itself costs one
-/// failed probe, not the whole bound). A follower may still be taking the last batch when
-/// shutdown starts, so a round that found no candidate is tried twice more, 100 ms apart.
-async fn hand_off_one(
-    ctx: &Ctx,
-    replica: &drawbridge_raft::PartitionReplica,
-    bound: Duration,
-) -> std::result::Result<Option<drawbridge_raft::NodeId>, drawbridge_raft::RaftError> {
-    // The probe answers for liveness; the age only skips followers that never acknowledged
-    // in the last half minute (a quiesced group's followers acknowledge rarely).
-    const MAX_ACK_AGE: Duration = Duration::from_secs(30);
-    for round in 0..3 {
-        if round > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Some(to) = ctx
-            .raft
-            .hand_off_leadership(replica, MAX_ACK_AGE, bound)
-            .await?
-        {
-            return Ok(Some(to));
-        }
-    }
-    Ok(None)
 }
 
 /// Hands the metadata leadership to another voter when this node holds it, bounded by

@@ -112,9 +112,10 @@ async fn tick(ctx: &Ctx, memory: &mut Memory) {
         memory.tried.insert(id.clone(), now);
     }
     let max_ack_age = ctx.config.clustering.replica_max_lag_time;
+    // One round each: a partition with no candidate now is tried again after RETRY_AFTER.
     let results = futures::future::join_all(leading.iter().map(|(_, l)| {
         ctx.raft
-            .hand_off_leadership(&l.replica, max_ack_age, HAND_OFF_BOUND)
+            .hand_off_leadership(&l.replica, max_ack_age, HAND_OFF_BOUND, 1)
     }))
     .await;
     for ((id, _), r) in leading.iter().zip(results) {

@@ -1,5 +1,6 @@
 //! A three-node fault-test cluster (issue 7): a real `nats-server`, three `drawbridge-server`
-//! processes that bootstrap together, each with a `/metrics` endpoint, and a [`Client`] of all.
+//! processes that bootstrap together, each with a `/metrics` endpoint, and a [`Client`] of all
+//! ([`crate::clients`]).
 //!
 //! [`ClusterOptions`] chooses how it starts: links that can be cut ([`Links`], for network
 //! partitions: nftables rules when the test runs in its own network namespace
@@ -18,8 +19,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use drawbridge_client::{Client, RetryPolicy, StreamOptions, VerifyReport};
+use drawbridge_client::{Client, StreamOptions, VerifyReport};
 
+use crate::clients;
 use crate::links::Links;
 use crate::metrics;
 use crate::nats::NatsServer;
@@ -168,19 +170,7 @@ impl Cluster {
             }
         }
         let servers = cluster(&specs)?.into_iter().map(Some).collect();
-        let addrs: Vec<String> = specs
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let client = Client::builder(&addrs)
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(3))
-            .ack_timeout(Duration::from_secs(5))
-            .retry(RetryPolicy {
-                max_attempts: 8,
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-            })
+        let client = clients::cluster_client(clients::addrs(&specs))
             .connect()
             .await?;
         Ok(Some(Cluster {

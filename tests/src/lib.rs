@@ -4,6 +4,8 @@
 //!   diverged? (issue 7)
 //! - [`bins`]: the `drawbridge-server` binary for tests of other packages (built on demand).
 //! - [`ports`]: free loopback ports for the processes a test starts.
+//! - [`probe`]: whether the machine gives a test what it needs (root, namespaces, tools), and
+//!   the suite's policy when it does not (an error under `CI`, a note and a skip elsewhere).
 //! - [`process`]: a child process that is stopped, by PID, when its guard drops.
 //! - [`nats`]: a real `nats-server` (the Debian package) on a free loopback port.
 //! - [`server`]: `drawbridge-server` processes (single servers and clusters) for process tests.
@@ -12,6 +14,7 @@
 //! - [`metrics`]: a server's `/metrics` (the metadata leader, gauges).
 //! - [`rewrite`]: a stopped replica's log changed consistently but wrongly (silent divergence,
 //!   for `drawbridge cluster verify`).
+//! - [`clients`]: the client settings of the tests against a cluster (timeouts, retries).
 //! - [`cluster`]: the fault suite's three-node cluster (NATS, servers, metrics, a client) and
 //!   its helpers (leaders, kill/restart, ISR waits, `cluster verify`, logs on failure).
 //! - [`links`]: the links of a partitionable cluster, cut and healed (network partitions), over
@@ -28,6 +31,7 @@
 
 pub mod bins;
 pub mod checker;
+pub mod clients;
 pub mod cluster;
 pub mod links;
 pub mod metrics;
@@ -35,6 +39,7 @@ pub mod nats;
 pub mod netns;
 pub mod nft;
 pub mod ports;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod reads;

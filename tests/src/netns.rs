@@ -9,7 +9,7 @@
 //!    answers [`Backend::Netns`]; otherwise it probes (root, `unshare -n`, `ip`, `nft`, `ss`)
 //!    and answers [`Backend::Netns`] when the probe passes, [`Backend::Proxy`] (the fallback of
 //!    non-root local runs, with a printed note) when it fails outside CI, and an error when it
-//!    fails under `CI` (the policy of [`crate::tmpfs::mount_or_skip`]).
+//!    fails under `CI` (the policy of [`crate::probe::missing`]).
 //! 2. With [`Backend::Netns`] outside the child, the parent runs [`run_in_child`]: the current
 //!    test executable with `--exact <test> --nocapture --test-threads=1` under
 //!    `unshare -n sh -c 'ip link set lo up && exec ...'`, with [`CHILD_ENV`] set. The child's
@@ -31,9 +31,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::probe::{self, tool};
 
 /// Set (to `1`) in the environment of the namespace child.
 pub const CHILD_ENV: &str = "DRAWBRIDGE_NETNS_CHILD";
@@ -54,20 +55,9 @@ pub fn inside() -> bool {
     std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
 }
 
-/// `name` on `PATH`, or in `/usr/sbin` or `/sbin` (where Debian puts `ip`, `nft` and `ss`,
-/// often off a non-root `PATH`).
-pub fn tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
 /// Whether a private network namespace with nftables can be made here; `Err` says why not.
 pub fn probe() -> Result<(), String> {
-    // SAFETY: geteuid(2) has no preconditions and touches no memory of ours.
-    if unsafe { libc::geteuid() } != 0 {
+    if !probe::is_root() {
         return Err("not root (unshare -n and nft need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
     }
     let mut paths = Vec::new();
@@ -76,26 +66,12 @@ pub fn probe() -> Result<(), String> {
             format!("{name} is not installed (Debian packages util-linux, iproute2, nftables)")
         })?);
     }
-    let out = Command::new(&paths[0])
-        .args([
-            "-n",
-            "sh",
-            "-c",
-            "\"$0\" link set lo up && \"$1\" add table inet probe",
-        ])
-        .arg(&paths[1])
-        .arg(&paths[2])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running unshare: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "unshare -n + nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    probe::in_new_namespaces(
+        &["-n"],
+        "\"$0\" link set lo up && \"$1\" add table inet probe",
+        &paths[1..3],
+    )
+    .map_err(|e| format!("unshare -n + nft failed: {e}"))
 }
 
 /// The backend for the partition test `test` (see the module docs): [`Backend::Netns`] inside
@@ -112,11 +88,10 @@ pub fn decide(test: &str) -> Result<Backend, String> {
     match probe() {
         Ok(()) => Ok(Backend::Netns),
         Err(why) => {
-            let msg = format!("{test}: no network namespace with nftables: {why}");
-            if std::env::var_os("CI").is_some() {
-                return Err(msg);
-            }
-            eprintln!("{msg}; falling back to TCP proxies");
+            probe::missing(
+                format!("{test}: no network namespace with nftables: {why}"),
+                "falling back to TCP proxies",
+            )?;
             Ok(Backend::Proxy)
         }
     }

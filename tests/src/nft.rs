@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use crate::netns::tool;
+use crate::probe::tool;
 use crate::proxy::Mode;
 
 /// Node `i` runs with gid `GID_BASE + i` (a range no Debian package allocates).

@@ -11,11 +11,13 @@
 //!   server's, and `nsenter -t PID` enters the server's namespace.
 //! - The data on the tmpfs lives exactly as long as the process: a restart mounts a fresh, empty
 //!   tmpfs. Tests must not restart such a node and expect its data back.
-//! - Needs root (mount). [`mount_or_skip`] applies the suite's policy: without it a test fails
-//!   when `CI` is set and is skipped (with a printed note) otherwise.
+//! - Needs root (mount). [`mount_or_skip`] applies the suite's policy ([`crate::probe`]):
+//!   without it a test fails when `CI` is set and is skipped (with a printed note) otherwise.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use crate::probe;
 
 /// Why a namespace command failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,32 +39,21 @@ pub enum TmpfsError {
 /// is created); `Err` says why not.
 pub fn can_mount(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs \"$0\""])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running unshare: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+    probe::in_new_namespaces(&["-m"], "mount -t tmpfs -o size=1m tmpfs \"$0\"", &[dir])
 }
 
-/// `Ok(true)` when a tmpfs can be mounted (probed on `probe`); `Ok(false)` after a printed note
-/// when it cannot and `CI` is unset; `Err` when it cannot under `CI`.
-pub fn mount_or_skip(test: &str, probe: &Path) -> Result<bool, String> {
-    match can_mount(probe) {
+/// `Ok(true)` when a tmpfs can be mounted (probed on `dir`); `Ok(false)` after a printed note
+/// when it cannot and `CI` is unset; `Err` when it cannot under `CI` ([`probe::missing`]).
+pub fn mount_or_skip(test: &str, dir: &Path) -> Result<bool, String> {
+    match can_mount(dir) {
         Ok(()) => Ok(true),
         Err(why) => {
-            let msg = format!(
-                "{test}: cannot mount a tmpfs in a private mount namespace (root needed): {why}"
-            );
-            if std::env::var_os("CI").is_some() {
-                return Err(msg);
-            }
-            eprintln!("skipping: {msg}");
+            probe::missing(
+                format!(
+                    "{test}: cannot mount a tmpfs in a private mount namespace (root needed): {why}"
+                ),
+                "skipping",
+            )?;
             Ok(false)
         }
     }

@@ -141,6 +141,65 @@ async fn check(cl: &Cluster, name: &str, w: Workload, extra: History, label: &st
     Ok(())
 }
 
+/// A test's state once one node's disk is full ([`warm_up_and_fill`]).
+struct Filled {
+    /// The publishers, past their warm-up.
+    w: Workload,
+    /// The partition leader when the disk was filled.
+    leader: usize,
+    /// The node whose disk is full.
+    full: usize,
+    /// Its id.
+    full_id: String,
+    /// When its disk was filled.
+    at: Instant,
+}
+
+/// Starts the ack-ALL publishers (padded, [`PAD`]) on partition 0 of `name`, waits for their
+/// warm-up, finds the partition leader and fills the disk of node `pick(leader)`, leaving
+/// `leave_mib` MiB.
+async fn warm_up_and_fill(
+    cl: &Cluster,
+    name: &str,
+    pick: impl FnOnce(usize) -> usize,
+    leave_mib: u32,
+) -> TestResult<Filled> {
+    let shape = Shape {
+        ack: AckPolicy::All,
+        pad: PAD,
+    };
+    let w = Workload::start_shaped(&cl.client, name, 0, shape)?;
+    phase(&w, "warm-up", PER_PHASE).await;
+    let leader = cl.partition_leader(name).await?;
+    let full = pick(leader);
+    cl.fill(full, leave_mib)?;
+    Ok(Filled {
+        w,
+        leader,
+        full,
+        full_id: cl.specs[full].id.clone(),
+        at: Instant::now(),
+    })
+}
+
+/// Asks `check` every 200 ms until it answers `Some` (returned) or `within` has passed
+/// (`None`); an error ends the wait at once.
+async fn poll<T, Fut>(within: Duration, mut check: impl FnMut() -> Fut) -> TestResult<Option<T>>
+where
+    Fut: std::future::Future<Output = TestResult<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = check().await? {
+            return Ok(Some(t));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     let _turn = CLUSTER_TURN.lock().await;
@@ -155,30 +214,23 @@ async fn a_full_follower_does_not_stop_acks_and_catches_up() -> TestResult {
     // entries that the full node's metadata group must store too.
     let meta_stream = "diskfull-follower-meta";
     cl.create_replicated(meta_stream).await?;
-    let shape = Shape {
-        ack: AckPolicy::All,
-        pad: PAD,
-    };
-    let w = Workload::start_shaped(&cl.client, name, 0, shape)?;
-    phase(&w, "warm-up", PER_PHASE).await;
-
-    let leader = cl.partition_leader(name).await?;
-    let follower = (leader + 1) % cl.servers.len();
-    let full_id = cl.specs[follower].id.clone();
-    cl.fill(follower, 0)?;
-    let filled = Instant::now();
+    let nodes = cl.servers.len();
+    let Filled {
+        w,
+        full: follower,
+        full_id,
+        at: filled,
+        ..
+    } = warm_up_and_fill(&cl, name, |leader| (leader + 1) % nodes, 0).await?;
 
     // Acks go on through the majority while the follower's disk is full, and it drops out of
     // the ISR once it falls behind (its appends fail, or are refused).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut shrunk = false;
-    while Instant::now() < deadline {
-        if !isr(&cl, name).await.contains(&full_id) {
-            shrunk = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (cl_ref, id) = (&cl, &full_id);
+    let shrunk = poll(Duration::from_secs(20), move || async move {
+        Ok((!isr(cl_ref, name).await.contains(id)).then_some(()))
+    })
+    .await?
+    .is_some();
     eprintln!(
         "faults: {full_id} out of the ISR: {shrunk} after {:?}",
         filled.elapsed()
@@ -272,20 +324,16 @@ async fn a_full_leader_refuses_with_a_clear_error_and_recovers() -> TestResult {
     };
     let name = "diskfull-leader";
     cl.create_replicated(name).await?;
-    let shape = Shape {
-        ack: AckPolicy::All,
-        pad: PAD,
-    };
-    let w = Workload::start_shaped(&cl.client, name, 0, shape)?;
-    phase(&w, "warm-up", PER_PHASE).await;
-
-    let leader = cl.partition_leader(name).await?;
-    let full_id = cl.specs[leader].id.clone();
     // 6 MiB left: below the default margin (8 MiB), with room for one more 4 MiB log
     // preallocation step (appends proposed before the refusals start, within the 200 ms the
     // free-space reading is cached) and the metadata writes.
-    cl.fill(leader, 6)?;
-    let filled = Instant::now();
+    let Filled {
+        w,
+        leader,
+        full_id,
+        at: filled,
+        ..
+    } = warm_up_and_fill(&cl, name, |leader| leader, 6).await?;
 
     // A unary Publish to the full leader is refused with a clear error (once the leader's
     // cached free-space reading, at most 200 ms old, sees the filler). The probes are values
@@ -340,20 +388,17 @@ async fn a_full_leader_refuses_with_a_clear_error_and_recovers() -> TestResult {
     // The full leader hands the partition to an in-sync replica with space (two free-space
     // ticks after the fill, `drawbridge_server::disk_handoff`), and ack-ALL publishes (the
     // workload's client looks the leader up) are acknowledged again while it is still full.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let new_leader = loop {
-        let now = cl.partition_leader(name).await?;
-        if now != leader {
-            break now;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "the full leader {full_id} still leads 20 s after the fill\n{}",
-                cl.logs()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let cl_ref = &cl;
+    let moved = poll(Duration::from_secs(20), move || async move {
+        Ok(Some(cl_ref.partition_leader(name).await?).filter(|now| *now != leader))
+    })
+    .await?;
+    let Some(new_leader) = moved else {
+        return Err(format!(
+            "the full leader {full_id} still leads 20 s after the fill\n{}",
+            cl.logs()
+        )
+        .into());
     };
     eprintln!(
         "faults: leadership moved from {full_id} to {} {:?} after the fill",

@@ -58,9 +58,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drawbridge_client::{AckPolicy, Client, RetryPolicy};
+use drawbridge_client::{AckPolicy, Client};
 use drawbridge_proto::api::{self, api_client::ApiClient};
 use drawbridge_tests::checker::{self, Attempt, History, ValueId};
+use drawbridge_tests::clients;
 use drawbridge_tests::cluster::{Cluster, ClusterOptions, TestResult};
 use drawbridge_tests::metrics;
 use drawbridge_tests::netns::{self, Backend};
@@ -700,22 +701,13 @@ async fn two_replicas_killed_after_a_burst_lose_no_ack() -> TestResult {
 /// It tries its bootstrap addresses and the brokers it learns from metadata, so a call may
 /// still land on the cut node; the client's retries then move on to another broker.
 async fn majority_client(cl: &Cluster, cut: usize) -> TestResult<Client> {
-    let addrs: Vec<String> = cl
+    let majority = cl
         .specs
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != cut)
-        .map(|(_, s)| format!("127.0.0.1:{}", s.port))
-        .collect();
-    Ok(Client::builder(&addrs)
-        .connect_timeout(Duration::from_secs(1))
-        .request_timeout(Duration::from_secs(3))
-        .ack_timeout(Duration::from_secs(5))
-        .retry(RetryPolicy {
-            max_attempts: 8,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-        })
+        .map(|(_, s)| s);
+    Ok(clients::cluster_client(clients::addrs(majority))
         .connect()
         .await?)
 }

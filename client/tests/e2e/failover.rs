@@ -24,6 +24,7 @@ use drawbridge_client::{
     group_cursor_id, AckPolicy, Client, Error, GroupOptions, Message, PublishMessage,
     PublisherOptions, RetryPolicy, StartAt, StopAt, StreamOptions, SubscribeOptions,
 };
+use drawbridge_tests::clients;
 use drawbridge_tests::nats::NatsServer;
 use drawbridge_tests::server::{cluster, cluster_specs, DrawbridgeServer};
 use futures::StreamExt;
@@ -64,20 +65,9 @@ impl Cluster {
         }
         let servers: Vec<Option<DrawbridgeServer>> =
             cluster(&specs)?.into_iter().map(Some).collect();
-        let addrs: Vec<String> = specs
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let client = Client::builder(&addrs)
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(3))
-            .ack_timeout(Duration::from_secs(5))
+        let addrs = clients::addrs(&specs);
+        let client = clients::cluster_client(&addrs)
             .resubscribe_wait(Duration::from_secs(30))
-            .retry(RetryPolicy {
-                max_attempts: 8,
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-            })
             .connect()
             .await?;
         Ok(Some(Cluster {
@@ -203,10 +193,7 @@ async fn subscription_survives_leader_kill() -> TestResult {
     // connection may be stored twice, which would blur "each acked value exactly once".
     let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(0usize);
     let publisher = {
-        let c = Client::builder(&cl.addrs)
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(3))
-            .ack_timeout(Duration::from_secs(5))
+        let c = clients::cluster_client(&cl.addrs)
             .retry(RetryPolicy {
                 max_attempts: 1,
                 ..RetryPolicy::default()
@@ -430,17 +417,7 @@ async fn pipelined_publisher_leaves_a_stopped_broker() -> TestResult {
     };
     let name = "ha-stop";
     let leader = cl.create_replicated(name).await?;
-    let client = Client::builder(&cl.addrs)
-        .connect_timeout(Duration::from_secs(1))
-        .request_timeout(Duration::from_secs(3))
-        .ack_timeout(Duration::from_secs(5))
-        .retry(RetryPolicy {
-            max_attempts: 8,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-        })
-        .connect()
-        .await?;
+    let client = clients::cluster_client(&cl.addrs).connect().await?;
     // Publishes one message at a time until one is acked or `deadline`; every future must
     // resolve within its ack timeout (+ slack).
     async fn publish_until_acked(

@@ -113,61 +113,6 @@ pub(crate) fn store_framed<T: Serialize>(path: &Path, value: &T) -> io::Result<(
     })
 }
 
-/// What a snapshot write does when the disk is full ([`super::nospace`], module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WhenFull {
-    /// Give up: the snapshot is optional (built on openraft's schedule or for retention).
-    Abandon,
-    /// Back off and retry until it is written: the snapshot must exist (installed from the
-    /// leader, or rebuilt at startup over a purged log).
-    Wait,
-}
-
-/// Persists a state machine snapshot `value` at `path` with [`store_framed`], on a blocking
-/// thread. Returns `Ok(true)` once it is written, `Ok(false)` when it was abandoned for lack
-/// of space (`when_full` = [`WhenFull::Abandon`]; counted and logged by `skips`); any other
-/// error, and a failure after the rename, is returned.
-pub(crate) async fn persist_snapshot<T>(
-    path: &Path,
-    value: std::sync::Arc<T>,
-    when_full: WhenFull,
-    skips: &nospace::SnapshotSkips,
-) -> io::Result<bool>
-where
-    T: Serialize + Send + Sync + 'static,
-{
-    let mut backoff: Option<nospace::Backoff> = None;
-    loop {
-        let (p, v) = (path.to_path_buf(), value.clone());
-        let r = match tokio::task::spawn_blocking(move || store_framed(&p, &*v)).await {
-            Ok(r) => r,
-            Err(e) => Err(io::Error::other(format!("snapshot writer failed: {e}"))),
-        };
-        match r {
-            Ok(()) => {
-                if let Some(b) = backoff {
-                    b.succeeded();
-                }
-                skips.persisted(path);
-                return Ok(true);
-            }
-            Err(e) if nospace::is_no_space(&e) => match when_full {
-                WhenFull::Abandon => {
-                    skips.abandoned(path, &e);
-                    return Ok(false);
-                }
-                WhenFull::Wait => {
-                    let b = backoff.get_or_insert_with(|| {
-                        nospace::Backoff::new("snapshot", path.display().to_string())
-                    });
-                    tokio::time::sleep(b.failed(&e)).await;
-                }
-            },
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(".tmp");

@@ -9,6 +9,8 @@
 //! - [`meta_file`]: the per-group state type and atomically replaced framed files (snapshots).
 //! - [`nospace`]: waiting out ENOSPC/EDQUOT in the metadata log and the journal (cut back,
 //!   back off, retry) instead of failing the group.
+//! - [`snapshot_file`]: a state machine's snapshot file, and whether a write to it abandons
+//!   or waits when the disk is full (shared by the metadata and partition state machines).
 //! - [`flusher`]: one thread per node that syncs backends and the journal (in parallel) and then
 //!   fires the raft callbacks (group commit across groups).
 //! - [`storage_log`]: the partition groups' backend, a `drawbridge_storage::Log` (the raft log
@@ -21,6 +23,7 @@ pub(crate) mod flusher;
 pub(crate) mod journal;
 pub(crate) mod meta_file;
 pub(crate) mod nospace;
+pub(crate) mod snapshot_file;
 pub(crate) mod storage_log;
 pub(crate) mod store;
 

@@ -18,7 +18,6 @@
 
 use std::io;
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -42,8 +41,7 @@ use tokio::sync::watch;
 use super::command::MetadataResponse;
 use super::state::MetadataState;
 use crate::log::meta_file;
-use crate::log::meta_file::WhenFull;
-use crate::log::nospace::SnapshotSkips;
+use crate::log::snapshot_file::SnapshotFile;
 use crate::types::MetaTypes;
 
 type Persisted = (SnapshotMetaOf<MetaTypes>, MetadataState);
@@ -68,19 +66,16 @@ struct SmState {
 #[derive(Clone)]
 pub(crate) struct MetaStateMachine {
     inner: Arc<Mutex<SmState>>,
-    snapshot_path: PathBuf,
+    /// The snapshot file; on a snapshot builder, it says what the snapshot does when the disk
+    /// is full (a builder openraft forces must persist).
+    snapshot: SnapshotFile,
     view_tx: Arc<watch::Sender<MetadataView>>,
-    /// Abandoned snapshots (shared by clones).
-    skips: Arc<SnapshotSkips>,
-    /// On a snapshot builder: what its snapshot does when the disk is full (a builder openraft
-    /// forces must persist).
-    when_full: WhenFull,
 }
 
 impl std::fmt::Debug for MetaStateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetaStateMachine")
-            .field("snapshot", &self.snapshot_path)
+            .field("snapshot", &self.snapshot.path())
             .finish()
     }
 }
@@ -98,10 +93,8 @@ impl MetaStateMachine {
                 data: MetadataState::default(),
                 current,
             })),
-            snapshot_path: snapshot_path.to_path_buf(),
+            snapshot: SnapshotFile::new(snapshot_path, "metadata snapshot"),
             view_tx: Arc::new(view_tx),
-            skips: Arc::new(SnapshotSkips::new("metadata snapshot")),
-            when_full: WhenFull::Abandon,
         })
     }
 
@@ -121,11 +114,6 @@ impl MetaStateMachine {
             state: Arc::new(st.data.clone()),
         };
         self.view_tx.send_replace(view);
-    }
-
-    /// Persists `p` as the snapshot file; `Ok(false)` when it was abandoned (`when_full`).
-    async fn persist(&self, p: Persisted, when_full: WhenFull) -> io::Result<bool> {
-        meta_file::persist_snapshot(&self.snapshot_path, Arc::new(p), when_full, &self.skips).await
     }
 
     /// The snapshot on disk as openraft sees it; an empty one (no last log id) when none.
@@ -156,7 +144,8 @@ impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
             (meta, st.data.clone())
         };
         if !self
-            .persist((meta.clone(), data.clone()), self.when_full)
+            .snapshot
+            .persist(Arc::new((meta.clone(), data.clone())))
             .await?
         {
             return Ok(self.current_snapshot());
@@ -212,16 +201,11 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
-        if !force && self.skips.deferring() {
-            return None;
-        }
-        let mut b = self.clone();
-        b.when_full = if force {
-            WhenFull::Wait
-        } else {
-            WhenFull::Abandon
-        };
-        Some(b)
+        let snapshot = self.snapshot.for_builder(force)?;
+        Some(Self {
+            snapshot,
+            ..self.clone()
+        })
     }
 
     async fn install_snapshot(
@@ -229,7 +213,8 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
         meta: &SnapshotMetaOf<MetaTypes>,
         snapshot: MetadataState,
     ) -> Result<(), io::Error> {
-        self.persist((meta.clone(), snapshot.clone()), WhenFull::Wait)
+        self.snapshot
+            .persist_installed(Arc::new((meta.clone(), snapshot.clone())))
             .await?;
         let mut st = self.inner.lock();
         st.applied = meta.last_log_id;

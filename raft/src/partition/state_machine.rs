@@ -26,7 +26,6 @@
 
 use std::io;
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use drawbridge_storage::Log;
@@ -52,8 +51,7 @@ use super::types::Offsets;
 use super::types::PartitionResponse;
 use super::types::PartitionSnapshot;
 use crate::log::meta_file;
-use crate::log::meta_file::WhenFull;
-use crate::log::nospace::SnapshotSkips;
+use crate::log::snapshot_file::SnapshotFile;
 use crate::types::PartitionTypes;
 
 type Persisted = (SnapshotMetaOf<PartitionTypes>, PartitionSnapshot);
@@ -69,21 +67,18 @@ struct SmState {
 #[derive(Clone)]
 pub(crate) struct PartitionStateMachine {
     inner: Arc<Mutex<SmState>>,
-    snapshot_path: PathBuf,
+    /// The snapshot file; on a snapshot builder, it says what the snapshot does when the disk
+    /// is full (a builder openraft forces must persist).
+    snapshot: SnapshotFile,
     hw_tx: Arc<watch::Sender<Option<u64>>>,
     /// The partition's storage log (also the group's raft log).
     log: Log,
-    /// Abandoned snapshots (shared by clones).
-    skips: Arc<SnapshotSkips>,
-    /// On a snapshot builder: what its snapshot does when the disk is full (a builder openraft
-    /// forces must persist).
-    when_full: WhenFull,
 }
 
 impl std::fmt::Debug for PartitionStateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartitionStateMachine")
-            .field("snapshot", &self.snapshot_path)
+            .field("snapshot", &self.snapshot.path())
             .finish()
     }
 }
@@ -107,11 +102,9 @@ impl PartitionStateMachine {
                 data: PartitionSnapshot::default(),
                 current,
             })),
-            snapshot_path: snapshot_path.to_path_buf(),
+            snapshot: SnapshotFile::new(snapshot_path, "partition snapshot"),
             hw_tx: Arc::new(hw_tx),
             log,
-            skips: Arc::new(SnapshotSkips::new("partition snapshot")),
-            when_full: WhenFull::Abandon,
         })
     }
 
@@ -181,11 +174,6 @@ impl PartitionStateMachine {
         }
     }
 
-    /// Persists `p` as the snapshot file; `Ok(false)` when it was abandoned (`when_full`).
-    async fn persist(&self, p: Persisted, when_full: WhenFull) -> io::Result<bool> {
-        meta_file::persist_snapshot(&self.snapshot_path, Arc::new(p), when_full, &self.skips).await
-    }
-
     /// The snapshot on disk as openraft sees it; an empty one (no last log id) when none.
     fn current_snapshot(&self) -> SnapshotOf<PartitionTypes, PartitionSnapshot> {
         match self.inner.lock().current {
@@ -250,7 +238,11 @@ impl RaftSnapshotBuilder<PartitionTypes> for PartitionStateMachine {
             };
             (meta, st.data)
         };
-        if !self.persist((meta.clone(), data), self.when_full).await? {
+        if !self
+            .snapshot
+            .persist(Arc::new((meta.clone(), data)))
+            .await?
+        {
             return Ok(self.current_snapshot());
         }
         self.inner.lock().current = Some((meta.clone(), data));
@@ -329,16 +321,11 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
-        if !force && self.skips.deferring() {
-            return None;
-        }
-        let mut b = self.clone();
-        b.when_full = if force {
-            WhenFull::Wait
-        } else {
-            WhenFull::Abandon
-        };
-        Some(b)
+        let snapshot = self.snapshot.for_builder(force)?;
+        Some(Self {
+            snapshot,
+            ..self.clone()
+        })
     }
 
     async fn install_snapshot(
@@ -346,7 +333,8 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         meta: &SnapshotMetaOf<PartitionTypes>,
         snapshot: PartitionSnapshot,
     ) -> Result<(), io::Error> {
-        self.persist((meta.clone(), snapshot), WhenFull::Wait)
+        self.snapshot
+            .persist_installed(Arc::new((meta.clone(), snapshot)))
             .await?;
         let log = self.log.clone();
         let last = meta.last_log_id;

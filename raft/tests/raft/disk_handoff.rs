@@ -49,7 +49,7 @@ async fn leadership_goes_only_to_a_voter_that_would_lead() {
     // would have stopped its proposals).
     let moved = c
         .node(me)
-        .hand_off_leadership(&leader, T, T)
+        .hand_off_leadership(&leader, T, T, 1)
         .await
         .expect("hand-off");
     assert_eq!(moved, None);
@@ -58,21 +58,14 @@ async fn leadership_goes_only_to_a_voter_that_would_lead() {
     assert_eq!(o.base_offset, 10);
 
     // One follower has space: it gets the leadership (once it matched the leader's log and
-    // acknowledged; bounded retries).
+    // acknowledged; at most 50 rounds, 100 ms apart).
     let target = others[0].clone();
     c.node(target.group_node()).set_lead_gate(|| true);
-    let mut moved = None;
-    for _ in 0..50 {
-        moved = c
-            .node(me)
-            .hand_off_leadership(&leader, T, T)
-            .await
-            .expect("hand-off");
-        if moved.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let moved = c
+        .node(me)
+        .hand_off_leadership(&leader, T, T, 50)
+        .await
+        .expect("hand-off");
     assert_eq!(moved, Some(target.group_node()));
     eventually("the target leads", T, || target.is_leader()).await;
     let o = target

@@ -1,6 +1,6 @@
 //! Disk full (issue 7, fault 5): a standalone server whose data directory is a small tmpfs in a
 //! private mount namespace (`unshare -m`, so nothing is mounted on the host), filled from inside
-//! that namespace (`nsenter -t PID -m`).
+//! that namespace (`nsenter -t PID -m`): [`drawbridge_tests::tmpfs`].
 //!
 //! - `refuses_below_the_margin_and_recovers`: below `storage.min.free.bytes` publishes are
 //!   refused with a clear error (ResourceExhausted, PublishAsync INTERNAL asyncError;
@@ -31,12 +31,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use drawbridge_proto::api::*;
 use drawbridge_tests::server::{DrawbridgeServer, NatsMode, ServerSpec};
+use drawbridge_tests::tmpfs;
 use futures::StreamExt;
 use tonic::Code;
 
@@ -47,22 +47,6 @@ use crate::limits::metrics;
 
 /// tmpfs size of the data directory.
 const TMPFS: &str = "32m";
-
-/// Whether this process may mount a tmpfs in a private mount namespace; `Err` says why not.
-fn can_mount(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs \"$0\""])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running unshare: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
 
 /// A standalone server on a tmpfs data dir with `storage.min.free.bytes: min_free`, or `None`
 /// (after a printed note) when mounting is not possible outside CI.
@@ -78,13 +62,7 @@ fn start(id: &str, min_free: u64, metrics_port: u16) -> TestResult<Option<Drawbr
 /// Makes `spec` run on a tmpfs data dir with `storage.min.free.bytes: min_free` and metrics on
 /// `metrics_port`; false (after a printed note) when mounting is not possible outside CI.
 fn on_tmpfs(spec: &mut ServerSpec, min_free: u64, metrics_port: u16) -> TestResult<bool> {
-    let probe = spec.data_dir.with_file_name("probe");
-    if let Err(why) = can_mount(&probe) {
-        let msg = format!("cannot mount a tmpfs in a private mount namespace (root needed): {why}");
-        if std::env::var_os("CI").is_some() {
-            return Err(msg.into());
-        }
-        eprintln!("skipping the disk-full test: {msg}");
+    if !tmpfs::mount_or_skip(&spec.id, &spec.data_dir.with_file_name("probe"))? {
         return Ok(false);
     }
     let conf = spec.data_dir.with_file_name("diskfull.yaml");
@@ -95,44 +73,20 @@ fn on_tmpfs(spec: &mut ServerSpec, min_free: u64, metrics_port: u16) -> TestResu
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics_port}"),
     ]);
-    spec.wrapper = vec![
-        "unshare".into(),
-        "-m".into(),
-        "sh".into(),
-        "-c".into(),
-        format!("mount -t tmpfs -o size={TMPFS} tmpfs \"$0\" && exec \"$@\""),
-        spec.data_dir.display().to_string(),
-    ];
+    spec.wrapper = tmpfs::wrapper(&spec.data_dir, TMPFS);
     Ok(true)
 }
 
-/// Runs `script` in the server's mount namespace (`$0` is the data dir).
-fn in_namespace(s: &DrawbridgeServer, script: &str) -> TestResult {
-    let pid = s.pid().ok_or("server has no pid")?;
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "sh", "-c", script])
-        .arg(&s.spec.data_dir)
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("{script}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
-    }
-    Ok(())
-}
-
-/// Fills the tmpfs, then frees `leave_mib` MiB of it again.
+/// Fills the server's tmpfs so that `leave_mib` MiB stay available ([`tmpfs::fill`]).
 fn fill(s: &DrawbridgeServer, leave_mib: u32) -> TestResult {
-    in_namespace(
-        s,
-        &format!(
-            "dd if=/dev/zero of=\"$0/filler\" bs=1M 2>/dev/null; \
-             test -f \"$0/filler\" && truncate -s -{leave_mib}M \"$0/filler\""
-        ),
-    )
+    let pid = s.pid().ok_or("server has no pid")?;
+    Ok(tmpfs::fill(pid, &s.spec.data_dir, leave_mib)?)
 }
 
+/// Deletes the filler ([`tmpfs::unfill`]).
 fn unfill(s: &DrawbridgeServer) -> TestResult {
-    in_namespace(s, "rm -f \"$0/filler\"")
+    let pid = s.pid().ok_or("server has no pid")?;
+    Ok(tmpfs::unfill(pid, &s.spec.data_dir)?)
 }
 
 fn counter(text: &str, name: &str) -> u64 {
