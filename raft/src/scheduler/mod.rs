@@ -902,8 +902,11 @@ fn step(
     rng: &mut Rng,
 ) -> (Option<Action>, Instant, bool) {
     let v = e.view(me);
+    // Led at its last look: heartbeating (`next_heartbeat` set) or quiesced (no heartbeats
+    // due, so `next_heartbeat` is unset; only a leader quiesces a group).
+    let mut was_leading = e.next_heartbeat.is_some();
     if v.state != ServerState::Leader {
-        e.unquiesce();
+        was_leading |= e.unquiesce();
     }
     match v.state {
         ServerState::Leader => {
@@ -954,8 +957,11 @@ fn step(
             (None, at, false)
         }
         ServerState::Follower | ServerState::Candidate if v.voter => {
-            if e.next_heartbeat.take().is_some() {
-                // Just lost leadership: count it as contact, the new leader is about to call.
+            e.next_heartbeat = None;
+            if was_leading {
+                // Just lost leadership (also a quiesced one, e.g. by a transfer): count it as
+                // contact, the new leader is about to call. Electing at once instead would
+                // disrupt the very transfer that deposed it.
                 e.last_attempt = Some(now);
             }
             if e.clock.catch_up.holds() {
