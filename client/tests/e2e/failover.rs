@@ -85,8 +85,19 @@ impl Cluster {
             replication_factor: 3,
             ..StreamOptions::default()
         };
-        self.client.create_stream(name, name, opts).await?;
         let deadline = Instant::now() + Duration::from_secs(20);
+        // The first CreateStream of a fresh cluster can outlast the 3 s request timeout (the
+        // metadata group and the new partition group elect first); a timed-out create may
+        // still land, so a later try may find the stream there.
+        loop {
+            match self.client.create_stream(name, name, opts.clone()).await {
+                Ok(_) | Err(Error::StreamExists) => break,
+                Err(Error::DeadlineExceeded(e)) if Instant::now() < deadline => {
+                    eprintln!("{name}: create timed out ({e}), again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         loop {
             let md = self.client.fetch_metadata().await?;
             let p = md.stream(name).and_then(|s| s.partitions.get(&0)).cloned();
