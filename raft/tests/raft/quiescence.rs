@@ -42,6 +42,22 @@ fn parked(c: &Cluster) -> usize {
     c.running().map(|n| n.parked_partition_groups()).sum()
 }
 
+/// A 3-node cluster with fast timings and `n` groups with data on it (`groups_with_data`),
+/// returned once every group is quiesced and, with `parked_too`, every follower parked too.
+async fn quiet_cluster(
+    stream: &str,
+    n: i32,
+    parked_too: bool,
+) -> (Cluster, Vec<Vec<PartitionReplica>>) {
+    let c = Cluster::start(3, fast_timings()).await;
+    let all = groups_with_data(&c, stream, n).await;
+    eventually("every group quiesced", T, || quiesced(&c) == n as usize).await;
+    if parked_too {
+        eventually("every follower parked", T, || parked(&c) == 2 * n as usize).await;
+    }
+    (c, all)
+}
+
 /// Creates `n` groups on every node of `c`, each with one committed batch of 2 records, and
 /// waits until each has a leader.
 async fn groups_with_data(c: &Cluster, stream: &str, n: i32) -> Vec<Vec<PartitionReplica>> {
@@ -61,12 +77,7 @@ async fn idle_groups_quiesce_stay_led_and_wake_on_a_write() {
     const GROUPS: i32 = 4;
     // Fast timings: heartbeat 100 ms, elections 400-800 ms, so "several election timeouts"
     // pass quickly.
-    let c = Cluster::start(3, fast_timings()).await;
-    let all = groups_with_data(&c, "quiet", GROUPS).await;
-    eventually("every group quiesced", T, || {
-        quiesced(&c) == GROUPS as usize
-    })
-    .await;
+    let (c, all) = quiet_cluster("quiet", GROUPS, false).await;
 
     // Quiesced for four election timeouts: no election, same leaders, every follower still
     // sees a live leader (the leader nodes' liveness beats stamp its clock).
@@ -136,17 +147,8 @@ async fn idle_groups_quiesce_stay_led_and_wake_on_a_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_that_leads_quiesced_groups_fails_them_over() {
     const GROUPS: i32 = 3;
-    let mut c = Cluster::start(3, fast_timings()).await;
-    let all = groups_with_data(&c, "quiet-failover", GROUPS).await;
-    eventually("every group quiesced", T, || {
-        quiesced(&c) == GROUPS as usize
-    })
-    .await;
     // Their followers are parked: only the leader node's stamp going stale brings them back.
-    eventually("every follower parked", T, || {
-        parked(&c) == 2 * GROUPS as usize
-    })
-    .await;
+    let (mut c, all) = quiet_cluster("quiet-failover", GROUPS, true).await;
     // The node leading the most groups (all quiesced) goes down.
     let leads = |id: u64| {
         all.iter()
@@ -197,16 +199,7 @@ async fn killing_the_node_that_leads_quiesced_groups_fails_them_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_follower_takes_a_transferred_leadership_and_keeps_it() {
     const GROUPS: i32 = 2;
-    let c = Cluster::start(3, fast_timings()).await;
-    let all = groups_with_data(&c, "quiet-transfer", GROUPS).await;
-    eventually("every group quiesced", T, || {
-        quiesced(&c) == GROUPS as usize
-    })
-    .await;
-    eventually("every follower parked", T, || {
-        parked(&c) == 2 * GROUPS as usize
-    })
-    .await;
+    let (c, all) = quiet_cluster("quiet-transfer", GROUPS, true).await;
 
     // The leadership of a quiesced group moves to a parked follower.
     let g = &all[0];
