@@ -300,6 +300,7 @@ async fn relay(
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::time::Instant;
 
     /// A one-connection-at-a-time echo server on a fresh port (a std thread; stops when the
     /// test process ends, each connection is bounded by its read timeout).
@@ -374,6 +375,11 @@ mod tests {
             .expect("timeout");
         c.read_exact(&mut buf).expect("held bytes after the heal");
         assert_eq!(&buf, b"world");
+        // The proxy counts a write after it returns, which may be after the echo reached us.
+        let counted = Instant::now() + Duration::from_secs(2);
+        while proxy.forwarded() < 20 && Instant::now() < counted {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(proxy.forwarded() >= 20, "{}", proxy.forwarded());
 
         // Reset: the open connection is reset, new ones are reset at once.
