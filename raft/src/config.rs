@@ -204,6 +204,13 @@ pub struct RaftConfig {
     #[doc(hidden)]
     #[serde(default = "yes")]
     pub coalesce_heartbeats: bool,
+    /// Carry each replication stream (leader to one follower of one group) on one streaming
+    /// RPC with several append-entries in flight (the transport's `append_stream` module),
+    /// instead of one append-entries RPC at a time. On by default; kept so benchmarks can
+    /// measure both in one run (the server's hidden `DRAWBRIDGE_RAFT_STREAM=0|1` overrides it).
+    #[doc(hidden)]
+    #[serde(default = "yes")]
+    pub stream_appends: bool,
     /// Quiesce idle partition groups: their leader stops heartbeating them and sends one
     /// liveness beat per peer instead (`crate::scheduler`, "Quiescence"). It cuts the idle cost
     /// of replicated groups about 8x. On by default; kept so benchmarks can measure both in one
@@ -285,6 +292,7 @@ impl RaftConfig {
             unclean_restart_hold_ms: default_unclean_hold(),
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
+            stream_appends: true,
             quiesce_partition_groups: true,
             peer_routes: std::collections::BTreeMap::new(),
             network_faults: None,

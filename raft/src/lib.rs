@@ -75,6 +75,7 @@ pub use metadata::MetadataState;
 pub use metadata::MetadataView;
 pub use node::PartitionLogSettings;
 pub use node::RaftNode;
+pub use node::TransportStats;
 pub use partition::IsrTracker;
 pub use partition::Leadership;
 pub use partition::LeadershipWatch;

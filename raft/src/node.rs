@@ -57,6 +57,7 @@ use crate::partition::PartitionStateMachine;
 use crate::scheduler::GroupClock;
 use crate::scheduler::Scheduler;
 use crate::scheduler::Timing;
+use crate::transport::service::StreamCounters;
 use crate::transport::service::TransportService;
 use crate::transport::GroupRegistry;
 use crate::transport::NetworkFactory;
@@ -89,6 +90,18 @@ struct Inner {
     /// Drives heartbeats and elections of every partition group (they have no openraft tick).
     scheduler: Scheduler,
     server: Mutex<Server>,
+    /// The `AppendStream` calls this node serves (see [`RaftNode::transport_stats`]).
+    append_streams: Arc<StreamCounters>,
+}
+
+/// Counters of a node's raft transport (see [`RaftNode::transport_stats`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Replication streams (`AppendStream` calls) from leaders to this node open now.
+    pub append_streams_open: u64,
+    /// Replication streams this node has accepted since it started.
+    pub append_streams_served: u64,
 }
 
 /// Counters of a node's flusher (see [`RaftNode::io_stats`]).
@@ -207,6 +220,7 @@ impl RaftNode {
         }
         let registry = Arc::new(GroupRegistry::default());
         let router = Router::new(config.coalesce_heartbeats)
+            .with_stream_appends(config.stream_appends)
             .with_faults(config.node_id, config.network_faults.clone())
             .with_routes(config.peer_routes.clone());
         fs::create_dir_all(data_dir)?;
@@ -236,7 +250,9 @@ impl RaftNode {
         };
 
         let (tx, rx) = oneshot::channel::<()>();
-        let svc = RaftTransportServer::new(TransportService::new(registry.clone()))
+        let service = TransportService::new(registry.clone());
+        let append_streams = service.stream_counters();
+        let svc = RaftTransportServer::new(service)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let task = tokio::spawn(async move {
@@ -272,6 +288,7 @@ impl RaftNode {
                     shutdown: Some(tx),
                     task: Some(task),
                 }),
+                append_streams,
             }),
         })
     }
@@ -316,6 +333,16 @@ impl RaftNode {
     /// (`crate::scheduler`, rule 5). A gauge for metrics and tests.
     pub fn parked_partition_groups(&self) -> usize {
         self.inner.scheduler.parked()
+    }
+
+    /// Counters of the raft transport's replication streams served by this node.
+    #[doc(hidden)]
+    pub fn transport_stats(&self) -> TransportStats {
+        let c = &self.inner.append_streams;
+        TransportStats {
+            append_streams_open: c.open.load(std::sync::atomic::Ordering::Relaxed),
+            append_streams_served: c.served.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// The metadata group.

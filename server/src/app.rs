@@ -208,6 +208,10 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         );
         raft_config.quiesce_partition_groups = on;
     }
+    if let Some(on) = raft_stream_override() {
+        info!(on, "DRAWBRIDGE_RAFT_STREAM sets streamed replication");
+        raft_config.stream_appends = on;
+    }
     // Liftbridge's `clustering.raft.max.quorum.size`: 0 means every server votes.
     raft_config.max_metadata_voters = match config.clustering.raft_max_quorum_size {
         0 => usize::MAX,
@@ -502,12 +506,24 @@ fn local_nats_enabled() -> bool {
 /// partition groups on (or off) whatever the raft crate's default. Anything else is ignored
 /// with a warning.
 fn quiesce_override() -> Option<bool> {
-    let v = std::env::var("DRAWBRIDGE_QUIESCE").ok()?;
+    switch_override("DRAWBRIDGE_QUIESCE")
+}
+
+/// Hidden switch for A/B runs: `DRAWBRIDGE_RAFT_STREAM=0` (or `1`) sends replication one
+/// append-entries RPC at a time (or on streaming RPCs, the raft crate's default).
+fn raft_stream_override() -> Option<bool> {
+    switch_override("DRAWBRIDGE_RAFT_STREAM")
+}
+
+/// An on/off environment switch; anything but 0/1 (false/true, off/on) is ignored with a
+/// warning.
+fn switch_override(name: &str) -> Option<bool> {
+    let v = std::env::var(name).ok()?;
     match v.trim() {
         "1" | "true" | "on" => Some(true),
         "0" | "false" | "off" => Some(false),
         other => {
-            tracing::warn!(value = other, "DRAWBRIDGE_QUIESCE is not 0 or 1; ignored");
+            tracing::warn!(value = other, "{name} is not 0 or 1; ignored");
             None
         }
     }

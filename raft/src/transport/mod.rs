@@ -11,11 +11,14 @@
 //!   gate, which answers `MayLead` probes (`RaftNode::hand_off_leadership`).
 //! - [`service`]: the server side (`RaftTransport` service), dispatching by group id.
 //! - [`faults`]: tests only: blocked, dropped and delayed RPCs between chosen nodes.
+//! - [`append_stream`]: a replication stream (openraft's `stream_append`) on one bidirectional
+//!   call, several requests in flight.
 //! - [`coalesce`]: heartbeats (append-entries without entries) of many groups to one peer in one
 //!   RPC.
 //! - [`liveness`]: one beat per peer listing the groups this node leads quiesced (in place of
 //!   their heartbeats).
 
+pub(crate) mod append_stream;
 pub(crate) mod coalesce;
 pub mod faults;
 pub(crate) mod group_kind;

@@ -6,7 +6,9 @@
 //!   openraft answers with backoff.
 //! - Every RPC is bounded by openraft's hard TTL for it.
 //! - With coalescing on (the default), an append-entries without entries goes through the
-//!   peer's heartbeat batcher (`super::coalesce`); every other RPC is its own gRPC call.
+//!   peer's heartbeat batcher (`super::coalesce`); every other RPC is its own gRPC call, except
+//!   openraft's replication streams, which (by default) each ride one `AppendStream` call
+//!   (`super::append_stream`).
 //! - In tests, every RPC first passes the node's fault gate (`super::faults`), if it has one.
 //! - A peer's channel dials the route configured for its advertised address
 //!   (`RaftConfig::peer_routes`), or the advertised address itself; the peer stays keyed by
@@ -79,7 +81,7 @@ pub(crate) enum SendError {
 }
 
 impl SendError {
-    fn into_rpc<C: openraft::RaftTypeConfig>(self) -> RPCError<C> {
+    pub(crate) fn into_rpc<C: openraft::RaftTypeConfig>(self) -> RPCError<C> {
         match self {
             SendError::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
             SendError::Network(m) => RPCError::Network(NetworkError::from_string(m)),
@@ -108,6 +110,9 @@ pub(crate) struct Router {
     peers: Arc<Mutex<Peers>>,
     /// Send append-entries without entries through the per-peer batcher (`super::coalesce`).
     coalesce: bool,
+    /// Carry replication streams on `AppendStream` calls (`super::append_stream`) instead of
+    /// one append-entries RPC at a time.
+    stream_appends: bool,
     /// Tests only: this node's id and the shared fault set every RPC passes through
     /// (`super::faults`).
     faults: Option<(NodeId, NetworkFaults)>,
@@ -129,6 +134,7 @@ impl Router {
         Self {
             peers: Arc::default(),
             coalesce,
+            stream_appends: true,
             faults: None,
             routes: Arc::default(),
         }
@@ -143,6 +149,17 @@ impl Router {
         self
     }
 
+    /// Whether replication streams use `AppendStream` calls (on by default).
+    pub(crate) fn with_stream_appends(mut self, on: bool) -> Self {
+        self.stream_appends = on;
+        self
+    }
+
+    /// Whether replication streams use `AppendStream` calls.
+    pub(crate) fn stream_appends(&self) -> bool {
+        self.stream_appends
+    }
+
     /// Routes every RPC of node `me` through `faults` (tests; see `super::faults`).
     pub(crate) fn with_faults(mut self, me: NodeId, faults: Option<NetworkFaults>) -> Self {
         self.faults = faults.map(|f| (me, f));
@@ -150,7 +167,7 @@ impl Router {
     }
 
     /// The fault gate before a request to `target` (a no-op without faults).
-    async fn fault_gate(&self, target: NodeId) -> Result<(), SendError> {
+    pub(crate) async fn fault_gate(&self, target: NodeId) -> Result<(), SendError> {
         match &self.faults {
             Some((me, f)) => f
                 .before_send(*me, target)
@@ -161,7 +178,7 @@ impl Router {
     }
 
     /// The fault gate of a reply from `target` (a no-op without faults).
-    fn fault_reply(&self, target: NodeId) -> Result<(), SendError> {
+    pub(crate) fn fault_reply(&self, target: NodeId) -> Result<(), SendError> {
         match &self.faults {
             Some((me, f)) => f.after_reply(*me, target).map_err(SendError::Unreachable),
             None => Ok(()),
@@ -257,7 +274,7 @@ impl Router {
         decode_reply(target, group, reply)
     }
 
-    fn client(&self, id: NodeId) -> Result<Client, SendError> {
+    pub(crate) fn client(&self, id: NodeId) -> Result<Client, SendError> {
         self.peers
             .lock()
             .clients

@@ -4,6 +4,9 @@
 //! - An unknown group, a stopped group or an undecodable payload is answered with a typed
 //!   `RaftFailure`, never a panic and never a gRPC transport error (so the sender can tell
 //!   "the peer is up but lacks the group" from "the peer is down").
+//! - An `AppendStream` call names its group in its first request; its requests reach the
+//!   group's raft in arrival order and are answered in that order, each with the same effect
+//!   on the group's clock and catch-up hold as a unary append-entries (below).
 //! - A request without a group on `AppendEntries` is a batch of coalesced heartbeats
 //!   (`super::coalesce`); each is handled as if it had come alone.
 //! - A partition group's last-contact clock (which its election timer reads, see
@@ -27,6 +30,9 @@
 //!   leaves its log matching the leader's up to a commit index of the leader's own term.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
 use drawbridge_proto::raft as pb;
@@ -34,9 +40,13 @@ use drawbridge_proto::raft::raft_failure::Code;
 use drawbridge_proto::raft::raft_transport_server::RaftTransport;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::VoteOf;
+use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::base::BoxStream;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
+use openraft::raft::StreamAppendError;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
@@ -44,6 +54,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::storage::Snapshot;
 use openraft::vote::RaftVote;
 use openraft::Raft;
+use parking_lot::Mutex;
 use serde::Serialize;
 use tonic::Request;
 use tonic::Response;
@@ -77,6 +88,33 @@ pub(crate) struct TransportService {
     registry: Arc<GroupRegistry>,
     /// What this node keeps of its peers' liveness beats.
     liveness: Arc<liveness::Receiver>,
+    streams: Arc<StreamCounters>,
+}
+
+/// `AppendStream` calls served by a node (see `RaftNode::transport_stats`).
+#[derive(Debug, Default)]
+pub(crate) struct StreamCounters {
+    /// Calls open now.
+    pub(crate) open: AtomicU64,
+    /// Calls accepted so far.
+    pub(crate) served: AtomicU64,
+}
+
+/// Counts one open call from its creation to its drop.
+struct OpenStream(Arc<StreamCounters>);
+
+impl OpenStream {
+    fn new(c: Arc<StreamCounters>) -> Self {
+        c.open.fetch_add(1, AtomicOrdering::Relaxed);
+        c.served.fetch_add(1, AtomicOrdering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
 }
 
 impl TransportService {
@@ -85,7 +123,13 @@ impl TransportService {
         Self {
             registry,
             liveness: Arc::default(),
+            streams: Arc::default(),
         }
+    }
+
+    /// The counters of the `AppendStream` calls this service serves.
+    pub(crate) fn stream_counters(&self) -> Arc<StreamCounters> {
+        self.streams.clone()
     }
 
     /// Handles one request in its own task, so that a request the peer stops waiting for
@@ -239,6 +283,11 @@ struct CatchUpTarget {
 fn catch_up_target(payload: &[u8]) -> Option<CatchUpTarget> {
     let req =
         codec::decode::<AppendEntriesRequest<PartitionTypes>>("append entries", payload).ok()?;
+    catch_up_target_of(&req)
+}
+
+/// [`catch_up_target`] of a decoded request.
+fn catch_up_target_of(req: &AppendEntriesRequest<PartitionTypes>) -> Option<CatchUpTarget> {
     let commit = req.leader_commit?;
     if commit.leader_id.term != req.vote.leader_id.term {
         return None;
@@ -270,6 +319,11 @@ impl CatchUpTarget {
             _ => None,
         };
         matched.is_some_and(|m| m >= self.commit)
+    }
+
+    /// [`Self::reached_by`] for the result of a streamed request (the log id it matched).
+    fn reached_by_stream(&self, res: &StreamAppendResult<PartitionTypes>) -> bool {
+        matches!(res, Ok(Some(m)) if m.index >= self.commit)
     }
 }
 
@@ -364,8 +418,150 @@ where
     }
 }
 
+/// The reply stream of an `AppendStream` call.
+type ReplyStream = BoxStream<'static, Result<pb::RaftReply, Status>>;
+
+/// A reply stream of one reply.
+fn one_reply(reply: pb::RaftReply) -> ReplyStream {
+    Box::pin(futures::stream::once(async move { Ok(reply) }))
+}
+
+impl TransportService {
+    /// Serves one `AppendStream` call: finds the group named by the first request and hands
+    /// the call's requests to its raft in order (see [`serve_stream`]). For a partition group,
+    /// each request and reply has the same effect on the group's clock and catch-up hold as a
+    /// unary append-entries (see the module docs).
+    async fn append_stream_replies(
+        &self,
+        mut input: tonic::Streaming<pb::RaftRequest>,
+    ) -> ReplyStream {
+        let first = match input.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Box::pin(futures::stream::empty()),
+            Err(status) => return Box::pin(futures::stream::once(async move { Err(status) })),
+        };
+        let group = match wire::group_from_pb(first.group.clone()) {
+            Ok(g) => g,
+            Err(e) => return one_reply(wire::failure(Code::BadRequest, e.to_string())),
+        };
+        let requests = futures::stream::once(async move { Ok(first) }).chain(input);
+        match &group {
+            GroupId::Metadata => match self.registry.metadata() {
+                Some(raft) => serve_stream(raft, requests, |_| (), |(), _| {}),
+                None => one_reply(wire::failure(
+                    Code::GroupNotFound,
+                    format!("group {group} not hosted"),
+                )),
+            },
+            GroupId::Partition(p) => match self.registry.partition(p) {
+                Some(g) => {
+                    let raft = g.raft().clone();
+                    let on_request = g.clone();
+                    let before = move |req: &AppendEntriesRequest<PartitionTypes>| {
+                        on_request.clock.wake();
+                        if from_leader(on_request.raft(), &req.vote) {
+                            on_request.clock.touch();
+                        }
+                        if on_request.clock.catch_up.holds() {
+                            catch_up_target_of(req)
+                        } else {
+                            None
+                        }
+                    };
+                    let after = move |target: Option<CatchUpTarget>,
+                                      res: &StreamAppendResult<PartitionTypes>| {
+                        if !matches!(res, Err(StreamAppendError::HigherVote(_))) {
+                            g.clock.touch();
+                        }
+                        if target.is_some_and(|t| t.reached_by_stream(res)) {
+                            g.clock.catch_up.caught_up();
+                        }
+                    };
+                    serve_stream(raft, requests, before, after)
+                }
+                None => one_reply(wire::failure(
+                    Code::GroupNotFound,
+                    format!("group {group} not hosted"),
+                )),
+            },
+        }
+    }
+}
+
+/// Hands a call's requests to `raft`'s `stream_append` in arrival order and answers each in
+/// order. `before` runs on each decoded request as openraft takes it, `after` on its result
+/// with what `before` returned. An undecodable request ends the input; the replies to the
+/// requests before it are sent, then a `BAD_REQUEST` failure. A stopped raft answers
+/// `GROUP_STOPPED` and ends the stream; so does a conflict or a higher vote (after its reply).
+fn serve_stream<C, SM, P>(
+    raft: Raft<C, SM>,
+    requests: impl futures::Stream<Item = Result<pb::RaftRequest, Status>> + Send + 'static,
+    mut before: impl FnMut(&AppendEntriesRequest<C>) -> P + Send + 'static,
+    mut after: impl FnMut(P, &StreamAppendResult<C>) + Send + 'static,
+) -> ReplyStream
+where
+    C: GroupKind,
+    SM: RaftStateMachine<C, SnapshotData = C::Snapshot>,
+    P: Send + 'static,
+{
+    let pending: Arc<Mutex<VecDeque<P>>> = Arc::default();
+    let bad: Arc<Mutex<Option<String>>> = Arc::default();
+    let (pending_in, bad_in) = (pending.clone(), bad.clone());
+    let decoded = requests.scan((), move |(), r| {
+        let next = match r {
+            Ok(m) => match codec::decode::<AppendEntriesRequest<C>>("append entries", &m.payload) {
+                Ok(req) => {
+                    pending_in.lock().push_back(before(&req));
+                    Some(req)
+                }
+                Err(e) => {
+                    *bad_in.lock() = Some(e.to_string());
+                    None
+                }
+            },
+            // The call failed or the sender reset it: no more requests.
+            Err(_) => None,
+        };
+        futures::future::ready(next)
+    });
+    let replies = raft.stream_append(decoded).map(move |r| {
+        let p = pending.lock().pop_front();
+        Ok(match r {
+            Ok(res) => {
+                if let Some(p) = p {
+                    after(p, &res);
+                }
+                match codec::encode(&res) {
+                    Ok(bytes) => wire::success(bytes),
+                    Err(e) => wire::failure(Code::Unknown, e.to_string()),
+                }
+            }
+            Err(fatal) => wire::failure(Code::GroupStopped, fatal.to_string()),
+        })
+    });
+    let tail = futures::stream::once(async move { bad.lock().take() }).filter_map(|b| {
+        futures::future::ready(b.map(|m| Ok(wire::failure(Code::BadRequest, m))))
+    });
+    Box::pin(replies.chain(tail))
+}
+
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
+    type AppendStreamStream = ReplyStream;
+
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::RaftRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let open = OpenStream::new(self.streams.clone());
+        let replies = self.append_stream_replies(req.into_inner()).await;
+        // The count drops with the reply stream, when the call ends.
+        Ok(Response::new(Box::pin(replies.map(move |r| {
+            let _ = &open;
+            r
+        }))))
+    }
+
     async fn append_entries(
         &self,
         req: Request<pb::RaftRequest>,

@@ -1,6 +1,7 @@
 //! Integration tests of drawbridge-raft over the real gRPC transport on 127.0.0.1 (ephemeral
 //! ports, temp dirs). Every wait is bounded.
 
+mod append_stream;
 mod compaction;
 mod disk_handoff;
 mod harness;
