@@ -726,6 +726,8 @@ impl RaftNode {
         if let Some(tx) = tx {
             let _ = tx.send(());
         }
+        // Replication streams from leaders would hold the server's graceful shutdown open.
+        self.inner.append_streams.close_all();
         self.inner.scheduler.stop();
         // Groups stop concurrently: one at a time, 500 groups took about a minute.
         let groups = self.inner.registry.drain_partitions();

@@ -16,8 +16,10 @@
 //!   openraft opens a new stream from the last acknowledged entry.
 //! - The gRPC call is opened when the first request is ready and closed after [`IDLE_CLOSE`]
 //!   without a request in flight, so an idle or quiesced group holds no HTTP/2 stream; the
-//!   next request opens a new call. Requests are never split across calls while one is
-//!   unanswered (a call closes only with nothing in flight), so order holds across calls too.
+//!   next request opens a new call; so does a call the peer ends while nothing is in flight
+//!   (a node ends every call when it shuts down). Requests are never split across calls while
+//!   one is unanswered (a call closes only with nothing in flight), so order holds across
+//!   calls too.
 //! - An append-entries without entries, when no call is open, goes as a unary RPC (through the
 //!   peer's heartbeat batcher, `super::coalesce`) and its reply is awaited before the next
 //!   request: openraft's heartbeat worker sends each heartbeat as a one-request stream, and an
@@ -164,7 +166,13 @@ impl<S> Session<S> {
             } = self;
             tokio::select! {
                 biased;
-                reply = next_reply(call), if oldest.is_some() => {
+                reply = next_reply(call), if call.is_some() => {
+                    if sent.is_empty() {
+                        // The peer ended an idle call (it is shutting down), or sent a reply
+                        // nobody asked for: close it; the next request opens another.
+                        self.call = None;
+                        continue;
+                    }
                     sent.pop_front();
                     self.last_reply = Instant::now();
                     return match reply {
@@ -286,7 +294,10 @@ impl<S> Session<S> {
     }
 
     /// The openraft result in a reply.
-    fn decode<C: GroupKind>(&self, reply: pb::RaftReply) -> Result<StreamAppendResult<C>, SendError> {
+    fn decode<C: GroupKind>(
+        &self,
+        reply: pb::RaftReply,
+    ) -> Result<StreamAppendResult<C>, SendError> {
         self.router.fault_reply(self.target)?;
         match reply.result {
             Some(pb::raft_reply::Result::Payload(bytes)) => {

@@ -10,6 +10,8 @@
 use std::future::Future;
 
 use futures::Stream;
+use openraft::alias::SnapshotOf;
+use openraft::alias::VoteOf;
 use openraft::base::BoxFuture;
 use openraft::base::BoxStream;
 use openraft::error::RPCError;
@@ -27,8 +29,6 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use openraft::alias::SnapshotOf;
-use openraft::alias::VoteOf;
 use openraft::RaftNetworkFactory;
 use openraft_multi::GroupNetworkAdapter;
 use tracing::warn;

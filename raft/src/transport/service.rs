@@ -38,9 +38,9 @@ use std::sync::Arc;
 use drawbridge_proto::raft as pb;
 use drawbridge_proto::raft::raft_failure::Code;
 use drawbridge_proto::raft::raft_transport_server::RaftTransport;
+use futures::StreamExt;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::VoteOf;
-use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::base::BoxStream;
 use openraft::raft::AppendEntriesRequest;
@@ -91,13 +91,41 @@ pub(crate) struct TransportService {
     streams: Arc<StreamCounters>,
 }
 
-/// `AppendStream` calls served by a node (see `RaftNode::transport_stats`).
-#[derive(Debug, Default)]
+/// The `AppendStream` calls a node serves: counters (see `RaftNode::transport_stats`) and the
+/// signal that ends them all when the node shuts down (a call otherwise lasts as long as its
+/// sender keeps it, and the server's graceful shutdown would wait for it).
+#[derive(Debug)]
 pub(crate) struct StreamCounters {
     /// Calls open now.
     pub(crate) open: AtomicU64,
     /// Calls accepted so far.
     pub(crate) served: AtomicU64,
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for StreamCounters {
+    fn default() -> Self {
+        Self {
+            open: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl StreamCounters {
+    /// Ends every open call and every call accepted from now on.
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Self::close_all`] was called.
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
+    }
 }
 
 /// Counts one open call from its creation to its drop.
@@ -468,15 +496,16 @@ impl TransportService {
                             None
                         }
                     };
-                    let after = move |target: Option<CatchUpTarget>,
-                                      res: &StreamAppendResult<PartitionTypes>| {
-                        if !matches!(res, Err(StreamAppendError::HigherVote(_))) {
-                            g.clock.touch();
-                        }
-                        if target.is_some_and(|t| t.reached_by_stream(res)) {
-                            g.clock.catch_up.caught_up();
-                        }
-                    };
+                    let after =
+                        move |target: Option<CatchUpTarget>,
+                              res: &StreamAppendResult<PartitionTypes>| {
+                            if !matches!(res, Err(StreamAppendError::HigherVote(_))) {
+                                g.clock.touch();
+                            }
+                            if target.is_some_and(|t| t.reached_by_stream(res)) {
+                                g.clock.catch_up.caught_up();
+                            }
+                        };
                     serve_stream(raft, requests, before, after)
                 }
                 None => one_reply(wire::failure(
@@ -539,9 +568,8 @@ where
             Err(fatal) => wire::failure(Code::GroupStopped, fatal.to_string()),
         })
     });
-    let tail = futures::stream::once(async move { bad.lock().take() }).filter_map(|b| {
-        futures::future::ready(b.map(|m| Ok(wire::failure(Code::BadRequest, m))))
-    });
+    let tail = futures::stream::once(async move { bad.lock().take() })
+        .filter_map(|b| futures::future::ready(b.map(|m| Ok(wire::failure(Code::BadRequest, m)))));
     Box::pin(replies.chain(tail))
 }
 
@@ -556,10 +584,13 @@ impl RaftTransport for TransportService {
         let open = OpenStream::new(self.streams.clone());
         let replies = self.append_stream_replies(req.into_inner()).await;
         // The count drops with the reply stream, when the call ends.
-        Ok(Response::new(Box::pin(replies.map(move |r| {
-            let _ = &open;
-            r
-        }))))
+        let replies = replies
+            .map(move |r| {
+                let _ = &open;
+                r
+            })
+            .take_until(self.streams.closed());
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn append_entries(
