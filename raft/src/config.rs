@@ -205,12 +205,12 @@ pub struct RaftConfig {
     #[serde(default = "yes")]
     pub coalesce_heartbeats: bool,
     /// Carry each replication stream (leader to one follower of one group) on one streaming
-    /// RPC with several append-entries in flight (the transport's `append_stream` module),
-    /// instead of one append-entries RPC at a time. On by default; kept so benchmarks can
-    /// measure both in one run (the server's hidden `DRAWBRIDGE_RAFT_STREAM=0|1` overrides it).
+    /// RPC with up to this many append-entries in flight (the transport's `append_stream`
+    /// module); 0 sends one append-entries RPC at a time. Kept so benchmarks can measure both
+    /// (the server's hidden `DRAWBRIDGE_RAFT_STREAM=N` overrides it).
     #[doc(hidden)]
-    #[serde(default = "yes")]
-    pub stream_appends: bool,
+    #[serde(default = "default_append_stream_window")]
+    pub append_stream_window: usize,
     /// Quiesce idle partition groups: their leader stops heartbeating them and sends one
     /// liveness beat per peer instead (`crate::scheduler`, "Quiescence"). It cuts the idle cost
     /// of replicated groups about 8x. On by default; kept so benchmarks can measure both in one
@@ -235,6 +235,11 @@ pub struct RaftConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub network_faults: Option<crate::testing::NetworkFaults>,
+}
+
+/// Append-entries in flight per replication stream (see `RaftConfig::append_stream_window`).
+fn default_append_stream_window() -> usize {
+    4
 }
 
 fn yes() -> bool {
@@ -292,7 +297,7 @@ impl RaftConfig {
             unclean_restart_hold_ms: default_unclean_hold(),
             partition_openraft_tick: false,
             coalesce_heartbeats: true,
-            stream_appends: true,
+            append_stream_window: default_append_stream_window(),
             quiesce_partition_groups: true,
             peer_routes: std::collections::BTreeMap::new(),
             network_faults: None,

@@ -220,7 +220,7 @@ impl RaftNode {
         }
         let registry = Arc::new(GroupRegistry::default());
         let router = Router::new(config.coalesce_heartbeats)
-            .with_stream_appends(config.stream_appends)
+            .with_stream_window(config.append_stream_window)
             .with_faults(config.node_id, config.network_faults.clone())
             .with_routes(config.peer_routes.clone());
         fs::create_dir_all(data_dir)?;

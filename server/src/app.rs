@@ -208,9 +208,12 @@ pub async fn start(config: Config, extra: Extra) -> Result<Running> {
         );
         raft_config.quiesce_partition_groups = on;
     }
-    if let Some(on) = raft_stream_override() {
-        info!(on, "DRAWBRIDGE_RAFT_STREAM sets streamed replication");
-        raft_config.stream_appends = on;
+    if let Some(window) = raft_stream_override() {
+        info!(
+            window,
+            "DRAWBRIDGE_RAFT_STREAM sets the replication stream window"
+        );
+        raft_config.append_stream_window = window;
     }
     // Liftbridge's `clustering.raft.max.quorum.size`: 0 means every server votes.
     raft_config.max_metadata_voters = match config.clustering.raft_max_quorum_size {
@@ -509,10 +512,17 @@ fn quiesce_override() -> Option<bool> {
     switch_override("DRAWBRIDGE_QUIESCE")
 }
 
-/// Hidden switch for A/B runs: `DRAWBRIDGE_RAFT_STREAM=0` (or `1`) sends replication one
-/// append-entries RPC at a time (or on streaming RPCs, the raft crate's default).
-fn raft_stream_override() -> Option<bool> {
-    switch_override("DRAWBRIDGE_RAFT_STREAM")
+/// Hidden switch for A/B runs: `DRAWBRIDGE_RAFT_STREAM=N` carries replication on streaming
+/// RPCs with up to N append-entries in flight; 0 sends one append-entries RPC at a time.
+fn raft_stream_override() -> Option<usize> {
+    let v = std::env::var("DRAWBRIDGE_RAFT_STREAM").ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!(value = %v, "DRAWBRIDGE_RAFT_STREAM is not a number; ignored");
+            None
+        }
+    }
 }
 
 /// An on/off environment switch; anything but 0/1 (false/true, off/on) is ignored with a

@@ -1,6 +1,6 @@
 //! Streamed append-entries, client side: openraft's replication stream to one follower of one
-//! group carried by one bidirectional gRPC call (`RaftTransport/AppendStream`), with up to
-//! [`MAX_IN_FLIGHT`] requests sent before their replies arrive.
+//! group carried by one bidirectional gRPC call (`RaftTransport/AppendStream`), with up to a
+//! window of requests (`RaftConfig::append_stream_window`) sent before their replies arrive.
 //!
 //! Why: openraft's default `stream_append` sends one append-entries, waits for its reply, then
 //! sends the next. A follower answers only after its log is flushed, so each round of a busy
@@ -55,10 +55,6 @@ use crate::codec;
 use crate::types::GroupId;
 use crate::types::NodeId;
 
-/// Most requests sent on one stream before their replies arrive. openraft's follower side
-/// buffers 64; a batch per request and this many batches cover several fsyncs of a busy group.
-pub(crate) const MAX_IN_FLIGHT: usize = 32;
-
 /// How long a call stays open with nothing in flight.
 pub(crate) const IDLE_CLOSE: Duration = Duration::from_secs(5);
 
@@ -75,6 +71,8 @@ struct Session<S> {
     target: NodeId,
     group: GroupId,
     input: S,
+    /// Most requests in flight.
+    window: usize,
     option: RPCOption,
     ttl: Duration,
     call: Option<Call>,
@@ -98,6 +96,7 @@ enum Step<C: GroupKind> {
 /// The reply stream of a replication stream to `target` for `group` (see the module docs).
 pub(crate) fn stream_append<C, S>(
     router: Router,
+    window: usize,
     target: NodeId,
     group: GroupId,
     input: S,
@@ -112,6 +111,7 @@ where
         target,
         group,
         input,
+        window: window.max(1),
         ttl: option.hard_ttl(),
         option,
         call: None,
@@ -153,7 +153,7 @@ impl<S> Session<S> {
             if oldest.is_none() && self.input_done {
                 return Step::End;
             }
-            let can_send = !self.input_done && self.sent.len() < MAX_IN_FLIGHT;
+            let can_send = !self.input_done && self.sent.len() < self.window;
             // In flight: the call must make progress, a reply within the TTL of the later of
             // the oldest request and the last reply (requests queue behind each other at the
             // follower). Idle: the call closes.
@@ -265,7 +265,7 @@ impl<S> Session<S> {
             None => {
                 msg.group = Some(wire::group_to_pb(&self.group));
                 // One slot more than can be in flight: sending never waits.
-                let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT + 1);
+                let (tx, rx) = mpsc::channel(self.window + 1);
                 tx.try_send(msg).map_err(|_| {
                     SendError::Unreachable("append stream channel closed".to_string())
                 })?;

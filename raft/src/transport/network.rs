@@ -98,11 +98,13 @@ impl<C: GroupKind> RaftNetworkV2<C> for GroupNetwork<C> {
     where
         S: Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
     {
-        if !self.router.stream_appends() {
+        let window = self.router.stream_window();
+        if window == 0 {
             return stream_append_sequential(self, input, option);
         }
         let replies = append_stream::stream_append(
             self.router.clone(),
+            window,
             self.target,
             self.group.clone(),
             input,

@@ -110,9 +110,9 @@ pub(crate) struct Router {
     peers: Arc<Mutex<Peers>>,
     /// Send append-entries without entries through the per-peer batcher (`super::coalesce`).
     coalesce: bool,
-    /// Carry replication streams on `AppendStream` calls (`super::append_stream`) instead of
-    /// one append-entries RPC at a time.
-    stream_appends: bool,
+    /// Carry replication streams on `AppendStream` calls (`super::append_stream`) with this
+    /// many requests in flight; 0: one append-entries RPC at a time.
+    stream_window: usize,
     /// Tests only: this node's id and the shared fault set every RPC passes through
     /// (`super::faults`).
     faults: Option<(NodeId, NetworkFaults)>,
@@ -134,7 +134,7 @@ impl Router {
         Self {
             peers: Arc::default(),
             coalesce,
-            stream_appends: true,
+            stream_window: 0,
             faults: None,
             routes: Arc::default(),
         }
@@ -149,15 +149,15 @@ impl Router {
         self
     }
 
-    /// Whether replication streams use `AppendStream` calls (on by default).
-    pub(crate) fn with_stream_appends(mut self, on: bool) -> Self {
-        self.stream_appends = on;
+    /// Replication streams use `AppendStream` calls with `window` requests in flight (0: off).
+    pub(crate) fn with_stream_window(mut self, window: usize) -> Self {
+        self.stream_window = window;
         self
     }
 
-    /// Whether replication streams use `AppendStream` calls.
-    pub(crate) fn stream_appends(&self) -> bool {
-        self.stream_appends
+    /// Requests in flight on an `AppendStream` call; 0 when replication streams do not use them.
+    pub(crate) fn stream_window(&self) -> usize {
+        self.stream_window
     }
 
     /// Routes every RPC of node `me` through `faults` (tests; see `super::faults`).

@@ -135,7 +135,7 @@ async fn pipelined_proposals_commit_over_streams_that_close_when_idle() {
 }
 
 fn no_streams(_: u64, c: &mut RaftConfig) {
-    c.stream_appends = false;
+    c.append_stream_window = 0;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
