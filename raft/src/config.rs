@@ -206,8 +206,10 @@ pub struct RaftConfig {
     pub coalesce_heartbeats: bool,
     /// Carry each replication stream (leader to one follower of one group) on one streaming
     /// RPC with up to this many append-entries in flight (the transport's `append_stream`
-    /// module); 0 sends one append-entries RPC at a time. Kept so benchmarks can measure both
-    /// (the server's hidden `DRAWBRIDGE_RAFT_STREAM=N` overrides it).
+    /// module); 0 (the default) sends one append-entries RPC at a time. Off by default until
+    /// the 500-idle-group stability test, which failed in about one run of four with a window
+    /// of 4 (one idle group re-elected), is understood; the server's hidden
+    /// `DRAWBRIDGE_RAFT_STREAM=N` turns it on for benchmarks.
     #[doc(hidden)]
     #[serde(default = "default_append_stream_window")]
     pub append_stream_window: usize,
@@ -239,7 +241,7 @@ pub struct RaftConfig {
 
 /// Append-entries in flight per replication stream (see `RaftConfig::append_stream_window`).
 fn default_append_stream_window() -> usize {
-    4
+    0
 }
 
 fn yes() -> bool {

@@ -78,14 +78,16 @@ async fn pipelined_load(leader: &PartitionReplica, replicas: &[PartitionReplica]
     }
 }
 
+fn streams(_: u64, c: &mut RaftConfig) {
+    c.append_stream_window = 4;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_proposals_commit_over_streams_that_close_when_idle() {
-    let ThreeNodes {
-        c,
-        replicas,
-        leader,
-        ..
-    } = ThreeNodes::start(fast_timings(), "streamed").await;
+    let c = Cluster::start_tweaked(3, fast_timings(), streams).await;
+    let p = drawbridge_raft::PartitionId::new("streamed", 0);
+    let replicas = c.create_partition(&p).await;
+    let leader = partition_leader(&replicas, Duration::from_secs(15)).await;
     pipelined_load(&leader, &replicas).await;
     let leader_node = replicas
         .iter()
