@@ -19,11 +19,6 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// mimalloc instead of glibc malloc: per-message allocations (protobuf, HTTP/2 frames, channel
-/// nodes) freed on another thread made glibc's malloc/free ~15 % of the publish path.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use drawbridge_benches::error::{BenchError, Result};
 use drawbridge_benches::record::{parse_lines, Record, Sink};
@@ -32,6 +27,11 @@ use drawbridge_benches::target::liftbridge::LiftbridgeTarget;
 use drawbridge_benches::target::Target;
 use drawbridge_benches::{hw, report, workload};
 use drawbridge_client::AckPolicy;
+
+/// mimalloc instead of glibc malloc: per-message allocations (protobuf, HTTP/2 frames, channel
+/// nodes) freed on another thread made glibc's malloc/free ~15 % of the publish path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
