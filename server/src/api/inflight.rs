@@ -19,6 +19,7 @@
 //!    within that time), or once its partition is gone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge_raft::NodeId;
@@ -30,9 +31,14 @@ pub const FAILED_MEMORY: usize = 4096;
 /// term).
 pub type Leadership = (Option<NodeId>, u64);
 
+/// The table's hasher. Correlation ids come from the session's own client, so a client that
+/// picks colliding ids only slows down its own session.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug)]
 struct Entry {
-    stream: String,
+    /// Shared by every entry of the stream (see [`InFlight::stream_name`]).
+    stream: Arc<str>,
     partition: i32,
     published_under: Leadership,
     /// When it was tracked (for the latency metrics).
@@ -41,15 +47,48 @@ struct Entry {
     stale_since: Option<Instant>,
 }
 
-/// What to do with an ack that arrived on the session's inbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckFate {
-    /// It answers a tracked message (now untracked), published at the given time: forward it.
-    Tracked(Instant),
-    /// It answers a message already failed: drop it.
-    AlreadyFailed,
-    /// Not ours to judge (e.g. a second stream on the same subject acked it too): forward it.
-    Untracked,
+/// The messages in flight under one correlation id: almost always one (clients make ids
+/// unique), so that case needs no queue.
+#[derive(Debug)]
+enum Slot {
+    One(Entry),
+    /// In tracking order.
+    Many(VecDeque<Entry>),
+}
+
+impl Slot {
+    fn push(&mut self, e: Entry) {
+        match self {
+            Slot::Many(q) => q.push_back(e),
+            Slot::One(_) => {
+                let prev = std::mem::replace(self, Slot::Many(VecDeque::with_capacity(2)));
+                if let (Slot::One(first), Slot::Many(q)) = (prev, &mut *self) {
+                    q.push_back(first);
+                    q.push_back(e);
+                }
+            }
+        }
+    }
+
+    /// Removes the first entry (in tracking order) that `pred` accepts; also returns whether
+    /// the slot is now empty.
+    fn take(&mut self, pred: impl Fn(&Entry) -> bool) -> (Option<Entry>, bool) {
+        match self {
+            Slot::One(e) if pred(e) => {
+                // The caller removes the emptied slot; leave a placeholder that is never read.
+                let q = Slot::Many(VecDeque::new());
+                match std::mem::replace(self, q) {
+                    Slot::One(e) => (Some(e), true),
+                    Slot::Many(_) => (None, true),
+                }
+            }
+            Slot::One(_) => (None, false),
+            Slot::Many(q) => {
+                let e = q.iter().position(pred).and_then(|i| q.remove(i));
+                (e, q.is_empty())
+            }
+        }
+    }
 }
 
 /// A message given up on: answer it with an error.
@@ -67,11 +106,25 @@ pub struct Failed {
     pub published_at: Instant,
 }
 
+/// What to do with an ack that arrived on the session's inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckFate {
+    /// It answers a tracked message (now untracked), published at the given time: forward it.
+    Tracked(Instant),
+    /// It answers a message already failed: drop it.
+    AlreadyFailed,
+    /// Not ours to judge (e.g. a second stream on the same subject acked it too): forward it.
+    Untracked,
+}
+
 /// The in-flight messages of one session (see the module docs).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    by_correlation: HashMap<String, VecDeque<Entry>>,
+    by_correlation: HashMap<String, Slot, Hasher>,
     len: usize,
+    /// The stream of the last tracked message, shared with its entries: a session usually
+    /// publishes to one stream, so its entries share one allocation of the name.
+    last_stream: Option<Arc<str>>,
     failed: HashSet<String>,
     failed_order: VecDeque<String>,
 }
@@ -87,6 +140,18 @@ impl InFlight {
         self.len == 0
     }
 
+    /// `stream` as a shared name: the last tracked stream's when it is the same.
+    fn stream_name(&mut self, stream: &str) -> Arc<str> {
+        match &self.last_stream {
+            Some(s) if &**s == stream => Arc::clone(s),
+            _ => {
+                let s: Arc<str> = Arc::from(stream);
+                self.last_stream = Some(Arc::clone(&s));
+                s
+            }
+        }
+    }
+
     /// Tracks a message about to be published under `leadership`.
     pub fn track(
         &mut self,
@@ -95,40 +160,44 @@ impl InFlight {
         partition: i32,
         leadership: Leadership,
     ) {
-        self.by_correlation
-            .entry(correlation_id.to_owned())
-            .or_default()
-            .push_back(Entry {
-                stream: stream.to_owned(),
-                partition,
-                published_under: leadership,
-                published_at: Instant::now(),
-                stale_since: None,
-            });
+        let e = Entry {
+            stream: self.stream_name(stream),
+            partition,
+            published_under: leadership,
+            published_at: Instant::now(),
+            stale_since: None,
+        };
+        match self.by_correlation.get_mut(correlation_id) {
+            Some(slot) => slot.push(e),
+            None => {
+                self.by_correlation
+                    .insert(correlation_id.to_owned(), Slot::One(e));
+            }
+        }
         self.len += 1;
     }
 
     /// Untracks a message whose publish failed (it is answered by the caller).
     pub fn untrack(&mut self, correlation_id: &str, stream: &str, partition: i32) {
         self.remove(correlation_id, |e| {
-            e.stream == stream && e.partition == partition
+            &*e.stream == stream && e.partition == partition
         });
     }
 
     fn remove(&mut self, correlation_id: &str, pred: impl Fn(&Entry) -> bool) -> Option<Entry> {
-        let q = self.by_correlation.get_mut(correlation_id)?;
-        let i = q.iter().position(pred)?;
-        let e = q.remove(i);
-        if q.is_empty() {
+        let (e, emptied) = self.by_correlation.get_mut(correlation_id)?.take(pred);
+        if emptied {
             self.by_correlation.remove(correlation_id);
         }
-        self.len -= 1;
+        if e.is_some() {
+            self.len -= 1;
+        }
         e
     }
 
     /// Judges an ack from `stream` for `correlation_id`.
     pub fn acked(&mut self, correlation_id: &str, stream: &str) -> AckFate {
-        if let Some(e) = self.remove(correlation_id, |e| e.stream == stream) {
+        if let Some(e) = self.remove(correlation_id, |e| &*e.stream == stream) {
             AckFate::Tracked(e.published_at)
         } else if self.failed.contains(correlation_id) {
             AckFate::AlreadyFailed
@@ -147,31 +216,36 @@ impl InFlight {
         current: impl Fn(&str, i32) -> Option<Leadership>,
     ) -> Vec<Failed> {
         let mut out = Vec::new();
-        for (cid, q) in &mut self.by_correlation {
-            q.retain_mut(|e| {
-                let (changed, gone) = match current(&e.stream, e.partition) {
-                    None => (true, true),
-                    Some(l) => (l != e.published_under, false),
-                };
-                if !changed {
-                    e.stale_since = None;
-                    return true;
-                }
-                let since = *e.stale_since.get_or_insert(now);
-                if now.duration_since(since) < grace {
-                    return true;
-                }
-                out.push(Failed {
-                    correlation_id: cid.clone(),
-                    stream: e.stream.clone(),
-                    partition: e.partition,
-                    partition_gone: gone,
-                    published_at: e.published_at,
-                });
-                false
+        let mut judge = |cid: &str, e: &mut Entry| -> bool {
+            let (changed, gone) = match current(&e.stream, e.partition) {
+                None => (true, true),
+                Some(l) => (l != e.published_under, false),
+            };
+            if !changed {
+                e.stale_since = None;
+                return true;
+            }
+            let since = *e.stale_since.get_or_insert(now);
+            if now.duration_since(since) < grace {
+                return true;
+            }
+            out.push(Failed {
+                correlation_id: cid.to_owned(),
+                stream: e.stream.to_string(),
+                partition: e.partition,
+                partition_gone: gone,
+                published_at: e.published_at,
             });
-        }
-        self.by_correlation.retain(|_, q| !q.is_empty());
+            false
+        };
+        // Keeps the slots with an entry still in flight.
+        self.by_correlation.retain(|cid, slot| match slot {
+            Slot::One(e) => judge(cid, e),
+            Slot::Many(q) => {
+                q.retain_mut(|e| judge(cid, e));
+                !q.is_empty()
+            }
+        });
         self.len -= out.len();
         for f in &out {
             if self.failed.insert(f.correlation_id.clone()) {
@@ -203,6 +277,23 @@ mod tests {
         assert_eq!(f.acked("a", "other"), AckFate::Untracked);
         assert!(matches!(f.acked("a", "s"), AckFate::Tracked(_)));
         assert_eq!(f.acked("a", "s"), AckFate::Untracked);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn entries_keep_their_own_stream_when_streams_alternate() {
+        let mut f = InFlight::default();
+        f.track("x", "s1", 0, (Some(1), 1));
+        f.track("y", "s2", 0, (Some(1), 1));
+        f.track("z", "s1", 0, (Some(1), 1));
+        f.track("y", "s1", 0, (Some(1), 1));
+        assert_eq!(f.acked("x", "s2"), AckFate::Untracked);
+        assert!(matches!(f.acked("y", "s1"), AckFate::Tracked(_)));
+        assert!(matches!(f.acked("y", "s2"), AckFate::Tracked(_)));
+        assert_eq!(f.acked("y", "s2"), AckFate::Untracked);
+        f.untrack("z", "s1", 0);
+        assert_eq!(f.acked("z", "s1"), AckFate::Untracked);
+        assert!(matches!(f.acked("x", "s1"), AckFate::Tracked(_)));
         assert!(f.is_empty());
     }
 

@@ -25,9 +25,12 @@ pub const MAX_TOKENS: usize = 256;
 
 /// True when `token` contains a byte that nats-server refuses anywhere in a subject.
 fn has_bad_byte(token: &str) -> bool {
-    token
-        .bytes()
-        .any(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'\x0c' | 0))
+    token.bytes().any(is_bad_byte)
+}
+
+/// True for a byte that nats-server refuses anywhere in a subject (whitespace, NUL).
+fn is_bad_byte(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'\x0c' | 0)
 }
 
 /// Is `subject` a valid subscription pattern (wildcards allowed)?
@@ -50,8 +53,34 @@ pub fn is_valid_pattern(subject: &str) -> bool {
 }
 
 /// Is `subject` a valid literal subject (no wildcard tokens), as a publisher must send?
+///
+/// One pass over the bytes (it runs for every message published in-process): each token is
+/// non-empty, has no whitespace or NUL byte and is not a lone `*` or `>`, and there are
+/// at most [`MAX_TOKENS`] of them.
 pub fn is_valid_literal(subject: &str) -> bool {
-    is_valid_pattern(subject) && subject.split(SEP).all(|t| t != PWC && t != FWC)
+    let mut tokens = 1;
+    // Length of the current token, and whether it is exactly one wildcard byte so far.
+    let (mut len, mut wildcard) = (0usize, false);
+    for b in subject.bytes() {
+        match b {
+            b'.' => {
+                if len == 0 || (len == 1 && wildcard) {
+                    return false;
+                }
+                tokens += 1;
+                if tokens > MAX_TOKENS {
+                    return false;
+                }
+                len = 0;
+            }
+            b if is_bad_byte(b) => return false,
+            _ => {
+                wildcard = len == 0 && (b == b'*' || b == b'>');
+                len += 1;
+            }
+        }
+    }
+    len > 0 && !(len == 1 && wildcard)
 }
 
 /// Does the pattern `pattern` match the literal subject `subject`?
@@ -104,6 +133,35 @@ mod tests {
         let long = vec!["a"; MAX_TOKENS].join(".");
         assert!(is_valid_literal(&long));
         assert!(!is_valid_literal(&format!("{long}.a")));
+    }
+
+    /// The one-pass [`is_valid_literal`] agrees with its definition: a valid pattern none of
+    /// whose tokens is a wildcard.
+    #[test]
+    fn literal_check_agrees_with_its_definition() {
+        let by_definition =
+            |s: &str| is_valid_pattern(s) && s.split(SEP).all(|t| t != PWC && t != FWC);
+        let alphabet = [
+            "a", "b.", ".", "*", ">", "*a", "a>", " ", "\t", "\0", "é", ".>", "*.",
+        ];
+        // Every string of up to four pieces of the alphabet (13^4 + ... ≈ 31k cases).
+        let mut cases = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..4 {
+            let next: Vec<String> = last
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |a| format!("{p}{a}")))
+                .collect();
+            cases.extend(next.iter().cloned());
+            last = next;
+        }
+        let long = vec!["a"; MAX_TOKENS].join(".");
+        cases.push(long.clone());
+        cases.push(format!("{long}.a"));
+        cases.push(format!("{long}."));
+        for c in &cases {
+            assert_eq!(is_valid_literal(c), by_definition(c), "{c:?}");
+        }
     }
 
     #[test]
