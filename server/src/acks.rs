@@ -94,6 +94,27 @@ impl LocalInboxes {
             }
         }
     }
+
+    /// [`Self::deliver`] for acks that all go to `acks[0]`'s inbox: one lookup and one
+    /// reservation of queue room for the lot; gives them all back when there is no session or
+    /// too little room.
+    fn deliver_many(&self, acks: Vec<Ack>) -> Option<Vec<Ack>> {
+        let inbox = acks.first()?.ack_inbox.as_str();
+        let map = self.inboxes.read();
+        let Some(permits) = map
+            .get(inbox)
+            .and_then(|tx| tx.try_reserve_many(acks.len()).ok())
+        else {
+            return Some(acks);
+        };
+        for (permit, ack) in permits.zip(acks) {
+            permit.send(LocalAck {
+                ack,
+                disk_full: None,
+            });
+        }
+        None
+    }
 }
 
 /// What the ingest path remembers about one message until it is acked.
@@ -181,9 +202,32 @@ pub async fn send(ctx: &Node, ack: Ack) {
     if ack.ack_inbox.is_empty() {
         return;
     }
-    let Some(ack) = ctx.local_inboxes.deliver(ack, None) else {
-        return;
-    };
+    if let Some(ack) = ctx.local_inboxes.deliver(ack, None) {
+        publish(ctx, ack).await;
+    }
+}
+
+/// [`send`] for the acks of a batch, in order: each run of acks to the same inbox is handed to
+/// a local session at once (one lookup, one reservation of its queue) or, failing that, goes
+/// over NATS ack by ack.
+pub async fn send_many(ctx: &Node, acks: Vec<Ack>) {
+    let mut acks = acks
+        .into_iter()
+        .filter(|a| !a.ack_inbox.is_empty())
+        .peekable();
+    while let Some(first) = acks.next() {
+        let mut run = vec![first];
+        while let Some(a) = acks.next_if(|a| a.ack_inbox == run[0].ack_inbox) {
+            run.push(a);
+        }
+        for ack in ctx.local_inboxes.deliver_many(run).into_iter().flatten() {
+            publish(ctx, ack).await;
+        }
+    }
+}
+
+/// Publishes `ack` on NATS, to its inbox (the inbox becomes the subject without a copy).
+async fn publish(ctx: &Node, ack: Ack) {
     let body = envelope::encode_ack(&ack);
     if let Err(e) = ctx.publish_message(ack.ack_inbox, body).await {
         tracing::debug!(error = %e, "sending an ack failed");
@@ -227,6 +271,25 @@ mod tests {
         }
         let back = inboxes.deliver(ack_to("a", "over"), None);
         assert_eq!(back.map(|a| a.correlation_id), Some("over".to_owned()));
+        // Acks to one inbox in one go: all of them, or none when the queue lacks room.
+        while a.rx.try_recv().is_ok() {}
+        let run = |n: usize| {
+            (0..n)
+                .map(|i| ack_to("a", &format!("r{i}")))
+                .collect::<Vec<_>>()
+        };
+        assert!(inboxes.deliver_many(run(3)).is_none());
+        let got: Vec<String> = std::iter::from_fn(|| a.rx.try_recv().ok())
+            .map(|l| l.ack.correlation_id)
+            .collect();
+        assert_eq!(got, ["r0", "r1", "r2"]);
+        assert!(inboxes.deliver_many(run(LOCAL_QUEUE - 1)).is_none());
+        let back = inboxes.deliver_many(run(2)).map(|v| v.len());
+        assert_eq!(back, Some(2));
+        assert_eq!(inboxes.deliver_many(Vec::new()).map(|v| v.len()), None);
+        let mut other = run(1);
+        other[0].ack_inbox = "b".into();
+        assert_eq!(inboxes.deliver_many(other).map(|v| v.len()), Some(1));
         // Dropping the guard unregisters the inbox.
         drop(a);
         assert!(inboxes.deliver(ack_to("a", "late"), None).is_some());

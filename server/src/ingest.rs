@@ -614,14 +614,7 @@ async fn ack_loop(
             job.first_ns,
             job.last_ns,
         );
-        for (pa, offset) in std::mem::take(&mut job.leader_acks) {
-            let off = i64::try_from(offset).unwrap_or(i64::MAX);
-            acks::send(
-                &ctx,
-                acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
-            )
-            .await;
-        }
+        acks::send_many(&ctx, ok_acks(&p, std::mem::take(&mut job.leader_acks))).await;
         let InFlight {
             proposal,
             base,
@@ -654,14 +647,18 @@ async fn commit_loop(ctx: Ctx, p: IngestParams, mut rx: mpsc::Receiver<Committin
                 offsets.base_offset, job.base
             )));
         }
-        for (pa, offset) in job.all_acks {
-            let off = i64::try_from(offset).unwrap_or(i64::MAX);
-            acks::send(
-                &ctx,
-                acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok),
-            )
-            .await;
-        }
+        acks::send_many(&ctx, ok_acks(&p, job.all_acks)).await;
     }
     Ok(())
+}
+
+/// The success acks of a batch's messages (pending ack, offset), in order.
+fn ok_acks(p: &IngestParams, pending: Vec<(PendingAck, u64)>) -> Vec<drawbridge_proto::api::Ack> {
+    pending
+        .into_iter()
+        .map(|(pa, offset)| {
+            let off = i64::try_from(offset).unwrap_or(i64::MAX);
+            acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok)
+        })
+        .collect()
 }

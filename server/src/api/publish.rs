@@ -61,6 +61,11 @@ use crate::stats::Method;
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// How often PublishAsync compares its in-flight messages with their partitions' leadership.
 const LEADER_CHECK: Duration = Duration::from_millis(100);
+/// Most acks a PublishAsync session takes from its local inbox at once (at most the capacity
+/// of its response queue, which is reserved for them in one go).
+const ACK_BATCH: usize = 256;
+/// Responses a PublishAsync session queues for its client.
+const RESPONSE_QUEUE: usize = 1024;
 /// How long a leadership change must persist before in-flight messages published under the
 /// old leadership are failed (a new leader that received them acks them well within it).
 const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(300);
@@ -426,6 +431,73 @@ fn leadership_of(
     }
 }
 
+/// The response to an ack that reached a PublishAsync session, `None` when it answers a
+/// message already failed ([`AckFate::AlreadyFailed`]); records the call's latency for a
+/// tracked message.
+fn ack_response(
+    ctx: &Node,
+    a: Ack,
+    disk_full: Option<String>,
+    fate: AckFate,
+) -> Option<PublishResponse> {
+    let published_at = match fate {
+        AckFate::AlreadyFailed => {
+            debug!(correlation_id = %a.correlation_id, "late ack of a message already failed dropped");
+            return None;
+        }
+        AckFate::Tracked(at) => Some(at),
+        AckFate::Untracked => None,
+    };
+    let ack_error = ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown);
+    if let Some(at) = published_at {
+        let code = match ack_error {
+            ack::Error::Ok => Code::Ok,
+            ack::Error::TooLarge => Code::InvalidArgument,
+            ack::Error::IncorrectOffset => Code::FailedPrecondition,
+            ack::Error::Encryption => Code::Internal,
+            ack::Error::Unknown => Code::Unknown,
+        };
+        ctx.stats
+            .requests
+            .observe(Method::PublishAsync, code, at.elapsed());
+    }
+    Some(match ack_error {
+        ack::Error::Ok => PublishResponse {
+            correlation_id: a.correlation_id.clone(),
+            ack: Some(a),
+            async_error: None,
+        },
+        err => {
+            // An UNKNOWN ack may be a full disk (this node's ingest, or another leader's that
+            // says so in a header): say so.
+            let full = ack_disk_full(ctx, &a, disk_full);
+            let (code, message) = match (err, full) {
+                (_, Some(full)) => (publish_async_error::Code::Internal, full),
+                (ack::Error::IncorrectOffset, _) => (
+                    publish_async_error::Code::IncorrectOffset,
+                    format!("{err:?}"),
+                ),
+                (ack::Error::TooLarge, _) => {
+                    (publish_async_error::Code::BadRequest, format!("{err:?}"))
+                }
+                (ack::Error::Encryption, _) => (
+                    publish_async_error::Code::EncryptionFailed,
+                    format!("{err:?}"),
+                ),
+                _ => (publish_async_error::Code::Unknown, format!("{err:?}")),
+            };
+            PublishResponse {
+                correlation_id: a.correlation_id.clone(),
+                async_error: Some(PublishAsyncError {
+                    code: code as i32,
+                    message,
+                }),
+                ack: Some(a),
+            }
+        }
+    })
+}
+
 /// PublishAsync: a spawned reader of requests, a spawned reader of acks (which also fails the
 /// in-flight messages whose partition leader changed, see `inflight`), one bounded output.
 pub async fn publish_async(
@@ -444,7 +516,7 @@ pub async fn publish_async(
         .flush()
         .await
         .map_err(|e| ServerError::Nats(e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<Result<PublishResponse, Status>>(1024);
+    let (tx, rx) = mpsc::channel::<Result<PublishResponse, Status>>(RESPONSE_QUEUE);
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
 
@@ -459,25 +531,28 @@ pub async fn publish_async(
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let mut check = tokio::time::interval(LEADER_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handed = Vec::with_capacity(ACK_BATCH);
         loop {
             if drain_until.is_some() && flights.lock().is_empty() {
                 return;
             }
-            let (a, disk_full) = tokio::select! {
+            let batch: Vec<(Ack, Option<String>)> = tokio::select! {
                 m = acks.next() => {
                     let Some(m) = m else { return };
                     match envelope::decode_ack(&m.payload) {
-                        Ok(a) => (a, acks::disk_full_reason(&m)),
+                        Ok(a) => vec![(a, acks::disk_full_reason(&m))],
                         Err(e) => {
                             debug!(error = %e, "non-ack message on a PublishAsync inbox ignored");
                             continue;
                         }
                     }
                 }
-                l = local.rx.recv() => match l {
-                    Some(l) => (l.ack, l.disk_full),
-                    None => return,
-                },
+                n = local.rx.recv_many(&mut handed, ACK_BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    handed.drain(..).map(|l| (l.ack, l.disk_full)).collect()
+                }
                 _ = crate::context::until_true(&mut done_rx), if drain_until.is_none() => {
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
                     continue;
@@ -509,65 +584,27 @@ pub async fn publish_async(
                     continue;
                 }
             };
-            let fate = flights.lock().acked(&a.correlation_id, &a.stream);
-            let published_at = match fate {
-                AckFate::AlreadyFailed => {
-                    debug!(correlation_id = %a.correlation_id, "late ack of a message already failed dropped");
-                    continue;
-                }
-                AckFate::Tracked(at) => Some(at),
-                AckFate::Untracked => None,
+            // One lock of the table for the whole batch, one reservation of response room.
+            let fates: Vec<AckFate> = {
+                let mut f = flights.lock();
+                batch
+                    .iter()
+                    .map(|(a, _)| f.acked(&a.correlation_id, &a.stream))
+                    .collect()
             };
-            let ack_error = ack::Error::try_from(a.ack_error).unwrap_or(ack::Error::Unknown);
-            if let Some(at) = published_at {
-                let code = match ack_error {
-                    ack::Error::Ok => Code::Ok,
-                    ack::Error::TooLarge => Code::InvalidArgument,
-                    ack::Error::IncorrectOffset => Code::FailedPrecondition,
-                    ack::Error::Encryption => Code::Internal,
-                    ack::Error::Unknown => Code::Unknown,
-                };
-                actx.stats
-                    .requests
-                    .observe(Method::PublishAsync, code, at.elapsed());
+            let responses: Vec<PublishResponse> = batch
+                .into_iter()
+                .zip(fates)
+                .filter_map(|((a, disk_full), fate)| ack_response(&actx, a, disk_full, fate))
+                .collect();
+            if responses.is_empty() {
+                continue;
             }
-            let resp = match ack_error {
-                ack::Error::Ok => PublishResponse {
-                    correlation_id: a.correlation_id.clone(),
-                    ack: Some(a),
-                    async_error: None,
-                },
-                err => {
-                    // An UNKNOWN ack may be a full disk (this node's ingest, or another
-                    // leader's that says so in a header): say so.
-                    let full = ack_disk_full(&actx, &a, disk_full);
-                    let (code, message) = match (err, full) {
-                        (_, Some(full)) => (publish_async_error::Code::Internal, full),
-                        (ack::Error::IncorrectOffset, _) => (
-                            publish_async_error::Code::IncorrectOffset,
-                            format!("{err:?}"),
-                        ),
-                        (ack::Error::TooLarge, _) => {
-                            (publish_async_error::Code::BadRequest, format!("{err:?}"))
-                        }
-                        (ack::Error::Encryption, _) => (
-                            publish_async_error::Code::EncryptionFailed,
-                            format!("{err:?}"),
-                        ),
-                        _ => (publish_async_error::Code::Unknown, format!("{err:?}")),
-                    };
-                    PublishResponse {
-                        correlation_id: a.correlation_id.clone(),
-                        async_error: Some(PublishAsyncError {
-                            code: code as i32,
-                            message,
-                        }),
-                        ack: Some(a),
-                    }
-                }
-            };
-            if ack_tx.send(Ok(resp)).await.is_err() {
+            let Ok(permits) = ack_tx.reserve_many(responses.len()).await else {
                 return;
+            };
+            for (permit, resp) in permits.zip(responses) {
+                permit.send(Ok(resp));
             }
         }
     });
