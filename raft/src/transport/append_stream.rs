@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::group_kind::GroupKind;
+use super::router;
 use super::router::Router;
 use super::router::SendError;
 use super::wire;
@@ -88,8 +89,7 @@ struct Session<S> {
 /// What one step of a session produced.
 enum Step<C: GroupKind> {
     Reply(StreamAppendResult<C>),
-    Fail(SendError),
-    FailRpc(RPCError<C>),
+    Fail(RPCError<C>),
     End,
 }
 
@@ -127,11 +127,6 @@ where
         match s.step::<C>().await {
             Step::Reply(r) => Some((Ok(r), s)),
             Step::Fail(e) => {
-                s.failed = true;
-                s.call = None;
-                Some((Err(e.into_rpc()), s))
-            }
-            Step::FailRpc(e) => {
                 s.failed = true;
                 s.call = None;
                 Some((Err(e), s))
@@ -178,9 +173,9 @@ impl<S> Session<S> {
                     return match reply {
                         Ok(r) => match self.decode::<C>(r) {
                             Ok(r) => Step::Reply(r),
-                            Err(e) => Step::Fail(e),
+                            Err(e) => Step::Fail(e.into_rpc()),
                         },
-                        Err(e) => Step::Fail(e),
+                        Err(e) => Step::Fail(e.into_rpc()),
                     };
                 }
                 req = input.next(), if can_send => match req {
@@ -189,7 +184,7 @@ impl<S> Session<S> {
                     }
                     Some(req) => {
                         if let Err(e) = self.send(&req).await {
-                            return Step::Fail(e);
+                            return Step::Fail(e.into_rpc());
                         }
                     }
                     None => {
@@ -201,10 +196,13 @@ impl<S> Session<S> {
                 },
                 _ = tokio::time::sleep_until(deadline), if oldest.is_some() || call.is_some() => {
                     if oldest.is_some() {
-                        return Step::Fail(SendError::Unreachable(format!(
-                            "append stream to node {} group {}: no reply within {:?}",
-                            self.target, self.group, self.ttl
-                        )));
+                        return Step::Fail(
+                            SendError::Unreachable(format!(
+                                "append stream to node {} group {}: no reply within {:?}",
+                                self.target, self.group, self.ttl
+                            ))
+                            .into_rpc(),
+                        );
                     }
                     // Idle: close the call; the next request opens another.
                     self.call = None;
@@ -238,15 +236,18 @@ impl<S> Session<S> {
             }
             Ok(AppendEntriesResponse::Conflict) => match prev {
                 Some(p) => Step::Reply(Err(StreamAppendError::Conflict(p))),
-                None => Step::Fail(SendError::Network(format!(
-                    "node {} group {}: a conflict at the start of the log",
-                    self.target, self.group
-                ))),
+                None => Step::Fail(
+                    SendError::Network(format!(
+                        "node {} group {}: a conflict at the start of the log",
+                        self.target, self.group
+                    ))
+                    .into_rpc(),
+                ),
             },
             Ok(AppendEntriesResponse::HigherVote(v)) => {
                 Step::Reply(Err(StreamAppendError::HigherVote(v)))
             }
-            Err(e) => Step::FailRpc(e),
+            Err(e) => Step::Fail(e),
         }
     }
 
@@ -271,21 +272,9 @@ impl<S> Session<S> {
                 })?;
                 let mut client = self.router.client(self.target)?;
                 let open = client.append_stream(ReceiverStream::new(rx));
-                let replies = match tokio::time::timeout(self.ttl, open).await {
-                    Err(_) => {
-                        return Err(SendError::Unreachable(format!(
-                            "append stream to node {} timed out opening",
-                            self.target
-                        )))
-                    }
-                    Ok(Err(status)) => {
-                        return Err(SendError::Unreachable(format!(
-                            "append stream to node {}: {status}",
-                            self.target
-                        )))
-                    }
-                    Ok(Ok(r)) => r.into_inner(),
-                };
+                let target = self.target;
+                let what = || format!("opening an append stream to node {target}");
+                let replies = router::within(self.ttl, what, open).await?;
                 self.call = Some(Call { tx, replies });
             }
         }
@@ -299,20 +288,7 @@ impl<S> Session<S> {
         reply: pb::RaftReply,
     ) -> Result<StreamAppendResult<C>, SendError> {
         self.router.fault_reply(self.target)?;
-        match reply.result {
-            Some(pb::raft_reply::Result::Payload(bytes)) => {
-                codec::decode("stream append reply", &bytes)
-                    .map_err(|e| SendError::Network(e.to_string()))
-            }
-            Some(pb::raft_reply::Result::Failure(f)) => Err(SendError::Unreachable(format!(
-                "node {} group {}: {} ({})",
-                self.target, self.group, f.message, f.code
-            ))),
-            None => Err(SendError::Network(format!(
-                "empty stream append reply from node {}",
-                self.target
-            ))),
-        }
+        router::decode_reply(self.target, &self.group, reply)
     }
 }
 

@@ -361,26 +361,28 @@ impl Router {
                 Rpc::MayLead => client.may_lead(request).await,
             }
         };
-        let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
-                return Err(SendError::Unreachable(format!(
-                    "{rpc:?} to node {target} timed out"
-                )))
-            }
-            Ok(Err(status)) => {
-                return Err(SendError::Unreachable(format!(
-                    "{rpc:?} to node {target}: {status}"
-                )))
-            }
-            Ok(Ok(r)) => r.into_inner(),
-        };
+        let reply = within(ttl, || format!("{rpc:?} to node {target}"), fut).await?;
         self.fault_reply(target)?;
         decode_reply(target, group, reply)
     }
 }
 
+/// Awaits a gRPC call for at most `ttl`; a timeout or an error status is `Unreachable`, named
+/// by `what` (e.g. "Vote to node 3", formatted only then).
+pub(super) async fn within<T>(
+    ttl: Duration,
+    what: impl FnOnce() -> String,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, SendError> {
+    match tokio::time::timeout(ttl, call).await {
+        Err(_) => Err(SendError::Unreachable(format!("{} timed out", what()))),
+        Ok(Err(status)) => Err(SendError::Unreachable(format!("{}: {status}", what()))),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
+
 /// The openraft response in a reply, or the reply's failure as an error.
-fn decode_reply<Resp: DeserializeOwned>(
+pub(super) fn decode_reply<Resp: DeserializeOwned>(
     target: NodeId,
     group: &GroupId,
     reply: pb::RaftReply,
