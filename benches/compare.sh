@@ -122,17 +122,21 @@ wait_port() { # PORT SECONDS PID
 
 # --- memory sampling -------------------------------------------------------------------------
 SAMPLER=""
-start_sampler() { # PID... : max VmRSS of each into $WORK/rss.<pid>
+start_sampler() { # PID... : max VmRSS and max RssAnon of each into $WORK/{rss,anon}.<pid>
   local pids=("$@")
   (
     while true; do
       for p in "${pids[@]}"; do
-        local kb
-        kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        local kb anon prev
+        read -r kb anon < <(awk '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} END {print r, a}' \
+          "/proc/$p/status" 2>/dev/null || true)
         [[ -n "$kb" ]] || continue
-        local prev=0
+        prev=0
         [[ -f "$WORK/rss.$p" ]] && prev=$(<"$WORK/rss.$p")
         ((kb > prev)) && echo "$kb" >"$WORK/rss.$p"
+        prev=0
+        [[ -f "$WORK/anon.$p" ]] && prev=$(<"$WORK/anon.$p")
+        ((${anon:-0} > prev)) && echo "$anon" >"$WORK/anon.$p"
       done
       sleep 0.5
     done
@@ -143,13 +147,15 @@ start_sampler() { # PID... : max VmRSS of each into $WORK/rss.<pid>
 stop_sampler() { # SYSTEM NAME=PID... : rss records
   local system=$1; shift
   stop_pid "$SAMPLER"
-  local item name pid hwm max
+  local item name pid hwm max anon
   for item in "$@"; do
     name=${item%%=*} pid=${item#*=}
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     max=$(cat "$WORK/rss.$pid" 2>/dev/null || echo 0)
-    rm -f "$WORK/rss.$pid"
-    json kind rss system "$system" process "$name" max_rss_kb "${max:-0}" hwm_kb "${hwm:-0}"
+    anon=$(cat "$WORK/anon.$pid" 2>/dev/null || echo 0)
+    rm -f "$WORK/rss.$pid" "$WORK/anon.$pid"
+    json kind rss system "$system" process "$name" max_rss_kb "${max:-0}" hwm_kb "${hwm:-0}" \
+      max_anon_kb "${anon:-0}"
   done
 }
 

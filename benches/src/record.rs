@@ -82,6 +82,10 @@ pub enum Record {
         /// VmHWM (peak resident) at the end of the runs, KiB.
         #[serde(default)]
         hwm_kb: u64,
+        /// Largest RssAnon sampled (heap and other anonymous memory, without the pages of
+        /// memory-mapped files, which the page cache may drop), KiB; 0 when not sampled.
+        #[serde(default)]
+        max_anon_kb: u64,
     },
     /// Free text for the report (skipped systems, the run mode).
     Note {
@@ -252,7 +256,8 @@ mod tests {
                 system: "a".into(),
                 process: "nats-server".into(),
                 max_rss_kb: 10,
-                hwm_kb: 0
+                hwm_kb: 0,
+                max_anon_kb: 0,
             }
         );
         assert!(parse_lines("{\"kind\":\"nope\"}").is_err());

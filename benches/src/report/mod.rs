@@ -173,10 +173,16 @@ pub fn markdown(records: &[Record], roles: &Roles, title: &str) -> String {
                     process,
                     max_rss_kb,
                     hwm_kb,
+                    max_anon_kb,
                 } if system == sys => Some(format!(
-                    "{process}: {} (peak {})",
+                    "{process}: {} (peak {}{})",
                     mib(*max_rss_kb),
-                    mib(*hwm_kb)
+                    mib(*hwm_kb),
+                    if *max_anon_kb > 0 {
+                        format!("; anonymous {}", mib(*max_anon_kb))
+                    } else {
+                        String::new()
+                    }
                 )),
                 _ => None,
             })
@@ -198,7 +204,7 @@ pub fn markdown(records: &[Record], roles: &Roles, title: &str) -> String {
             "system",
             "what runs",
             "durability at ack",
-            "resident memory under load (max sampled VmRSS; VmHWM)",
+            "resident memory under load (max sampled VmRSS; VmHWM; max sampled RssAnon, i.e. without mapped file pages)",
         ],
         &rows,
     );
