@@ -47,47 +47,29 @@ struct Entry {
     stale_since: Option<Instant>,
 }
 
-/// The messages in flight under one correlation id: almost always one (clients make ids
-/// unique), so that case needs no queue.
+/// The messages in flight under one correlation id, in tracking order: almost always one
+/// (clients make ids unique), and an empty `VecDeque` does not allocate.
 #[derive(Debug)]
-enum Slot {
-    One(Entry),
-    /// In tracking order.
-    Many(VecDeque<Entry>),
+struct Slot {
+    first: Entry,
+    rest: VecDeque<Entry>,
 }
 
 impl Slot {
-    fn push(&mut self, e: Entry) {
-        match self {
-            Slot::Many(q) => q.push_back(e),
-            Slot::One(_) => {
-                let prev = std::mem::replace(self, Slot::Many(VecDeque::with_capacity(2)));
-                if let (Slot::One(first), Slot::Many(q)) = (prev, &mut *self) {
-                    q.push_back(first);
-                    q.push_back(e);
-                }
-            }
-        }
-    }
-
-    /// Removes the first entry (in tracking order) that `pred` accepts; also returns whether
-    /// the slot is now empty.
+    /// Removes the first entry that `pred` accepts; also returns whether none is left.
     fn take(&mut self, pred: impl Fn(&Entry) -> bool) -> (Option<Entry>, bool) {
-        match self {
-            Slot::One(e) if pred(e) => {
-                // The caller removes the emptied slot; leave a placeholder that is never read.
-                let q = Slot::Many(VecDeque::new());
-                match std::mem::replace(self, q) {
-                    Slot::One(e) => (Some(e), true),
-                    Slot::Many(_) => (None, true),
-                }
-            }
-            Slot::One(_) => (None, false),
-            Slot::Many(q) => {
-                let e = q.iter().position(pred).and_then(|i| q.remove(i));
-                (e, q.is_empty())
-            }
+        if pred(&self.first) {
+            return match self.rest.pop_front() {
+                Some(next) => (Some(std::mem::replace(&mut self.first, next)), false),
+                None => (None, true),
+            };
         }
+        let e = self
+            .rest
+            .iter()
+            .position(pred)
+            .and_then(|i| self.rest.remove(i));
+        (e, false)
     }
 }
 
@@ -168,10 +150,13 @@ impl InFlight {
             stale_since: None,
         };
         match self.by_correlation.get_mut(correlation_id) {
-            Some(slot) => slot.push(e),
+            Some(slot) => slot.rest.push_back(e),
             None => {
-                self.by_correlation
-                    .insert(correlation_id.to_owned(), Slot::One(e));
+                let slot = Slot {
+                    first: e,
+                    rest: VecDeque::new(),
+                };
+                self.by_correlation.insert(correlation_id.to_owned(), slot);
             }
         }
         self.len += 1;
@@ -186,9 +171,11 @@ impl InFlight {
 
     fn remove(&mut self, correlation_id: &str, pred: impl Fn(&Entry) -> bool) -> Option<Entry> {
         let (e, emptied) = self.by_correlation.get_mut(correlation_id)?.take(pred);
-        if emptied {
-            self.by_correlation.remove(correlation_id);
-        }
+        // The last entry leaves with its slot.
+        let e = match emptied {
+            true => self.by_correlation.remove(correlation_id).map(|s| s.first),
+            false => e,
+        };
         if e.is_some() {
             self.len -= 1;
         }
@@ -239,11 +226,19 @@ impl InFlight {
             false
         };
         // Keeps the slots with an entry still in flight.
-        self.by_correlation.retain(|cid, slot| match slot {
-            Slot::One(e) => judge(cid, e),
-            Slot::Many(q) => {
-                q.retain_mut(|e| judge(cid, e));
-                !q.is_empty()
+        self.by_correlation.retain(|cid, slot| {
+            let keep_first = judge(cid, &mut slot.first);
+            slot.rest.retain_mut(|e| judge(cid, e));
+            if keep_first {
+                return true;
+            }
+            // The first entry failed: the next one (if any) takes its place.
+            match slot.rest.pop_front() {
+                Some(next) => {
+                    slot.first = next;
+                    true
+                }
+                None => false,
             }
         });
         self.len -= out.len();
@@ -319,6 +314,26 @@ mod tests {
             f.acked("other-partition", "s"),
             AckFate::Tracked(_)
         ));
+    }
+
+    #[test]
+    fn a_reused_id_keeps_its_other_messages_when_one_fails() {
+        let mut f = InFlight::default();
+        f.track("d", "s", 0, (Some(1), 1));
+        f.track("d", "s", 1, (Some(1), 1));
+        f.track("d", "s", 0, (Some(1), 1));
+        let t0 = Instant::now();
+        let p0_moved = |_: &str, p: i32| Some(if p == 0 { (Some(2), 2) } else { (Some(1), 1) });
+        assert!(f.expire(t0, GRACE, p0_moved).is_empty());
+        let failed = f.expire(t0 + GRACE, GRACE, p0_moved);
+        assert_eq!(
+            failed.iter().map(|x| x.partition).collect::<Vec<_>>(),
+            [0, 0]
+        );
+        assert_eq!(f.len(), 1);
+        assert!(matches!(f.acked("d", "s"), AckFate::Tracked(_)));
+        assert!(f.is_empty());
+        assert_eq!(f.acked("d", "s"), AckFate::AlreadyFailed);
     }
 
     #[test]
