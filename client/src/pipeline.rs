@@ -2,9 +2,11 @@
 //!
 //! How it works. [`Publisher::send`] resolves the partition, queues the request on a bounded
 //! channel and returns an [`AckFuture`]. One driver task owns the gRPC stream: it forwards
-//! queued requests into the stream, remembers which correlation id waits for an ack, and
-//! completes the matching future when a `PublishResponse` comes back. A reader task per stream
-//! session turns the response stream into events for the driver.
+//! queued requests into the stream, remembers which correlation id waits for an ack, reads
+//! the stream's responses and completes the matching future when a `PublishResponse` comes
+//! back. It takes queued messages and arrived responses in runs (one wake-up for many). A
+//! short-lived task per stream session opens the call: it waits for the response headers,
+//! which a server may send only with its first response, while the requests already flow.
 //!
 //! Invariants:
 //! 1. At most one PublishAsync stream is open per publisher (a "session"); it is opened
@@ -15,11 +17,16 @@
 //!    responses does not matter.
 //! 3. When a session fails, every future still waiting for an ack fails with the retryable
 //!    [`Error::PublishStreamReset`]: the server may or may not have stored those messages.
-//! 4. Each future enforces its own ack timeout, counted from `send`; the driver knows the
-//!    same deadline and forgets entries whose future is gone (timed out or dropped) on its
-//!    periodic sweep, which runs every [`SWEEP_EVERY`] even while waiting for stream room.
-//! 5. The driver never blocks on the outgoing stream without also reading incoming events,
-//!    so a server that stops reading until its responses are read cannot deadlock us.
+//! 4. Each message's ack timeout counts from `send`. The driver enforces it: while messages
+//!    wait for acks it sweeps them every [`SWEEP_EVERY`] (also while waiting for stream
+//!    room), fails those whose deadline passed with [`Error::AckTimeout`] and forgets those
+//!    whose future was dropped, so a timeout fires at most [`SWEEP_EVERY`] late. A message
+//!    that waited in the queue past its deadline (while the driver backed off before
+//!    reopening a stream) fails with [`Error::AckTimeout`] when the driver takes it, unsent.
+//!    (One timer per publisher, not one per message.)
+//! 5. The driver never blocks on the outgoing stream without also reading incoming
+//!    responses, so a server that stops reading until its responses are read cannot
+//!    deadlock us.
 //! 6. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
 //!    held by the [`AckFuture`] until it completes or is dropped.
 //! 7. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
@@ -36,10 +43,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use drawbridge_proto::api;
+use futures::Stream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -117,7 +125,6 @@ struct Command {
 #[must_use = "an AckFuture does nothing unless awaited; dropping it forgets the ack"]
 pub struct AckFuture {
     rx: oneshot::Receiver<Result<Option<Ack>>>,
-    timer: Pin<Box<Sleep>>,
     correlation_id: String,
     _permit: OwnedSemaphorePermit,
 }
@@ -133,13 +140,11 @@ impl Future for AckFuture {
     type Output = Result<Option<Ack>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
-            return Poll::Ready(r.unwrap_or(Err(Error::PublisherClosed)));
-        }
-        if self.timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(Error::AckTimeout));
-        }
-        Poll::Pending
+        // The driver answers every message, with `AckTimeout` once its deadline passed
+        // (module invariant 4); a driver that is gone answers nothing.
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::PublisherClosed)))
     }
 }
 
@@ -154,13 +159,10 @@ impl Client {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("a publisher needs a Tokio runtime".into()))?;
         let (cmds, cmd_rx) = mpsc::channel(options.queue_capacity.max(1));
-        let (events_tx, events_rx) = mpsc::channel(1024);
         let broker = Arc::default();
         let driver = Driver {
             inner: Arc::clone(&self.inner),
             cmds: cmd_rx,
-            events_tx,
-            events: events_rx,
             pending: HashMap::new(),
             session: None,
             next_session: 0,
@@ -168,7 +170,7 @@ impl Client {
             next_addr: 0,
             timeouts_in_row: 0,
             avoid: None,
-            sweep: sweep_timer(),
+            sweep: Box::pin(tokio::time::sleep(SWEEP_EVERY)),
             broker: Arc::clone(&broker),
         };
         handle.spawn(driver.run());
@@ -195,7 +197,6 @@ impl Publisher {
             .map_err(|_| Error::PublisherClosed)?;
         // The ack timeout counts from here, whether or not the future is polled (invariant 4).
         let deadline = Instant::now() + timeout;
-        let timer = Box::pin(tokio::time::sleep_until(deadline));
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
             req,
@@ -209,7 +210,6 @@ impl Publisher {
             .map_err(|_| Error::PublisherClosed)?;
         Ok(AckFuture {
             rx,
-            timer,
             correlation_id,
             _permit: permit,
         })
@@ -230,12 +230,25 @@ impl Publisher {
     }
 }
 
-/// What a session's reader task reports to the driver.
+/// A session's response stream.
+type Responses = tonic::Streaming<api::PublishResponse>;
+
+/// What a session's response side produced.
 #[derive(Debug)]
-enum Event {
-    Response(u64, api::PublishResponse),
-    /// The session's response stream ended: `None` = cleanly, else with this status.
-    Ended(u64, Option<tonic::Status>),
+enum Incoming {
+    Response(api::PublishResponse),
+    /// The response stream ended: `None` = cleanly, else with this status.
+    Ended(Option<tonic::Status>),
+}
+
+/// The response side of a session.
+#[derive(Debug)]
+enum Inbound {
+    /// The opener task is waiting for the call's response headers (a server may send them
+    /// only with its first response, so the requests already flow meanwhile).
+    Opening(oneshot::Receiver<std::result::Result<Responses, tonic::Status>>),
+    /// The driver reads the responses itself.
+    Open(Box<Responses>),
 }
 
 /// One open PublishAsync stream.
@@ -246,12 +259,48 @@ struct Session {
     addr: String,
     /// Requests into the gRPC stream; `None` once our side is half-closed.
     out: Option<mpsc::Sender<api::PublishRequest>>,
-    reader: JoinHandle<()>,
+    inbound: Inbound,
+    /// The task that opens the call; aborted with the session.
+    opener: JoinHandle<()>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.reader.abort();
+        self.opener.abort();
+    }
+}
+
+impl Session {
+    fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
+        loop {
+            match &mut self.inbound {
+                Inbound::Opening(opened) => match ready!(Pin::new(opened).poll(cx)) {
+                    Ok(Ok(responses)) => self.inbound = Inbound::Open(Box::new(responses)),
+                    Ok(Err(status)) => return Poll::Ready(Incoming::Ended(Some(status))),
+                    Err(_) => {
+                        return Poll::Ready(Incoming::Ended(Some(tonic::Status::unknown(
+                            "the task opening the PublishAsync stream ended",
+                        ))))
+                    }
+                },
+                Inbound::Open(responses) => {
+                    return Poll::Ready(match ready!(Pin::new(responses.as_mut()).poll_next(cx)) {
+                        Some(Ok(resp)) => Incoming::Response(resp),
+                        Some(Err(status)) => Incoming::Ended(Some(status)),
+                        None => Incoming::Ended(None),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The next thing the open session's response side produces; pending while there is no
+/// session (the driver's other branches wake it, and the next poll sees the new session).
+fn poll_session(session: &mut Option<Session>, cx: &mut Context<'_>) -> Poll<Incoming> {
+    match session {
+        Some(s) => s.poll_incoming(cx),
+        None => Poll::Pending,
     }
 }
 
@@ -259,9 +308,6 @@ impl Drop for Session {
 struct Driver {
     inner: Arc<Inner>,
     cmds: mpsc::Receiver<Command>,
-    /// Cloned into each reader task.
-    events_tx: mpsc::Sender<Event>,
-    events: mpsc::Receiver<Event>,
     /// Futures waiting for an ack, by correlation id.
     pending: HashMap<String, Waiting>,
     session: Option<Session>,
@@ -275,8 +321,8 @@ struct Driver {
     timeouts_in_row: usize,
     /// A broker whose session stalled or broke, and until when new sessions avoid it.
     avoid: Option<(String, Instant)>,
-    /// The periodic sweep of `pending` (module invariant 4).
-    sweep: tokio::time::Interval,
+    /// When the next sweep of `pending` is due (module invariant 4).
+    sweep: Pin<Box<Sleep>>,
     /// Shared with the publishers: the broker of the open session.
     broker: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -288,34 +334,36 @@ struct Waiting {
     deadline: Instant,
 }
 
-/// How often the driver forgets dead entries and counts missed ack deadlines.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often the driver times out messages whose ack deadline passed and forgets those whose
+/// future is gone: a timeout fires up to this much after its deadline.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// Ack deadlines missed in a row after which a session is taken for stalled.
 pub(crate) const STALL_TIMEOUTS: usize = 2;
 /// How long new sessions avoid a broker whose session stalled or broke.
 const AVOID_FOR: Duration = Duration::from_secs(10);
-
-fn sweep_timer() -> tokio::time::Interval {
-    let mut t = tokio::time::interval(SWEEP_EVERY);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
+/// Queued messages the driver takes at once.
+const COMMAND_BATCH: usize = 64;
+/// Responses the driver takes at once when more have already arrived.
+const RESPONSE_BATCH: usize = 256;
 
 impl Driver {
     async fn run(mut self) {
+        let mut batch = Vec::with_capacity(COMMAND_BATCH);
         loop {
             tokio::select! {
-                ev = self.events.recv() => {
-                    // The driver holds a sender, so the channel never closes.
-                    if let Some(ev) = ev {
-                        self.on_event(ev);
+                inc = std::future::poll_fn(|cx| poll_session(&mut self.session, cx)) => {
+                    self.on_incoming(inc);
+                }
+                n = self.cmds.recv_many(&mut batch, COMMAND_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let now = Instant::now();
+                    for cmd in batch.drain(..) {
+                        self.on_command(cmd, now).await;
                     }
                 }
-                cmd = self.cmds.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
-                    None => break,
-                },
-                _ = self.sweep.tick() => self.on_sweep(),
+                () = self.sweep.as_mut(), if !self.pending.is_empty() => self.on_sweep(),
             }
         }
         self.drain().await;
@@ -329,18 +377,17 @@ impl Driver {
             s.out = None;
         }
         let deadline = Instant::now() + self.inner.config.ack_timeout;
-        let mut sweep = tokio::time::interval(SWEEP_EVERY / 10);
+        let mut tick = tokio::time::interval(SWEEP_EVERY / 5);
         while self.session.is_some() {
-            self.pending.retain(|_, w| !w.tx.is_closed());
+            self.expire(Instant::now());
             if self.pending.is_empty() {
                 break;
             }
             tokio::select! {
-                ev = self.events.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
-                    None => break,
-                },
-                _ = sweep.tick() => {}
+                inc = std::future::poll_fn(|cx| poll_session(&mut self.session, cx)) => {
+                    self.on_incoming(inc);
+                }
+                _ = tick.tick() => {}
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -349,24 +396,40 @@ impl Driver {
         }
     }
 
-    fn on_event(&mut self, ev: Event) {
-        let current = self.session.as_ref().map(|s| s.id);
-        match ev {
-            Event::Response(id, resp) if Some(id) == current => {
-                self.failures = 0;
-                self.timeouts_in_row = 0;
-                self.on_response(resp);
-            }
-            Event::Ended(id, status) if Some(id) == current => {
-                tracing::debug!(session = id, ?status, "PublishAsync stream ended");
-                if status.is_some() {
-                    // Broken, not closed by the server in order: look elsewhere next time.
-                    self.avoid_current_broker();
+    /// A response or the end of the session; with a response, also every response that has
+    /// already arrived behind it (up to [`RESPONSE_BATCH`]), without waiting for more.
+    fn on_incoming(&mut self, inc: Incoming) {
+        let mut inc = inc;
+        let mut taken = 0;
+        loop {
+            match inc {
+                Incoming::Response(resp) => {
+                    self.failures = 0;
+                    self.timeouts_in_row = 0;
+                    self.on_response(resp);
                 }
-                self.fail_session(status);
+                Incoming::Ended(status) => {
+                    let id = self.session.as_ref().map(|s| s.id);
+                    tracing::debug!(session = ?id, ?status, "PublishAsync stream ended");
+                    if status.is_some() {
+                        // Broken, not closed by the server in order: look elsewhere next time.
+                        self.avoid_current_broker();
+                    }
+                    self.fail_session(status);
+                    return;
+                }
             }
-            // Events of an earlier session: its futures were already failed.
-            _ => {}
+            taken += 1;
+            if taken == RESPONSE_BATCH {
+                return;
+            }
+            // A no-op waker: when nothing more is there, the driver's next select polls the
+            // stream again with its own.
+            let mut cx = Context::from_waker(Waker::noop());
+            match poll_session(&mut self.session, &mut cx) {
+                Poll::Ready(next) => inc = next,
+                Poll::Pending => return,
+            }
         }
     }
 
@@ -410,19 +473,31 @@ impl Driver {
         }
     }
 
-    /// Forgets futures that are gone and counts the ack deadlines that passed; drops a
-    /// stalled session (module invariants 4 and 8).
+    /// Fails the waiting messages whose ack deadline passed with [`Error::AckTimeout`] and
+    /// forgets those whose future is gone; returns how many deadlines passed.
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut due = Vec::new();
+        self.pending.retain(|cid, w| {
+            if w.deadline <= now {
+                due.push(cid.clone());
+                return true;
+            }
+            !w.tx.is_closed()
+        });
+        for cid in &due {
+            if let Some(w) = self.pending.remove(cid) {
+                let _ = w.tx.send(Err(Error::AckTimeout));
+            }
+        }
+        due.len()
+    }
+
+    /// Times out messages whose deadline passed and drops a stalled session (module
+    /// invariants 4 and 8).
     fn on_sweep(&mut self) {
         let now = Instant::now();
-        let mut expired = 0usize;
-        self.pending.retain(|_, w| {
-            if w.deadline <= now {
-                expired += 1;
-                false
-            } else {
-                !w.tx.is_closed()
-            }
-        });
+        self.sweep.as_mut().reset(now + SWEEP_EVERY);
+        let expired = self.expire(now);
         if expired == 0 {
             return;
         }
@@ -467,16 +542,22 @@ impl Driver {
         });
     }
 
-    async fn on_command(&mut self, cmd: Command) {
+    /// One queued message; `now` is when its batch was taken from the queue.
+    async fn on_command(&mut self, cmd: Command, now: Instant) {
+        if cmd.deadline <= now {
+            // It waited in the queue past its deadline (the driver was reopening a stream).
+            let _ = cmd.reply.send(Err(Error::AckTimeout));
+            return;
+        }
         if self.session.is_none() {
             if let Err(e) = self.open_session().await {
                 let _ = cmd.reply.send(Err(e));
                 return;
             }
         }
-        let cid = cmd.req.correlation_id.clone();
         if cmd.wants_ack {
-            if self.pending.get(&cid).is_some_and(|w| !w.tx.is_closed()) {
+            let cid = &cmd.req.correlation_id;
+            if self.pending.get(cid).is_some_and(|w| !w.tx.is_closed()) {
                 let _ = cmd.reply.send(Err(Error::Config(format!(
                     "correlation id {cid:?} is already in flight on this publisher"
                 ))));
@@ -500,9 +581,20 @@ impl Driver {
         }
     }
 
-    /// Puts a request into the stream, reading events while waiting for room (module
+    /// Puts a request into the stream, reading responses while waiting for room (module
     /// invariant 5). False if the session broke meanwhile.
     async fn forward(&mut self, req: api::PublishRequest) -> bool {
+        let Some(out) = self.session.as_ref().and_then(|s| s.out.as_ref()) else {
+            return false;
+        };
+        let req = match out.try_send(req) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Full(req)) => req,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.fail_session(None);
+                return false;
+            }
+        };
         loop {
             let Some(out) = self.session.as_ref().and_then(|s| s.out.clone()) else {
                 return false;
@@ -518,12 +610,10 @@ impl Driver {
                         return false;
                     }
                 },
-                ev = self.events.recv() => {
-                    if let Some(ev) = ev {
-                        self.on_event(ev);
-                    }
+                inc = std::future::poll_fn(|cx| poll_session(&mut self.session, cx)) => {
+                    self.on_incoming(inc);
                 }
-                _ = self.sweep.tick() => self.on_sweep(),
+                () = self.sweep.as_mut(), if !self.pending.is_empty() => self.on_sweep(),
             }
         }
     }
@@ -547,9 +637,10 @@ impl Driver {
         self.next_addr = self.next_addr.wrapping_add(1);
         let api = self.inner.pool.client(&addr)?;
         let (out, out_rx) = mpsc::channel(256);
+        let (opened_tx, opened_rx) = oneshot::channel();
         self.next_session += 1;
         let id = self.next_session;
-        let reader = tokio::spawn(read_session(id, api, out_rx, self.events_tx.clone()));
+        let opener = tokio::spawn(open_call(api, out_rx, opened_tx));
         tracing::debug!(session = id, %addr, "opening PublishAsync stream");
         self.timeouts_in_row = 0;
         self.set_broker(Some(addr.clone()));
@@ -557,7 +648,8 @@ impl Driver {
             id,
             addr,
             out: Some(out),
-            reader,
+            inbound: Inbound::Opening(opened_rx),
+            opener,
         });
         Ok(())
     }
@@ -594,31 +686,17 @@ fn session_error(status: Option<&tonic::Status>) -> Error {
     }
 }
 
-/// Opens the call and reports every response (and the end) to the driver.
-async fn read_session(
-    id: u64,
+/// Opens the call and hands its response stream (or the refusal) to the driver.
+async fn open_call(
     mut api: drawbridge_proto::api::api_client::ApiClient<tonic::transport::Channel>,
     out_rx: mpsc::Receiver<api::PublishRequest>,
-    events: mpsc::Sender<Event>,
+    opened: oneshot::Sender<std::result::Result<Responses, tonic::Status>>,
 ) {
-    let mut inbound = match api.publish_async(ReceiverStream::new(out_rx)).await {
-        Ok(resp) => resp.into_inner(),
-        Err(status) => {
-            let _ = events.send(Event::Ended(id, Some(status))).await;
-            return;
-        }
-    };
-    loop {
-        let ev = match inbound.message().await {
-            Ok(Some(resp)) => Event::Response(id, resp),
-            Ok(None) => Event::Ended(id, None),
-            Err(status) => Event::Ended(id, Some(status)),
-        };
-        let last = matches!(ev, Event::Ended(..));
-        if events.send(ev).await.is_err() || last {
-            return;
-        }
-    }
+    let call = api
+        .publish_async(ReceiverStream::new(out_rx))
+        .await
+        .map(tonic::Response::into_inner);
+    let _ = opened.send(call);
 }
 
 #[cfg(test)]

@@ -221,8 +221,19 @@ pub fn new_correlation_id() -> String {
             .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
             .collect()
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{n:x}")
+    with_hex_suffix(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `format!("{prefix}{n:x}")` without the formatting machinery (it runs once per message).
+fn with_hex_suffix(prefix: &str, n: u64) -> String {
+    let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    for shift in (0..digits).rev() {
+        let nibble = (n >> (shift * 4)) & 0xf;
+        id.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
+    id
 }
 
 impl Inner {
@@ -374,5 +385,20 @@ mod tests {
         assert!(a.len() > 16 && a.is_ascii());
         let generated = PublishMessage::new("v").correlation_id_or_new();
         assert!(!generated.is_empty());
+    }
+
+    #[test]
+    fn hex_suffix_is_what_format_writes() {
+        let mut n = 1u64;
+        let mut cases = vec![0, 1, 9, 10, 15, 16, 255, 256, u64::MAX - 1, u64::MAX];
+        for _ in 0..200 {
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            cases.push(n >> (n % 64));
+        }
+        for n in cases {
+            assert_eq!(with_hex_suffix("pre", n), format!("pre{n:x}"), "{n}");
+        }
     }
 }
