@@ -168,7 +168,8 @@ impl PublishMessage {
         self
     }
 
-    /// Overrides the client's ack timeout for this message.
+    /// Overrides the client's ack timeout for this message. On a [`Publisher`](crate::Publisher)
+    /// the timeout is enforced by its driver's sweep, so it fires up to 50 ms late.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = Some(timeout);
         self

@@ -833,7 +833,11 @@ async fn pipelined_publisher_matches_acks_by_correlation_id() {
                 .await,
             Err(Error::AckTimeout)
         ));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
         assert_eq!(cluster.state().publish_async_opens, 1);
     })
     .await;
