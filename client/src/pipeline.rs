@@ -1,12 +1,15 @@
 //! [`Publisher`]: pipelined publishing over one PublishAsync stream, one future per message.
 //!
-//! How it works. [`Publisher::send`] resolves the partition, queues the request on a bounded
-//! channel and returns an [`AckFuture`]. One driver task owns the gRPC stream: it forwards
-//! queued requests into the stream, remembers which correlation id waits for an ack, reads
-//! the stream's responses and completes the matching future when a `PublishResponse` comes
-//! back. It takes queued messages and arrived responses in runs (one wake-up for many). A
-//! short-lived task per stream session opens the call: it waits for the response headers,
-//! which a server may send only with its first response, while the requests already flow.
+//! How it works. One driver task owns the gRPC stream: it opens it, reads its responses and
+//! completes the matching [`AckFuture`] when a `PublishResponse` comes back (it takes the
+//! responses that have already arrived in runs, one wake-up for many). [`Publisher::send`]
+//! resolves the partition and, while a stream is open and nothing waits in the driver's queue,
+//! puts the request straight into the stream and records its future in the table of waiting
+//! messages that it shares with the driver; otherwise (no stream yet, the stream's buffer is
+//! full, or earlier messages are still queued) it queues the message for the driver, which
+//! opens a stream if needed and forwards queued messages in order. A short-lived task per
+//! stream session opens the call: it waits for the response headers, which a server may send
+//! only with its first response, while the requests already flow.
 //!
 //! Invariants:
 //! 1. At most one PublishAsync stream is open per publisher (a "session"); it is opened
@@ -17,21 +20,25 @@
 //!    responses does not matter.
 //! 3. When a session fails, every future still waiting for an ack fails with the retryable
 //!    [`Error::PublishStreamReset`]: the server may or may not have stored those messages.
-//! 4. Each message's ack timeout counts from `send`. The driver enforces it: while messages
-//!    wait for acks it sweeps them every [`SWEEP_EVERY`] (also while waiting for stream
-//!    room), fails those whose deadline passed with [`Error::AckTimeout`] and forgets those
-//!    whose future was dropped, so a timeout fires at most [`SWEEP_EVERY`] late. A message
-//!    that waited in the queue past its deadline (while the driver backed off before
+//! 4. Each message's ack timeout counts from `send`. The driver enforces it: while a stream
+//!    is open it sweeps the waiting messages every [`SWEEP_EVERY`] (also while waiting for
+//!    stream room, and whether or not messages wait, since `send` adds messages without
+//!    waking it), fails those whose deadline passed with [`Error::AckTimeout`] and forgets
+//!    those whose future was dropped, so a timeout fires at most [`SWEEP_EVERY`] late. A
+//!    message that waited in the queue past its deadline (while the driver backed off before
 //!    reopening a stream) fails with [`Error::AckTimeout`] when the driver takes it, unsent.
 //!    (One timer per publisher, not one per message.)
 //! 5. The driver never blocks on the outgoing stream without also reading incoming
 //!    responses, so a server that stops reading until its responses are read cannot
 //!    deadlock us.
-//! 6. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
+//! 6. Order: requests enter the stream in the order of the `send` calls that returned: `send`
+//!    takes the direct way only while no message of this publisher waits in the driver's
+//!    queue (counted in the shared state, under the same lock as the stream's handle).
+//! 7. Back-pressure: `send` waits for a queue slot and for an in-flight permit; a permit is
 //!    held by the [`AckFuture`] until it completes or is dropped.
-//! 7. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
+//! 8. With ack policy NONE the server never answers; the future resolves to `Ok(None)` once
 //!    the request is handed to the stream.
-//! 8. Stall detection: when [`STALL_TIMEOUTS`] messages in a row time out on one session (no
+//! 9. Stall detection: when [`STALL_TIMEOUTS`] messages in a row time out on one session (no
 //!    response in between), or the session's stream fails (e.g. the HTTP/2 keep-alive closed
 //!    a connection whose broker stopped answering), the session is dropped, every future
 //!    still waiting on it fails with the retryable [`Error::PublishStreamReset`], metadata is
@@ -42,7 +49,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
@@ -103,8 +110,10 @@ pub struct Publisher {
     inner: Arc<Inner>,
     /// Queue to the driver task.
     cmds: mpsc::Sender<Command>,
-    /// In-flight permits (module invariant 6).
+    /// In-flight permits (module invariant 7).
     permits: Arc<Semaphore>,
+    /// Shared with the driver: waiting messages and the stream's handle.
+    shared: Arc<Mutex<Shared>>,
     /// The broker of the open session, as the driver last set it.
     broker: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -117,6 +126,37 @@ struct Command {
     /// When the future gives up (its ack timeout); the driver counts missed deadlines.
     deadline: Instant,
     reply: oneshot::Sender<Result<Option<Ack>>>,
+}
+
+/// What the publishers and the driver share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Futures waiting for an ack, by correlation id.
+    pending: HashMap<String, Waiting>,
+    /// The open stream's request queue; `None` without an open stream.
+    direct: Option<mpsc::Sender<api::PublishRequest>>,
+    /// Messages queued for the driver and not yet forwarded by it; `send` goes direct only
+    /// at 0 (module invariant 6).
+    queued: usize,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Decrements [`Shared::queued`] for a message whose `send` was dropped before the message
+/// reached the driver's queue.
+struct QueuedGuard<'a>(Option<&'a Mutex<Shared>>);
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            let mut sh = lock(shared);
+            sh.queued = sh.queued.saturating_sub(1);
+        }
+    }
 }
 
 /// The outcome of one message. Resolves to `Ok(Some(ack))` once stored, `Ok(None)` for ack
@@ -160,10 +200,11 @@ impl Client {
             .map_err(|_| Error::Config("a publisher needs a Tokio runtime".into()))?;
         let (cmds, cmd_rx) = mpsc::channel(options.queue_capacity.max(1));
         let broker = Arc::default();
+        let shared = Arc::new(Mutex::new(Shared::default()));
         let driver = Driver {
             inner: Arc::clone(&self.inner),
             cmds: cmd_rx,
-            pending: HashMap::new(),
+            shared: Arc::clone(&shared),
             session: None,
             next_session: 0,
             failures: 0,
@@ -178,6 +219,7 @@ impl Client {
             inner: Arc::clone(&self.inner),
             cmds,
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            shared,
             broker,
         })
     }
@@ -185,7 +227,7 @@ impl Client {
 
 impl Publisher {
     /// Queues a message for `stream`; the returned future resolves with its ack. Waits only
-    /// for a queue slot and an in-flight permit (module invariant 6).
+    /// for a queue slot and an in-flight permit (module invariant 7).
     pub async fn send(&self, stream: &str, msg: PublishMessage) -> Result<AckFuture> {
         let partition = self.inner.resolve_partition(stream, &msg).await?;
         let correlation_id = msg.correlation_id_or_new();
@@ -204,15 +246,73 @@ impl Publisher {
             deadline,
             reply,
         };
-        self.cmds
-            .send(cmd)
-            .await
-            .map_err(|_| Error::PublisherClosed)?;
+        if let Some(cmd) = self.try_direct(cmd) {
+            // Counted in `queued` by `try_direct`; uncounted again if this future is dropped
+            // before the message is in the queue.
+            let mut guard = QueuedGuard(Some(&self.shared));
+            self.cmds
+                .send(cmd)
+                .await
+                .map_err(|_| Error::PublisherClosed)?;
+            guard.0 = None;
+        }
         Ok(AckFuture {
             rx,
             correlation_id,
             _permit: permit,
         })
+    }
+
+    /// Puts the message straight into the open stream when it may (module invariant 6) and
+    /// returns `None`; otherwise counts it as queued and hands it back for the driver's queue.
+    fn try_direct(&self, cmd: Command) -> Option<Command> {
+        let mut sh = lock(&self.shared);
+        let Some(out) = sh.direct.as_ref().filter(|_| sh.queued == 0) else {
+            sh.queued += 1;
+            return Some(cmd);
+        };
+        let Command {
+            req,
+            wants_ack,
+            deadline,
+            reply,
+        } = cmd;
+        if wants_ack {
+            let cid = &req.correlation_id;
+            if sh.pending.get(cid).is_some_and(|w| !w.tx.is_closed()) {
+                let _ = reply.send(Err(duplicate(cid)));
+                return None;
+            }
+        }
+        let cid = wants_ack.then(|| req.correlation_id.clone());
+        match out.try_send(req) {
+            Ok(()) => {
+                match cid {
+                    Some(cid) => {
+                        sh.pending.insert(
+                            cid,
+                            Waiting {
+                                tx: reply,
+                                deadline,
+                            },
+                        );
+                    }
+                    None => {
+                        let _ = reply.send(Ok(None));
+                    }
+                }
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(req) | mpsc::error::TrySendError::Closed(req)) => {
+                sh.queued += 1;
+                Some(Command {
+                    req,
+                    wants_ack,
+                    deadline,
+                    reply,
+                })
+            }
+        }
     }
 
     /// The broker (`host:port`) the PublishAsync stream is open to, `None` between streams
@@ -308,8 +408,8 @@ fn poll_session(session: &mut Option<Session>, cx: &mut Context<'_>) -> Poll<Inc
 struct Driver {
     inner: Arc<Inner>,
     cmds: mpsc::Receiver<Command>,
-    /// Futures waiting for an ack, by correlation id.
-    pending: HashMap<String, Waiting>,
+    /// Waiting messages and the open stream's handle, shared with `send`.
+    shared: Arc<Mutex<Shared>>,
     session: Option<Session>,
     next_session: u64,
     /// Sessions that failed in a row; sets the back-off before the next open.
@@ -317,7 +417,7 @@ struct Driver {
     /// Rotates over broker addresses across sessions.
     next_addr: usize,
     /// Messages of the current session whose ack deadline passed since its last response
-    /// (module invariant 8).
+    /// (module invariant 9).
     timeouts_in_row: usize,
     /// A broker whose session stalled or broke, and until when new sessions avoid it.
     avoid: Option<(String, Instant)>,
@@ -363,7 +463,7 @@ impl Driver {
                         self.on_command(cmd, now).await;
                     }
                 }
-                () = self.sweep.as_mut(), if !self.pending.is_empty() => self.on_sweep(),
+                () = self.sweep.as_mut(), if self.session.is_some() => self.on_sweep(),
             }
         }
         self.drain().await;
@@ -376,11 +476,12 @@ impl Driver {
             // Closing our side ends the request stream: the server then finishes its acks.
             s.out = None;
         }
+        lock(&self.shared).direct = None;
         let deadline = Instant::now() + self.inner.config.ack_timeout;
         let mut tick = tokio::time::interval(SWEEP_EVERY / 5);
         while self.session.is_some() {
             self.expire(Instant::now());
-            if self.pending.is_empty() {
+            if lock(&self.shared).pending.is_empty() {
                 break;
             }
             tokio::select! {
@@ -391,7 +492,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        for (_, w) in self.pending.drain() {
+        for (_, w) in lock(&self.shared).pending.drain() {
             let _ = w.tx.send(Err(Error::PublisherClosed));
         }
     }
@@ -453,7 +554,8 @@ impl Driver {
                 return;
             }
         };
-        match self.pending.remove(&cid) {
+        let waiting = lock(&self.shared).pending.remove(&cid);
+        match waiting {
             Some(w) => {
                 let _ = w.tx.send(outcome);
             }
@@ -468,7 +570,12 @@ impl Driver {
         self.session = None;
         self.set_broker(None);
         self.failures = self.failures.saturating_add(1);
-        for (_, w) in self.pending.drain() {
+        let failed: Vec<Waiting> = {
+            let mut sh = lock(&self.shared);
+            sh.direct = None;
+            sh.pending.drain().map(|(_, w)| w).collect()
+        };
+        for w in failed {
             let _ = w.tx.send(Err(session_error(status.as_ref())));
         }
     }
@@ -477,7 +584,8 @@ impl Driver {
     /// forgets those whose future is gone; returns how many deadlines passed.
     fn expire(&mut self, now: Instant) -> usize {
         let mut due = Vec::new();
-        self.pending.retain(|cid, w| {
+        let mut sh = lock(&self.shared);
+        sh.pending.retain(|cid, w| {
             if w.deadline <= now {
                 due.push(cid.clone());
                 return true;
@@ -485,7 +593,7 @@ impl Driver {
             !w.tx.is_closed()
         });
         for cid in &due {
-            if let Some(w) = self.pending.remove(cid) {
+            if let Some(w) = sh.pending.remove(cid) {
                 let _ = w.tx.send(Err(Error::AckTimeout));
             }
         }
@@ -493,7 +601,7 @@ impl Driver {
     }
 
     /// Times out messages whose deadline passed and drops a stalled session (module
-    /// invariants 4 and 8).
+    /// invariants 4 and 9).
     fn on_sweep(&mut self) {
         let now = Instant::now();
         self.sweep.as_mut().reset(now + SWEEP_EVERY);
@@ -544,6 +652,13 @@ impl Driver {
 
     /// One queued message; `now` is when its batch was taken from the queue.
     async fn on_command(&mut self, cmd: Command, now: Instant) {
+        self.take_command(cmd, now).await;
+        // Forwarded or failed: no longer holds `send` off the direct way (invariant 6).
+        let mut sh = lock(&self.shared);
+        sh.queued = sh.queued.saturating_sub(1);
+    }
+
+    async fn take_command(&mut self, cmd: Command, now: Instant) {
         if cmd.deadline <= now {
             // It waited in the queue past its deadline (the driver was reopening a stream).
             let _ = cmd.reply.send(Err(Error::AckTimeout));
@@ -556,20 +671,21 @@ impl Driver {
             }
         }
         if cmd.wants_ack {
-            let cid = &cmd.req.correlation_id;
-            if self.pending.get(cid).is_some_and(|w| !w.tx.is_closed()) {
-                let _ = cmd.reply.send(Err(Error::Config(format!(
-                    "correlation id {cid:?} is already in flight on this publisher"
-                ))));
-                return;
+            {
+                let mut sh = lock(&self.shared);
+                let cid = &cmd.req.correlation_id;
+                if sh.pending.get(cid).is_some_and(|w| !w.tx.is_closed()) {
+                    let _ = cmd.reply.send(Err(duplicate(cid)));
+                    return;
+                }
+                sh.pending.insert(
+                    cid.clone(),
+                    Waiting {
+                        tx: cmd.reply,
+                        deadline: cmd.deadline,
+                    },
+                );
             }
-            self.pending.insert(
-                cid.clone(),
-                Waiting {
-                    tx: cmd.reply,
-                    deadline: cmd.deadline,
-                },
-            );
             // If `forward` fails, it fails the session and with it this message's future.
             self.forward(cmd.req).await;
         } else if self.forward(cmd.req).await {
@@ -613,7 +729,7 @@ impl Driver {
                 inc = std::future::poll_fn(|cx| poll_session(&mut self.session, cx)) => {
                     self.on_incoming(inc);
                 }
-                () = self.sweep.as_mut(), if !self.pending.is_empty() => self.on_sweep(),
+                () = self.sweep.as_mut() => self.on_sweep(),
             }
         }
     }
@@ -644,6 +760,7 @@ impl Driver {
         tracing::debug!(session = id, %addr, "opening PublishAsync stream");
         self.timeouts_in_row = 0;
         self.set_broker(Some(addr.clone()));
+        lock(&self.shared).direct = Some(out.clone());
         self.session = Some(Session {
             id,
             addr,
@@ -652,6 +769,24 @@ impl Driver {
             opener,
         });
         Ok(())
+    }
+}
+
+/// The refusal of a message whose correlation id is already waiting for its ack.
+fn duplicate(cid: &str) -> Error {
+    Error::Config(format!(
+        "correlation id {cid:?} is already in flight on this publisher"
+    ))
+}
+
+impl Drop for Driver {
+    /// A driver that is gone (its publishers dropped, or its runtime shut down) takes the
+    /// direct way away and drops the waiting futures' senders, so they end with
+    /// [`Error::PublisherClosed`] instead of waiting for nobody.
+    fn drop(&mut self) {
+        let mut sh = lock(&self.shared);
+        sh.direct = None;
+        sh.pending.clear();
     }
 }
 

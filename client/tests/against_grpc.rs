@@ -844,6 +844,41 @@ async fn pipelined_publisher_matches_acks_by_correlation_id() {
 }
 
 #[tokio::test]
+async fn pipelined_publisher_refuses_a_correlation_id_already_in_flight() {
+    bounded(async {
+        let cluster = Cluster::start().await;
+        cluster.create("orders", 1);
+        let client = cluster.builder().connect().await.expect("connect");
+        let publisher = client.publisher().expect("publisher");
+        // The first message opens the stream; later ones go straight into it.
+        publisher
+            .publish("orders", PublishMessage::new("open"))
+            .await
+            .expect("first publish");
+        let quiet = || {
+            PublishMessage::new("x")
+                .correlation_id("dup")
+                .ack_timeout(Duration::from_millis(300))
+        };
+        let first = publisher.send("blackhole", quiet()).await.expect("send");
+        let second = publisher.send("blackhole", quiet()).await.expect("send");
+        assert!(
+            matches!(second.await, Err(Error::Config(m)) if m.contains("already in flight")),
+            "a second message with a waiting correlation id is refused"
+        );
+        assert!(matches!(first.await, Err(Error::AckTimeout)));
+        // Once the first one is settled, the id may be used again.
+        let ack = publisher
+            .publish("orders", PublishMessage::new("y").correlation_id("dup"))
+            .await
+            .expect("publish")
+            .expect("an ack");
+        assert_eq!(ack.correlation_id, "dup");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn pipelined_publisher_reconnects_after_stream_failure() {
     bounded(async {
         let cluster = Cluster::start().await;
