@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use drawbridge_client::{
     key_partition, AckPolicy, ClientBuilder, EndReason, Error, PauseOptions, PublishMessage,
-    PublisherOptions, ReadonlyOptions, RetryPolicy, StartAt, StopAt, StreamOptions,
+    Publisher, PublisherOptions, ReadonlyOptions, RetryPolicy, StartAt, StopAt, StreamOptions,
     SubscribeOptions,
 };
 use drawbridge_proto::api;
@@ -634,6 +634,19 @@ impl Drop for Cluster {
     }
 }
 
+/// Creates stream `orders` (one partition) and a publisher whose PublishAsync stream is
+/// open: its first message, `first`, is stored at offset 0.
+async fn orders_publisher(cluster: &Cluster, first: &str) -> Publisher {
+    cluster.create("orders", 1);
+    let client = cluster.builder().connect().await.expect("connect");
+    let publisher = client.publisher().expect("publisher");
+    publisher
+        .publish("orders", PublishMessage::new(first.to_string()))
+        .await
+        .expect("first publish");
+    publisher
+}
+
 async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
     tokio::time::timeout(TEST_TIMEOUT, f)
         .await
@@ -847,14 +860,8 @@ async fn pipelined_publisher_matches_acks_by_correlation_id() {
 async fn pipelined_publisher_refuses_a_correlation_id_already_in_flight() {
     bounded(async {
         let cluster = Cluster::start().await;
-        cluster.create("orders", 1);
-        let client = cluster.builder().connect().await.expect("connect");
-        let publisher = client.publisher().expect("publisher");
         // The first message opens the stream; later ones go straight into it.
-        publisher
-            .publish("orders", PublishMessage::new("open"))
-            .await
-            .expect("first publish");
+        let publisher = orders_publisher(&cluster, "open").await;
         let quiet = || {
             PublishMessage::new("x")
                 .correlation_id("dup")
@@ -882,13 +889,7 @@ async fn pipelined_publisher_refuses_a_correlation_id_already_in_flight() {
 async fn pipelined_publisher_reconnects_after_stream_failure() {
     bounded(async {
         let cluster = Cluster::start().await;
-        cluster.create("orders", 1);
-        let client = cluster.builder().connect().await.expect("connect");
-        let publisher = client.publisher().expect("publisher");
-        publisher
-            .publish("orders", PublishMessage::new("before"))
-            .await
-            .expect("first ack");
+        let publisher = orders_publisher(&cluster, "before").await;
         let err = publisher
             .publish("explode", PublishMessage::new("x"))
             .await
