@@ -80,6 +80,7 @@ pub use partition::IsrTracker;
 pub use partition::Leadership;
 pub use partition::LeadershipWatch;
 pub use partition::Offsets;
+pub use partition::OnDurable;
 pub use partition::PartitionReplica;
 pub use partition::Proposal;
 pub use partition::ReplicationProgress;

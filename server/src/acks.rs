@@ -14,10 +14,13 @@
 //! - An ack whose inbox is registered in [`LocalInboxes`] (a PublishAsync session or a unary
 //!   Publish served by this process, with a server-generated inbox nobody else subscribes to)
 //!   is handed to that session in-process, with the same disk-full reason the header would
-//!   carry, instead of taking the round trip through NATS. When the session's queue is full the
-//!   ack goes over NATS as before (so a slow gRPC client never stalls a partition's acker);
-//!   acks of one partition may then reach the session out of order, which the session does
-//!   not depend on (it matches them by correlation id).
+//!   carry, instead of taking the round trip through NATS: a unary Publish waits on a queue
+//!   ([`LocalInboxes::register`]), a PublishAsync session takes the acks on the caller's
+//!   thread into its response stream ([`AckSink`], [`LocalInboxes::register_sink`]). When the
+//!   queue or the response stream is full the ack goes over NATS as before (so a slow gRPC
+//!   client never stalls a partition's acker); acks of one partition may then reach the
+//!   session out of order, which the session does not depend on (it matches them by
+//!   correlation id).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +44,53 @@ pub struct LocalAck {
     pub disk_full: Option<String>,
 }
 
-type Inboxes = RwLock<HashMap<String, mpsc::Sender<LocalAck>>>;
+/// Takes acks in-process for a session, on the thread that produced them (an acker, a
+/// durability callback, the flusher thread): it must not block.
+pub trait AckSink: Send + Sync {
+    /// Takes `acks` (all to this sink's inbox; `disk_full`: why they are UNKNOWN error acks,
+    /// as [`DISK_FULL_HEADER`] would say); gives them all back when it cannot take them now
+    /// (they then go over NATS).
+    fn take(&self, acks: Vec<Ack>, disk_full: Option<&str>) -> Option<Vec<Ack>>;
+}
+
+/// How a registered inbox takes its acks.
+enum Handover {
+    /// Queued for a waiting task.
+    Queue(mpsc::Sender<LocalAck>),
+    /// Taken on the spot.
+    Sink(Arc<dyn AckSink>),
+}
+
+impl std::fmt::Debug for Handover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handover::Queue(_) => "Queue",
+            Handover::Sink(_) => "Sink",
+        })
+    }
+}
+
+impl Handover {
+    fn take(&self, acks: Vec<Ack>, disk_full: Option<&str>) -> Option<Vec<Ack>> {
+        match self {
+            Handover::Sink(sink) => sink.take(acks, disk_full),
+            Handover::Queue(tx) => {
+                let Ok(permits) = tx.try_reserve_many(acks.len()) else {
+                    return Some(acks);
+                };
+                for (permit, ack) in permits.zip(acks) {
+                    permit.send(LocalAck {
+                        ack,
+                        disk_full: disk_full.map(str::to_owned),
+                    });
+                }
+                None
+            }
+        }
+    }
+}
+
+type Inboxes = RwLock<HashMap<String, Handover>>;
 
 /// The ack inboxes of this process's publish sessions (see the module docs).
 #[derive(Debug, Default)]
@@ -58,6 +107,19 @@ pub struct LocalInbox {
     pub rx: mpsc::Receiver<LocalAck>,
 }
 
+/// Keeps a sink registered in [`LocalInboxes`]; unregisters it when dropped.
+#[derive(Debug)]
+pub struct SinkInbox {
+    inboxes: Arc<Inboxes>,
+    inbox: String,
+}
+
+impl Drop for SinkInbox {
+    fn drop(&mut self) {
+        self.inboxes.write().remove(&self.inbox);
+    }
+}
+
 impl Drop for LocalInbox {
     fn drop(&mut self) {
         self.inboxes.write().remove(&self.inbox);
@@ -68,7 +130,9 @@ impl LocalInboxes {
     /// Registers `inbox` (a fresh, server-generated one) until the returned guard is dropped.
     pub fn register(&self, inbox: &str) -> LocalInbox {
         let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
-        self.inboxes.write().insert(inbox.to_owned(), tx);
+        self.inboxes
+            .write()
+            .insert(inbox.to_owned(), Handover::Queue(tx));
         LocalInbox {
             inboxes: self.inboxes.clone(),
             inbox: inbox.to_owned(),
@@ -76,44 +140,41 @@ impl LocalInboxes {
         }
     }
 
-    /// Hands `ack` to the local session of its inbox; gives it back (`Some`) when there is
-    /// none or its queue is full (it then goes over NATS).
-    fn deliver(&self, ack: Ack, disk_full: Option<&str>) -> Option<Ack> {
-        let map = self.inboxes.read();
-        let Some(tx) = map.get(&ack.ack_inbox) else {
-            return Some(ack);
-        };
-        let local = LocalAck {
-            ack,
-            disk_full: disk_full.map(str::to_owned),
-        };
-        match tx.try_send(local) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l)) => {
-                Some(l.ack)
-            }
+    /// Registers `inbox` (a fresh, server-generated one) with a sink that takes its acks on
+    /// the spot, until the returned guard is dropped.
+    pub fn register_sink(&self, inbox: &str, sink: Arc<dyn AckSink>) -> SinkInbox {
+        self.inboxes
+            .write()
+            .insert(inbox.to_owned(), Handover::Sink(sink));
+        SinkInbox {
+            inboxes: self.inboxes.clone(),
+            inbox: inbox.to_owned(),
         }
     }
 
-    /// [`Self::deliver`] for acks that all go to `acks[0]`'s inbox: one lookup and one
-    /// reservation of queue room for the lot; gives them all back when there is no session or
-    /// too little room.
+    /// Hands `ack` to the local session of its inbox; gives it back (`Some`) when there is
+    /// none or it cannot take it now (it then goes over NATS).
+    fn deliver(&self, ack: Ack, disk_full: Option<&str>) -> Option<Ack> {
+        self.deliver_many_with(vec![ack], disk_full)
+            .and_then(|mut back| back.pop())
+    }
+
+    /// [`Self::deliver`] for acks that all go to `acks[0]`'s inbox: one lookup, and all or
+    /// none of them taken; gives them all back when there is no session or too little room.
     fn deliver_many(&self, acks: Vec<Ack>) -> Option<Vec<Ack>> {
-        let inbox = acks.first()?.ack_inbox.as_str();
-        let map = self.inboxes.read();
-        let Some(permits) = map
-            .get(inbox)
-            .and_then(|tx| tx.try_reserve_many(acks.len()).ok())
-        else {
-            return Some(acks);
+        self.deliver_many_with(acks, None)
+    }
+
+    fn deliver_many_with(&self, acks: Vec<Ack>, disk_full: Option<&str>) -> Option<Vec<Ack>> {
+        let first = acks.first()?;
+        // The session is looked up under the lock and called after it, so a sink may take
+        // locks of its own (and a registration is never blocked by a sink).
+        let handover = match self.inboxes.read().get(first.ack_inbox.as_str()) {
+            None => return Some(acks),
+            Some(Handover::Sink(sink)) => Handover::Sink(sink.clone()),
+            Some(Handover::Queue(tx)) => Handover::Queue(tx.clone()),
         };
-        for (permit, ack) in permits.zip(acks) {
-            permit.send(LocalAck {
-                ack,
-                disk_full: None,
-            });
-        }
-        None
+        handover.take(acks, disk_full)
     }
 }
 
@@ -211,6 +272,16 @@ pub async fn send(ctx: &Node, ack: Ack) {
 /// a local session at once (one lookup, one reservation of its queue) or, failing that, goes
 /// over NATS ack by ack.
 pub async fn send_many(ctx: &Node, acks: Vec<Ack>) {
+    for ack in deliver_local(ctx, acks) {
+        publish(ctx, ack).await;
+    }
+}
+
+/// The in-process half of [`send_many`], which never waits: hands each run of acks to the same
+/// inbox to its local session; returns, in order, the acks that must go over NATS instead
+/// (acks without an inbox are dropped).
+pub fn deliver_local(ctx: &Node, acks: Vec<Ack>) -> Vec<Ack> {
+    let mut rest = Vec::new();
     let mut acks = acks
         .into_iter()
         .filter(|a| !a.ack_inbox.is_empty())
@@ -220,10 +291,11 @@ pub async fn send_many(ctx: &Node, acks: Vec<Ack>) {
         while let Some(a) = acks.next_if(|a| a.ack_inbox == run[0].ack_inbox) {
             run.push(a);
         }
-        for ack in ctx.local_inboxes.deliver_many(run).into_iter().flatten() {
-            publish(ctx, ack).await;
+        if let Some(back) = ctx.local_inboxes.deliver_many(run) {
+            rest.extend(back);
         }
     }
+    rest
 }
 
 /// Publishes `ack` on NATS, to its inbox (the inbox becomes the subject without a copy).
@@ -293,6 +365,57 @@ mod tests {
         // Dropping the guard unregisters the inbox.
         drop(a);
         assert!(inboxes.deliver(ack_to("a", "late"), None).is_some());
+        assert!(inboxes.inboxes.read().is_empty());
+    }
+
+    /// A sink that takes acks while it has room (`room`), recording their correlation ids.
+    #[derive(Default)]
+    struct Recorder {
+        room: parking_lot::Mutex<usize>,
+        took: parking_lot::Mutex<Vec<(String, Option<String>)>>,
+    }
+
+    impl AckSink for Recorder {
+        fn take(&self, acks: Vec<Ack>, disk_full: Option<&str>) -> Option<Vec<Ack>> {
+            let mut room = self.room.lock();
+            if acks.len() > *room {
+                return Some(acks);
+            }
+            *room -= acks.len();
+            self.took.lock().extend(
+                acks.into_iter()
+                    .map(|a| (a.correlation_id, disk_full.map(str::to_owned))),
+            );
+            None
+        }
+    }
+
+    #[test]
+    fn a_registered_sink_takes_its_acks_on_the_spot_until_dropped() {
+        let inboxes = LocalInboxes::default();
+        let sink = Arc::new(Recorder::default());
+        *sink.room.lock() = 3;
+        let guard = inboxes.register_sink("s", sink.clone());
+        assert!(inboxes.deliver(ack_to("s", "1"), Some("full")).is_none());
+        assert!(inboxes
+            .deliver_many(vec![ack_to("s", "2"), ack_to("s", "3")])
+            .is_none());
+        // No room: all of a run comes back (it goes over NATS), none is taken.
+        let back = inboxes.deliver_many(vec![ack_to("s", "4"), ack_to("s", "5")]);
+        assert_eq!(back.map(|v| v.len()), Some(2));
+        assert_eq!(
+            *sink.took.lock(),
+            [
+                ("1".to_owned(), Some("full".to_owned())),
+                ("2".to_owned(), None),
+                ("3".to_owned(), None)
+            ]
+        );
+        // Another inbox is not this sink's.
+        assert!(inboxes.deliver(ack_to("t", "6"), None).is_some());
+        drop(guard);
+        *sink.room.lock() = 10;
+        assert!(inboxes.deliver(ack_to("s", "late"), None).is_some());
         assert!(inboxes.inboxes.read().is_empty());
     }
 }

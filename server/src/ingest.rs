@@ -20,9 +20,15 @@
 //!      batch is collected only once it can be proposed: what arrives while every slot is
 //!      taken goes into one batch;
 //!   4. submit the batch with
-//!      [`PartitionReplica::propose_in_order`] and hand it to the acker; do not wait for it;
+//!      [`PartitionReplica::propose_in_order`] and hand it to the acker; do not wait for it.
+//!      The batch's LEADER acks ride on the proposal as its durability callback
+//!      ([`drawbridge_raft::OnDurable`], `leader_acker`): they are handed to local PublishAsync
+//!      and Publish sessions right where the log reports the batch durable (openraft's core
+//!      under a lazy sync policy, the flusher thread after the fsync otherwise), without a
+//!      task hop; acks for inboxes that are not local are left to the acker;
 //! - the **acker** (`ack_loop`) takes the proposals in submission order, waits until each is
-//!   durable in the local log, sends its LEADER acks, frees its slot and hands it on;
+//!   durable in the local log, sends the LEADER acks the callbacks left to NATS, records the
+//!   batch's metrics, frees its slot and hands it on;
 //! - the **committer** (`commit_loop`) waits for each batch's raft commit in the same order
 //!   (raft has then applied the batch and raised the partition log's high watermark, so it is
 //!   readable) and sends ALL acks.
@@ -38,10 +44,13 @@
 //!   nothing in flight (step 2), i.e. against offsets durable in the local log, as before
 //!   pipelining. A committed batch whose offsets differ from the expected ones ends the ingest
 //!   (it restarts from raft's state if this node still leads).
-//! - Acks: LEADER only after the batch is durable in the local log, ALL only after commit, none
-//!   for a failed proposal. The first failed proposal ends the ingest; the acker then sends no
-//!   more LEADER acks and waits (bounded) until every later proposal has been appended or has
-//!   failed, so a restarted ingest never races a stale proposal for offsets.
+//! - Acks: LEADER only after the batch is durable in the local log (its callback runs only
+//!   then, and never for a batch that was not appended or was cut before its flush), ALL only
+//!   after commit, none for a failed proposal. The first failed proposal ends the ingest; the
+//!   acker then waits (bounded) until every later proposal has been appended or has failed, so
+//!   a restarted ingest never races a stale proposal for offsets. Callbacks run in log order
+//!   and the acker drains what they left in that order, so LEADER acks to one inbox keep
+//!   offset order (except when a local session's queue was full, see [`crate::acks`]).
 //! - The loop ends when told to stop (leadership lost, stream deleted, shutdown) or when a
 //!   proposal fails; the NATS subscription (in-process on the embedded broker, see
 //!   [`crate::embedded_nats::local`]) is dropped (unsubscribed) when it ends; [`run`]
@@ -51,11 +60,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use drawbridge_proto::api::Ack;
 use drawbridge_proto::api::{ack, AckPolicy};
-use drawbridge_raft::{PartitionReplica, Proposal};
+use drawbridge_raft::{OnDurable, PartitionReplica, Proposal};
 use drawbridge_storage::RecordBatchBuilder;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -122,7 +133,6 @@ struct InFlight {
     bytes_in: u64,
     first_ns: i64,
     last_ns: i64,
-    leader_acks: Vec<(PendingAck, u64)>,
     all_acks: Vec<(PendingAck, u64)>,
     /// The batch's in-flight slot, freed once its LEADER acks are out.
     slot: OwnedSemaphorePermit,
@@ -194,7 +204,14 @@ pub async fn run(
     let committer = tokio::spawn(commit_loop(ctx.clone(), p.clone(), commit_rx));
     // Slots bound the channel's occupancy, so sends to the acker never wait.
     let (job_tx, job_rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT as usize);
-    let mut acker = tokio::spawn(ack_loop(ctx.clone(), p.clone(), job_rx, commit_tx));
+    let unsent = Unsent::default();
+    let mut acker = tokio::spawn(ack_loop(
+        ctx.clone(),
+        p.clone(),
+        job_rx,
+        commit_tx,
+        unsent.clone(),
+    ));
     // Set once the loop has awaited the acker (a JoinHandle must not be polled again).
     let mut acker_done = false;
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
@@ -434,7 +451,12 @@ pub async fn run(
             Ok(b) => b,
             Err(e) => break Err(e.into()),
         };
-        let proposal = match replica.propose_in_order(body, count, term).await {
+        let on_durable =
+            (!leader_acks.is_empty()).then(|| leader_acker(&ctx, &p, leader_acks, &unsent));
+        let proposal = match replica
+            .propose_in_order(body, count, term, on_durable)
+            .await
+        {
             Ok(proposal) => proposal,
             Err(e) => break Err(e.into()),
         };
@@ -445,7 +467,6 @@ pub async fn run(
             bytes_in,
             first_ns,
             last_ns,
-            leader_acks,
             all_acks,
             slot,
         };
@@ -586,14 +607,16 @@ fn acker_ended(
     }
 }
 
-/// Takes submitted batches in order; sends each one's LEADER acks once it is durable in the
-/// local log, then hands it to the committer. On the first failure it sends no more acks, waits
-/// (bounded) for the rest to be appended or to fail, and returns the failure.
+/// Takes submitted batches in order; once each is durable in the local log, sends over NATS the
+/// LEADER acks its callback could not deliver in-process, then hands it to the committer. On the
+/// first failure it waits (bounded) for the rest to be appended or to fail, and returns the
+/// failure.
 async fn ack_loop(
     ctx: Ctx,
     p: IngestParams,
     mut rx: mpsc::Receiver<InFlight>,
     commit_tx: mpsc::Sender<Committing>,
+    unsent: Unsent,
 ) -> Result<()> {
     while let Some(mut job) = rx.recv().await {
         if let Err(e) = job.proposal.appended_locally(APPEND_TIMEOUT).await {
@@ -614,7 +637,10 @@ async fn ack_loop(
             job.first_ns,
             job.last_ns,
         );
-        acks::send_many(&ctx, ok_acks(&p, std::mem::take(&mut job.leader_acks))).await;
+        // The batch's LEADER acks went out from its durability callback; what that could not
+        // hand to a local session goes over NATS here, in order.
+        let rest = std::mem::take(&mut *unsent.lock());
+        acks::send_many(&ctx, rest).await;
         let InFlight {
             proposal,
             base,
@@ -647,18 +673,42 @@ async fn commit_loop(ctx: Ctx, p: IngestParams, mut rx: mpsc::Receiver<Committin
                 offsets.base_offset, job.base
             )));
         }
-        acks::send_many(&ctx, ok_acks(&p, job.all_acks)).await;
+        acks::send_many(&ctx, ok_acks(&p.stream, &p.base_subject, job.all_acks)).await;
     }
     Ok(())
 }
 
 /// The success acks of a batch's messages (pending ack, offset), in order.
-fn ok_acks(p: &IngestParams, pending: Vec<(PendingAck, u64)>) -> Vec<drawbridge_proto::api::Ack> {
+fn ok_acks(stream: &str, base_subject: &str, pending: Vec<(PendingAck, u64)>) -> Vec<Ack> {
     pending
         .into_iter()
         .map(|(pa, offset)| {
             let off = i64::try_from(offset).unwrap_or(i64::MAX);
-            acks::build(&p.stream, &p.base_subject, pa, off, ack::Error::Ok)
+            acks::build(stream, base_subject, pa, off, ack::Error::Ok)
         })
         .collect()
+}
+
+/// LEADER acks that a durability callback could not hand to a local session (no session on
+/// this node, or its queue was full), in offset order; the acker sends them over NATS.
+type Unsent = Arc<Mutex<Vec<Ack>>>;
+
+/// The durability callback of a batch ([`OnDurable`]): builds the batch's LEADER acks and
+/// hands them to local sessions right where the log reports the batch durable; the rest is
+/// left in `unsent` for the acker.
+fn leader_acker(
+    ctx: &Ctx,
+    p: &IngestParams,
+    pending: Vec<(PendingAck, u64)>,
+    unsent: &Unsent,
+) -> OnDurable {
+    let ctx = ctx.clone();
+    let (stream, base_subject) = (p.stream.clone(), p.base_subject.clone());
+    let unsent = unsent.clone();
+    Box::new(move || {
+        let rest = acks::deliver_local(&ctx, ok_acks(&stream, &base_subject, pending));
+        if !rest.is_empty() {
+            unsent.lock().extend(rest);
+        }
+    })
 }

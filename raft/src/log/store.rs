@@ -66,12 +66,18 @@ pub(crate) type FlushHook<C> = Arc<dyn Fn(&LogIdOf<C>) + Send + Sync>;
 /// Called for every entry `append` makes readable, before its flush is queued.
 pub(crate) type AppendHook<C> = Arc<dyn Fn(&<C as RaftTypeConfig>::Entry) + Send + Sync>;
 
+/// Called when the log is about to be truncated, with the index of the last entry kept
+/// (`None`: none kept).
+pub(crate) type TruncateHook = Arc<dyn Fn(Option<u64>) + Send + Sync>;
+
 /// Observers of the store's IO, used by partition groups for LEADER acks.
 pub(crate) struct StoreHooks<C: RaftTypeConfig> {
     /// See [`AppendHook`].
     pub(crate) on_append: Option<AppendHook<C>>,
     /// See [`FlushHook`].
     pub(crate) on_flushed: Option<FlushHook<C>>,
+    /// See [`TruncateHook`].
+    pub(crate) on_truncated: Option<TruncateHook>,
 }
 
 impl<C: RaftTypeConfig> Default for StoreHooks<C> {
@@ -79,6 +85,7 @@ impl<C: RaftTypeConfig> Default for StoreHooks<C> {
         Self {
             on_append: None,
             on_flushed: None,
+            on_truncated: None,
         }
     }
 }
@@ -394,6 +401,10 @@ where
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let backend = self.shared.backend.clone();
         let index = last_log_id.map(|l| l.index);
+        // Before the bytes go: a flush completing meanwhile must not report what is cut.
+        if let Some(h) = &self.shared.hooks.on_truncated {
+            h(index);
+        }
         blocking(move || backend.truncate_after(index)).await
     }
 

@@ -16,6 +16,7 @@ pub(crate) mod state_machine;
 pub mod types;
 pub(crate) mod unclean;
 
+pub use group::OnDurable;
 pub(crate) use group::PartitionGroup;
 pub use isr::IsrTracker;
 pub use isr::ReplicationProgress;

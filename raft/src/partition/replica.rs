@@ -40,11 +40,14 @@ use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::impls::ProgressResponder;
 use openraft::metrics::RaftServerMetrics;
+use openraft::raft::ClientWriteResult;
 use openraft::Instant as _;
 use openraft::ServerState;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
+use super::group::AckPlumbing;
+use super::group::OnDurable;
 use super::group::PartitionGroup;
 use super::isr::FollowerProgress;
 use super::isr::IsrTracker;
@@ -130,17 +133,28 @@ pub struct PartitionReplica {
     pub(crate) group: Arc<PartitionGroup>,
 }
 
-/// An in-flight proposal (see the module docs for the ack levels).
-#[derive(Debug)]
+/// A submitted batch: wait for [`Proposal::appended_locally`] (LEADER) and/or
+/// [`Proposal::committed`] (ALL).
 pub struct Proposal {
     group: GroupId,
+    acks: Arc<AckPlumbing>,
+    tag: u64,
     index_rx: Option<oneshot::Receiver<u64>>,
     index: Option<u64>,
     durable: watch::Receiver<u64>,
-    commit_rx: oneshot::Receiver<Result<Offsets, RaftError>>,
-    /// The outcome, when it arrived while [`Proposal::appended_locally`] waited for durability
-    /// (read by [`Proposal::committed`] instead of `commit_rx`).
+    outcome_rx: OutcomeRx,
+    /// The outcome, when it arrived while [`Proposal::appended_locally`] waited for the index or
+    /// for durability (read by [`Proposal::committed`] instead of `outcome_rx`).
     outcome: Option<Result<Offsets, RaftError>>,
+}
+
+/// Where a proposal's outcome arrives.
+enum OutcomeRx {
+    /// Straight from openraft's responder ([`PartitionReplica::propose_in_order`]): no task
+    /// sits between the core and the proposer.
+    Raft(oneshot::Receiver<ClientWriteResult<PartitionTypes>>),
+    /// From the task that submits and retries the write ([`PartitionReplica::propose`]).
+    Relayed(oneshot::Receiver<Result<Offsets, RaftError>>),
 }
 
 fn timeout_err(what: &str, t: Duration) -> RaftError {
@@ -150,50 +164,125 @@ fn timeout_err(what: &str, t: Duration) -> RaftError {
     }
 }
 
+/// A copy of a proposal's failure, for the second of its two waits.
+fn again(e: &RaftError) -> RaftError {
+    RaftError::Rejected(e.to_string())
+}
+
+impl std::fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposal")
+            .field("group", &self.group)
+            .field("tag", &self.tag)
+            .field("index", &self.index)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+/// The parts of a [`Proposal`] that receive its outcome (apart from the fields its waits
+/// borrow at the same time).
+struct OutcomeWait<'a> {
+    rx: &'a mut OutcomeRx,
+    group: &'a GroupId,
+    acks: &'a AckPlumbing,
+    tag: u64,
+}
+
+impl OutcomeWait<'_> {
+    /// Receives the outcome (once; the caller keeps it in `outcome`). A failure forgets the tag,
+    /// so an entry that was never appended leaves nothing behind.
+    async fn recv(self) -> Result<Offsets, RaftError> {
+        let r = match self.rx {
+            OutcomeRx::Raft(rx) => match rx.await {
+                Ok(Ok(resp)) => match resp.data {
+                    PartitionResponse::Data(o) => Ok(o),
+                    PartitionResponse::Control => {
+                        Err(RaftError::Rejected("data entry applied as control".into()))
+                    }
+                },
+                Ok(Err(e)) => Err(convert::client_write_error(
+                    self.group,
+                    openraft::error::RaftError::APIError(e),
+                )),
+                // The core dropped the responder (it stopped, or did not append the entry).
+                Err(_) => Err(RaftError::Stopped {
+                    group: self.group.clone(),
+                    reason: "raft dropped the proposal".into(),
+                }),
+            },
+            OutcomeRx::Relayed(rx) => match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(RaftError::Stopped {
+                    group: self.group.clone(),
+                    reason: "proposal task ended".into(),
+                }),
+            },
+        };
+        if r.is_err() {
+            self.acks.forget(self.tag);
+        }
+        r
+    }
+}
+
 impl Proposal {
     /// Waits until the batch is durable in this (leader) node's log; returns its raft index.
     ///
     /// Fails if the proposal was rejected (not leader) before being appended.
     pub async fn appended_locally(&mut self, timeout: Duration) -> Result<u64, RaftError> {
         let fut = async {
-            let index = match (self.index, self.index_rx.take()) {
-                (Some(i), _) => i,
-                (None, Some(rx)) => match rx.await {
-                    Ok(i) => {
-                        self.index = Some(i);
-                        i
-                    }
-                    // The tag was dropped: the proposal failed before append; report why.
-                    // `commit_rx` is then complete: `committed` must read `outcome` instead.
-                    Err(_) => {
-                        let (e, copy) = match (&mut self.commit_rx).await {
-                            Ok(Err(e)) => {
-                                let copy = RaftError::Rejected(e.to_string());
-                                (e, Err(copy))
-                            }
-                            Ok(Ok(o)) => (
-                                RaftError::Rejected("proposal index was not reported".into()),
-                                Ok(o),
-                            ),
+            // The index the entry got, unless the proposal fails first.
+            let index = loop {
+                if let Some(i) = self.index {
+                    break i;
+                }
+                if let Some(Err(e)) = &self.outcome {
+                    return Err(again(e));
+                }
+                let Some(rx) = self.index_rx.as_mut() else {
+                    return Err(RaftError::Rejected("proposal was not appended".into()));
+                };
+                let outcome = OutcomeWait {
+                    rx: &mut self.outcome_rx,
+                    group: &self.group,
+                    acks: &self.acks,
+                    tag: self.tag,
+                };
+                tokio::select! {
+                    biased;
+                    r = rx => {
+                        self.index_rx = None;
+                        match r {
+                            Ok(i) => self.index = Some(i),
+                            // The tag was forgotten: the proposal failed before append.
                             Err(_) => {
-                                let e = RaftError::Rejected("proposal was not appended".into());
-                                (
-                                    e,
-                                    Err(RaftError::Rejected("proposal was not appended".into())),
-                                )
+                                return Err(RaftError::Rejected("proposal was not appended".into()))
                             }
-                        };
-                        self.outcome = Some(copy);
-                        return Err(e);
+                        }
                     }
-                },
-                (None, None) => {
-                    return Err(RaftError::Rejected("proposal was not appended".into()))
+                    r = outcome.recv(), if self.outcome.is_none() => {
+                        let failed = r.as_ref().err().map(again);
+                        self.outcome = Some(r);
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                        // Committed: the index was reported before (append precedes apply).
+                    }
                 }
             };
             // Wait for durability, but give up as soon as the proposal is known to have failed
             // (e.g. the leader was deposed and the entry truncated).
             loop {
+                if let Some(Err(e)) = &self.outcome {
+                    return Err(again(e));
+                }
+                let outcome = OutcomeWait {
+                    rx: &mut self.outcome_rx,
+                    group: &self.group,
+                    acks: &self.acks,
+                    tag: self.tag,
+                };
                 tokio::select! {
                     r = self.durable.wait_for(|d| *d >= index) => {
                         r.map_err(|_| RaftError::Stopped {
@@ -202,22 +291,8 @@ impl Proposal {
                         })?;
                         return Ok(index);
                     }
-                    r = &mut self.commit_rx, if self.outcome.is_none() => match r {
-                        // Committed: durable locally too; the flush hook is about to say so.
-                        Ok(Ok(o)) => self.outcome = Some(Ok(o)),
-                        Ok(Err(e)) => {
-                            self.outcome = Some(Err(RaftError::Rejected(e.to_string())));
-                            return Err(e);
-                        }
-                        Err(_) => {
-                            let e = RaftError::Stopped {
-                                group: self.group.clone(),
-                                reason: "proposal task ended".into(),
-                            };
-                            self.outcome = Some(Err(RaftError::Rejected(e.to_string())));
-                            return Err(e);
-                        }
-                    },
+                    // Committed: durable locally too; the flush hook is about to say so.
+                    r = outcome.recv(), if self.outcome.is_none() => self.outcome = Some(r),
                 }
             }
         };
@@ -227,17 +302,27 @@ impl Proposal {
     }
 
     /// Waits until the batch is committed and applied; returns its offsets.
-    pub async fn committed(self, timeout: Duration) -> Result<Offsets, RaftError> {
-        if let Some(r) = self.outcome {
+    pub async fn committed(mut self, timeout: Duration) -> Result<Offsets, RaftError> {
+        if let Some(r) = self.outcome.take() {
             return r;
         }
-        match tokio::time::timeout(timeout, self.commit_rx).await {
-            Err(_) => Err(timeout_err("commit", timeout)),
-            Ok(Err(_)) => Err(RaftError::Stopped {
-                group: self.group,
-                reason: "proposal task ended".into(),
-            }),
-            Ok(Ok(r)) => r,
+        let outcome = OutcomeWait {
+            rx: &mut self.outcome_rx,
+            group: &self.group,
+            acks: &self.acks,
+            tag: self.tag,
+        };
+        tokio::time::timeout(timeout, outcome.recv())
+            .await
+            .unwrap_or_else(|_| Err(timeout_err("commit", timeout)))
+    }
+}
+
+impl Drop for Proposal {
+    fn drop(&mut self) {
+        // Given up on before its entry was appended: take its tag (and callback) back.
+        if self.index.is_none() {
+            self.acks.forget(self.tag);
         }
     }
 }
@@ -267,7 +352,7 @@ impl PartitionReplica {
 
     /// Proposes one batch (`records` = encoded record set of `record_count` records).
     pub fn propose(&self, records: Bytes, record_count: u32) -> Proposal {
-        let (tag, index_rx) = self.group.acks.register();
+        let (tag, index_rx) = self.group.acks.register(None);
         let (commit_tx, commit_rx) = oneshot::channel();
         let group = self.group.clone();
         let gid = self.group_id();
@@ -310,10 +395,12 @@ impl PartitionReplica {
         });
         Proposal {
             group: gid,
+            acks: self.group.acks.clone(),
+            tag,
             index_rx: Some(index_rx),
             index: None,
             durable: self.group.acks.durable(),
-            commit_rx,
+            outcome_rx: OutcomeRx::Relayed(commit_rx),
             outcome: None,
         }
     }
@@ -323,14 +410,19 @@ impl PartitionReplica {
     /// leads in ([`Leadership::term`]); the write is rejected if this node does not lead in
     /// that term when raft takes it.
     ///
+    /// `on_durable` runs once the batch is durable in this node's log, before
+    /// [`Proposal::appended_locally`] returns (and never if the batch is not appended, or is cut
+    /// by a truncation before its flush): see [`OnDurable`].
+    ///
     /// Fails only if the group has stopped; every later failure goes to the [`Proposal`].
     pub async fn propose_in_order(
         &self,
         records: Bytes,
         record_count: u32,
         term: u64,
+        on_durable: Option<OnDurable>,
     ) -> Result<Proposal, RaftError> {
-        let (tag, index_rx) = self.group.acks.register();
+        let (tag, index_rx) = self.group.acks.register(on_durable);
         let gid = self.group_id();
         let req = PartitionRequest {
             records,
@@ -351,38 +443,15 @@ impl PartitionReplica {
             self.group.acks.forget(tag);
             return Err(convert::fatal(&gid, e));
         }
-        // Relay the outcome; forgetting the tag on failure drops the index sender, which wakes a
-        // waiter of `appended_locally` (it then reads the error from `commit_rx`).
-        let (commit_tx, commit_rx) = oneshot::channel();
-        let group = self.group.clone();
-        let gid2 = gid.clone();
-        tokio::spawn(async move {
-            let r = match resp_rx.await {
-                Ok(Ok(resp)) => match resp.data {
-                    PartitionResponse::Data(o) => Ok(o),
-                    PartitionResponse::Control => {
-                        Err(RaftError::Rejected("data entry applied as control".into()))
-                    }
-                },
-                Ok(Err(e)) => Err(convert::client_write_error(
-                    &gid2,
-                    openraft::error::RaftError::APIError(e),
-                )),
-                // The core dropped the responder (it stopped, or did not append the entry).
-                Err(_) => Err(RaftError::Stopped {
-                    group: gid2.clone(),
-                    reason: "raft dropped the proposal".into(),
-                }),
-            };
-            group.acks.forget(tag);
-            let _ = commit_tx.send(r);
-        });
+        // No task relays the outcome: the proposal reads openraft's responder itself.
         Ok(Proposal {
             group: gid,
+            acks: self.group.acks.clone(),
+            tag,
             index_rx: Some(index_rx),
             index: None,
             durable: self.group.acks.durable(),
-            commit_rx,
+            outcome_rx: OutcomeRx::Raft(resp_rx),
             outcome: None,
         })
     }
@@ -707,9 +776,13 @@ mod tests {
     //! between, and a write rejected after enqueue fails its proposal instead of hanging.
 
     use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use bytes::Bytes;
+
+    use super::OnDurable;
 
     use crate::config::GroupTimings;
     use crate::PartitionId;
@@ -784,7 +857,7 @@ mod tests {
             props.push((
                 n,
                 replica
-                    .propose_in_order(body, n, term)
+                    .propose_in_order(body, n, term, None)
                     .await
                     .expect("enqueue"),
             ));
@@ -800,9 +873,15 @@ mod tests {
             next += u64::from(n);
         }
 
-        // A write under another term is rejected after enqueue: both waits fail promptly.
+        // A write under another term is rejected after enqueue: both waits fail promptly, and
+        // its durability callback never runs.
+        let flag = |f: &Arc<AtomicBool>| -> Option<OnDurable> {
+            let f = f.clone();
+            Some(Box::new(move || f.store(true, Ordering::SeqCst)))
+        };
+        let bad_ran = Arc::new(AtomicBool::new(false));
         let mut bad = replica
-            .propose_in_order(batch(1), 1, term + 1)
+            .propose_in_order(batch(1), 1, term + 1, flag(&bad_ran))
             .await
             .expect("enqueue");
         let started = std::time::Instant::now();
@@ -812,13 +891,20 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "failed, not timed out"
         );
-        // The group still takes writes in the right term, at the next offset.
+        // The group still takes writes in the right term, at the next offset; the callback
+        // has run by the time the LEADER wait returns.
+        let ok_ran = Arc::new(AtomicBool::new(false));
         let mut ok = replica
-            .propose_in_order(batch(2), 1, term)
+            .propose_in_order(batch(2), 1, term, flag(&ok_ran))
             .await
             .expect("enqueue");
         ok.appended_locally(T).await.expect("LEADER ack");
+        assert!(ok_ran.load(Ordering::SeqCst), "durability callback ran");
         assert_eq!(ok.committed(T).await.expect("ALL ack").base_offset, next);
+        assert!(
+            !bad_ran.load(Ordering::SeqCst),
+            "rejected write's callback ran"
+        );
         node.shutdown().await;
     }
 

@@ -40,7 +40,7 @@ use drawbridge_raft::metadata::state::MetadataState;
 use drawbridge_raft::PartitionId;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status, Streaming};
@@ -61,11 +61,9 @@ use crate::stats::Method;
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// How often PublishAsync compares its in-flight messages with their partitions' leadership.
 const LEADER_CHECK: Duration = Duration::from_millis(100);
-/// Most acks a PublishAsync session takes from its local inbox at once (at most the capacity
-/// of its response queue, which is reserved for them in one go).
-const ACK_BATCH: usize = 256;
-/// Responses a PublishAsync session queues for its client.
-const RESPONSE_QUEUE: usize = 1024;
+/// Responses a PublishAsync session queues for its client. Acks of a local leader go straight
+/// in (what finds it full goes over NATS), so it is as deep as the ack queue it replaced.
+const RESPONSE_QUEUE: usize = acks::LOCAL_QUEUE;
 /// How long a leadership change must persist before in-flight messages published under the
 /// old leadership are failed (a new leader that received them acks them well within it).
 const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(300);
@@ -498,15 +496,65 @@ fn ack_response(
     })
 }
 
-/// PublishAsync: a spawned reader of requests, a spawned reader of acks (which also fails the
-/// in-flight messages whose partition leader changed, see `inflight`), one bounded output.
+/// A PublishAsync session's [`acks::AckSink`]: turns acks handed over in-process into
+/// responses on the spot (on the acker's or flusher's thread), so no task sits between a local
+/// leader and the response stream.
+struct SessionSink {
+    ctx: Ctx,
+    flights: Arc<Mutex<InFlight>>,
+    tx: mpsc::Sender<Result<PublishResponse, Status>>,
+    /// Notified when the sink settles the last tracked message (a draining session ends then).
+    settled: Arc<Notify>,
+}
+
+impl acks::AckSink for SessionSink {
+    fn take(&self, acks: Vec<Ack>, disk_full: Option<&str>) -> Option<Vec<Ack>> {
+        // Room first: acks that cannot be answered now go back untouched (over NATS).
+        let Ok(permits) = self.tx.try_reserve_many(acks.len()) else {
+            return Some(acks);
+        };
+        let (fates, settled): (Vec<AckFate>, bool) = {
+            let mut f = self.flights.lock();
+            let fates = acks
+                .iter()
+                .map(|a| f.acked(&a.correlation_id, &a.stream))
+                .collect();
+            (fates, f.is_empty())
+        };
+        let responses = acks
+            .into_iter()
+            .zip(fates)
+            .filter_map(|(a, fate)| ack_response(&self.ctx, a, disk_full.map(str::to_owned), fate));
+        for (permit, resp) in permits.zip(responses) {
+            permit.send(Ok(resp));
+        }
+        if settled {
+            self.settled.notify_one();
+        }
+        None
+    }
+}
+
+/// PublishAsync: a spawned reader of requests, a spawned reader of acks that come over NATS
+/// (which also fails the in-flight messages whose partition leader changed, see `inflight`),
+/// the session's [`SessionSink`] for acks handed over in-process, one bounded output.
 pub async fn publish_async(
     ctx: Ctx,
     mut requests: Streaming<PublishRequest>,
 ) -> Result<ReceiverStream<Result<PublishResponse, Status>>> {
     let inbox = new_inbox(&ctx);
-    // Acks of partitions this node leads come in-process; others' over NATS.
-    let mut local = ctx.local_inboxes.register(&inbox);
+    let (tx, rx) = mpsc::channel::<Result<PublishResponse, Status>>(RESPONSE_QUEUE);
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    // Acks of partitions this node leads are taken in-process, straight into the response
+    // stream; others' (and any the stream had no room for) come over NATS.
+    let settled = Arc::new(Notify::new());
+    let sink = Arc::new(SessionSink {
+        ctx: ctx.clone(),
+        flights: in_flight.clone(),
+        tx: tx.clone(),
+        settled: settled.clone(),
+    });
+    let local = ctx.local_inboxes.register_sink(&inbox, sink);
     let mut acks = ctx
         .nats
         .subscribe(inbox.clone())
@@ -516,8 +564,6 @@ pub async fn publish_async(
         .flush()
         .await
         .map_err(|e| ServerError::Nats(e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<Result<PublishResponse, Status>>(RESPONSE_QUEUE);
-    let in_flight = Arc::new(Mutex::new(InFlight::default()));
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
 
     // Acks from the leaders → responses; leader changes → error responses.
@@ -525,13 +571,14 @@ pub async fn publish_async(
     let flights = in_flight.clone();
     let actx = ctx.clone();
     tokio::spawn(async move {
+        // Unregistered when this task ends.
+        let _local = local;
         // Set when the client half-closed: from then on, wait at most DRAIN_WAIT for the acks
         // still outstanding.
         let mut drain_until: Option<tokio::time::Instant> = None;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let mut check = tokio::time::interval(LEADER_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut handed = Vec::with_capacity(ACK_BATCH);
         loop {
             if drain_until.is_some() && flights.lock().is_empty() {
                 return;
@@ -547,12 +594,8 @@ pub async fn publish_async(
                         }
                     }
                 }
-                n = local.rx.recv_many(&mut handed, ACK_BATCH) => {
-                    if n == 0 {
-                        return;
-                    }
-                    handed.drain(..).map(|l| (l.ack, l.disk_full)).collect()
-                }
+                // The sink answered the last tracked message: look again at the top.
+                _ = settled.notified(), if drain_until.is_some() => continue,
                 _ = crate::context::until_true(&mut done_rx), if drain_until.is_none() => {
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
                     continue;
