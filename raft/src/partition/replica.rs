@@ -136,16 +136,22 @@ pub struct PartitionReplica {
 /// A submitted batch: wait for [`Proposal::appended_locally`] (LEADER) and/or
 /// [`Proposal::committed`] (ALL).
 pub struct Proposal {
-    group: GroupId,
-    acks: Arc<AckPlumbing>,
-    tag: u64,
+    source: OutcomeSource,
     index_rx: Option<oneshot::Receiver<u64>>,
     index: Option<u64>,
     durable: watch::Receiver<u64>,
-    outcome_rx: OutcomeRx,
     /// The outcome, when it arrived while [`Proposal::appended_locally`] waited for the index or
-    /// for durability (read by [`Proposal::committed`] instead of `outcome_rx`).
+    /// for durability (read by [`Proposal::committed`] instead of `source`).
     outcome: Option<Result<Offsets, RaftError>>,
+}
+
+/// What a [`Proposal`] receives its outcome from (a field of its own, so that receiving it
+/// borrows nothing the other waits of the proposal use).
+struct OutcomeSource {
+    rx: OutcomeRx,
+    group: GroupId,
+    acks: Arc<AckPlumbing>,
+    tag: u64,
 }
 
 /// Where a proposal's outcome arrives.
@@ -172,28 +178,19 @@ fn again(e: &RaftError) -> RaftError {
 impl std::fmt::Debug for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proposal")
-            .field("group", &self.group)
-            .field("tag", &self.tag)
+            .field("group", &self.source.group)
+            .field("tag", &self.source.tag)
             .field("index", &self.index)
             .field("outcome", &self.outcome)
             .finish()
     }
 }
 
-/// The parts of a [`Proposal`] that receive its outcome (apart from the fields its waits
-/// borrow at the same time).
-struct OutcomeWait<'a> {
-    rx: &'a mut OutcomeRx,
-    group: &'a GroupId,
-    acks: &'a AckPlumbing,
-    tag: u64,
-}
-
-impl OutcomeWait<'_> {
+impl OutcomeSource {
     /// Receives the outcome (once; the caller keeps it in `outcome`). A failure forgets the tag,
     /// so an entry that was never appended leaves nothing behind.
-    async fn recv(self) -> Result<Offsets, RaftError> {
-        let r = match self.rx {
+    async fn recv(&mut self) -> Result<Offsets, RaftError> {
+        let r = match &mut self.rx {
             OutcomeRx::Raft(rx) => match rx.await {
                 Ok(Ok(resp)) => match resp.data {
                     PartitionResponse::Data(o) => Ok(o),
@@ -202,7 +199,7 @@ impl OutcomeWait<'_> {
                     }
                 },
                 Ok(Err(e)) => Err(convert::client_write_error(
-                    self.group,
+                    &self.group,
                     openraft::error::RaftError::APIError(e),
                 )),
                 // The core dropped the responder (it stopped, or did not append the entry).
@@ -243,12 +240,6 @@ impl Proposal {
                 let Some(rx) = self.index_rx.as_mut() else {
                     return Err(RaftError::Rejected("proposal was not appended".into()));
                 };
-                let outcome = OutcomeWait {
-                    rx: &mut self.outcome_rx,
-                    group: &self.group,
-                    acks: &self.acks,
-                    tag: self.tag,
-                };
                 tokio::select! {
                     biased;
                     r = rx => {
@@ -261,7 +252,7 @@ impl Proposal {
                             }
                         }
                     }
-                    r = outcome.recv(), if self.outcome.is_none() => {
+                    r = self.source.recv(), if self.outcome.is_none() => {
                         let failed = r.as_ref().err().map(again);
                         self.outcome = Some(r);
                         if let Some(e) = failed {
@@ -277,22 +268,16 @@ impl Proposal {
                 if let Some(Err(e)) = &self.outcome {
                     return Err(again(e));
                 }
-                let outcome = OutcomeWait {
-                    rx: &mut self.outcome_rx,
-                    group: &self.group,
-                    acks: &self.acks,
-                    tag: self.tag,
-                };
                 tokio::select! {
                     r = self.durable.wait_for(|d| *d >= index) => {
                         r.map_err(|_| RaftError::Stopped {
-                            group: self.group.clone(),
+                            group: self.source.group.clone(),
                             reason: "log store closed".into(),
                         })?;
                         return Ok(index);
                     }
                     // Committed: durable locally too; the flush hook is about to say so.
-                    r = outcome.recv(), if self.outcome.is_none() => self.outcome = Some(r),
+                    r = self.source.recv(), if self.outcome.is_none() => self.outcome = Some(r),
                 }
             }
         };
@@ -306,13 +291,7 @@ impl Proposal {
         if let Some(r) = self.outcome.take() {
             return r;
         }
-        let outcome = OutcomeWait {
-            rx: &mut self.outcome_rx,
-            group: &self.group,
-            acks: &self.acks,
-            tag: self.tag,
-        };
-        tokio::time::timeout(timeout, outcome.recv())
+        tokio::time::timeout(timeout, self.source.recv())
             .await
             .unwrap_or_else(|_| Err(timeout_err("commit", timeout)))
     }
@@ -322,7 +301,7 @@ impl Drop for Proposal {
     fn drop(&mut self) {
         // Given up on before its entry was appended: take its tag (and callback) back.
         if self.index.is_none() {
-            self.acks.forget(self.tag);
+            self.source.acks.forget(self.source.tag);
         }
     }
 }
@@ -394,13 +373,15 @@ impl PartitionReplica {
             let _ = commit_tx.send(r);
         });
         Proposal {
-            group: gid,
-            acks: self.group.acks.clone(),
-            tag,
+            source: OutcomeSource {
+                rx: OutcomeRx::Relayed(commit_rx),
+                group: gid,
+                acks: self.group.acks.clone(),
+                tag,
+            },
             index_rx: Some(index_rx),
             index: None,
             durable: self.group.acks.durable(),
-            outcome_rx: OutcomeRx::Relayed(commit_rx),
             outcome: None,
         }
     }
@@ -445,13 +426,15 @@ impl PartitionReplica {
         }
         // No task relays the outcome: the proposal reads openraft's responder itself.
         Ok(Proposal {
-            group: gid,
-            acks: self.group.acks.clone(),
-            tag,
+            source: OutcomeSource {
+                rx: OutcomeRx::Raft(resp_rx),
+                group: gid,
+                acks: self.group.acks.clone(),
+                tag,
+            },
             index_rx: Some(index_rx),
             index: None,
             durable: self.group.acks.durable(),
-            outcome_rx: OutcomeRx::Raft(resp_rx),
             outcome: None,
         })
     }
