@@ -609,8 +609,8 @@ fn acker_ended(
 
 /// Takes submitted batches in order; once each is durable in the local log, sends over NATS the
 /// LEADER acks its callback could not deliver in-process, then hands it to the committer. On the
-/// first failure it waits (bounded) for the rest to be appended or to fail, and returns the
-/// failure.
+/// first failure it waits (bounded) for the rest to be appended or to fail, sends what the
+/// callbacks of durable batches left, and returns the failure.
 async fn ack_loop(
     ctx: Ctx,
     p: IngestParams,
@@ -629,6 +629,10 @@ async fn ack_loop(
             if tokio::time::timeout(APPEND_TIMEOUT, settle).await.is_err() {
                 warn!(stream = %p.stream, subject = %p.subject, "proposals still pending after a failure");
             }
+            // A callback ran only for a batch that became durable: what it left for NATS is
+            // still owed.
+            let rest = std::mem::take(&mut *unsent.lock());
+            acks::send_many(&ctx, rest).await;
             return Err(e.into());
         }
         p.stats.received(
